@@ -1,0 +1,49 @@
+# segscale: the README's two commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DATA ?= data/demo
+DEMO_WAREHOUSE ?= warehouse
+DEMO_SNAPSHOT ?= 2024-12-31
+DEMO_CUSTOMERS ?= 20000
+
+.PHONY: demo test lint bench wheel clean check-java
+
+check-java:
+	@java -version >/dev/null 2>&1 || { \
+	  echo "segscale needs Java 17 or newer for Spark, and 'java' was not found on PATH."; \
+	  echo "Install a JDK (Debian/Ubuntu: sudo apt-get install openjdk-17-jdk-headless; macOS: brew install openjdk@17)"; \
+	  echo "or set JAVA_HOME and put \$$JAVA_HOME/bin on PATH, then run make again."; exit 1; }
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	  if [ -n "$$v" ] && [ "$$v" -lt 17 ]; then \
+	    echo "segscale needs Java 17 or newer; 'java' on PATH is version $$v. Install a JDK 17+ and retry."; exit 1; fi
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "segscale needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1)."; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: check-java $(STAMP)
+	$(VENV)/bin/segscale generate --customers $(DEMO_CUSTOMERS) --seed 7 --out $(DEMO_DATA)
+	$(VENV)/bin/segscale run --input $(DEMO_DATA) --warehouse $(DEMO_WAREHOUSE) --snapshot-date $(DEMO_SNAPSHOT)
+	$(VENV)/bin/segscale history customer_features --warehouse $(DEMO_WAREHOUSE)
+
+test: check-java $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src jobs tests benchmarks
+
+bench: check-java $(STAMP)
+	$(PY) benchmarks/bench_foundation.py
+
+wheel: $(STAMP)
+	$(PY) -m pip wheel --no-deps --wheel-dir dist .
+
+clean:
+	rm -rf $(VENV) build dist data warehouse spark-warehouse mlruns mlflow.db .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

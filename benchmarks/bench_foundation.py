@@ -1,0 +1,145 @@
+"""Foundation benchmark: generate N customers on the executors and write every table through the Delta layer.
+
+For each size it runs a fresh process (so peak memory is that size's own) and reports per table: wall time,
+rows, rows/s, files; and the driver's peak memory: the Python driver's peak RSS and, in local mode, the JVM's
+(which is driver and executors at once). Sizes are compared as ratios inside one run.
+
+    python benchmarks/bench_foundation.py                  # 1M and 6M customers
+    python benchmarks/bench_foundation.py --sizes 200000   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _jvm_peak_rss_mb() -> float | None:
+    """Peak RSS of this process's Java child (the local-mode driver JVM), from /proc."""
+    try:
+        children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    except OSError:
+        return None
+    for pid in children:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            if "java" in Path(f"/proc/{pid}/comm").read_text():
+                return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+        except (OSError, StopIteration):
+            continue
+    return None
+
+
+def run_one(customers: int, data_dir: Path) -> dict:
+    from segscale.config import Settings
+    from segscale.pipeline import generate_inputs
+    from segscale.session import get_spark
+
+    settings = Settings.model_validate({
+        "spark": {"driver_memory": "12g"},
+        "delta": {"backend": "delta-rs"},
+        "generate": {"customers": customers, "seed": 1},
+    })
+    out = data_dir / f"customers-{customers}"
+    shutil.rmtree(out, ignore_errors=True)
+    spark = get_spark(settings)
+    jvm_peak: list[float] = []
+
+    def sample() -> None:
+        while not done.is_set():
+            value = _jvm_peak_rss_mb()
+            if value:
+                jvm_peak.append(value)
+            done.wait(2)
+
+    done = threading.Event()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    summary = generate_inputs(spark, settings, str(out))
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    spark.stop()
+    tables = {}
+    for stage, record in summary["stages"].items():
+        tables[stage.removeprefix("generate ")] = {
+            "seconds": record["seconds"], "rows": record["rows"], "files": record["files"],
+            "rows_per_s": round(record["rows"] / record["seconds"]) if record["seconds"] else None,
+        }
+    return {
+        "customers": customers,
+        "wall_seconds": round(wall, 1),
+        "rows_written": sum(t["rows"] for t in tables.values()),
+        "rows_per_s": round(sum(t["rows"] for t in tables.values()) / wall),
+        "tables": tables,
+        "driver_python_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "driver_jvm_peak_rss_mb": round(max(jvm_peak), 1) if jvm_peak else None,
+        "data_bytes": sum(f.stat().st_size for f in out.rglob("*.parquet")),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000000,6000000", help="comma-separated customer counts")
+    parser.add_argument("--data-dir", default=str(HERE / "data"))
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    data_dir = Path(args.data_dir)
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args.one, data_dir)))
+        return 0
+
+    results = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        print(f"generating {size:,} customers ...", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--one", str(size), "--data-dir", str(data_dir)],
+                              capture_output=True, text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            print(proc.stderr[-4000:], file=sys.stderr)
+            return 1
+        result = json.loads(line[len("RESULT "):])
+        results.append(result)
+        print(f"  {result['wall_seconds']:8.1f} s  {result['rows_written']:>12,} rows  "
+              f"{result['rows_per_s']:>10,} rows/s  driver Python peak RSS {result['driver_python_peak_rss_mb']} MB  "
+              f"JVM peak RSS {result['driver_jvm_peak_rss_mb']} MB")
+        for name, t in result["tables"].items():
+            print(f"      {name:<15} {t['seconds']:8.1f} s {t['rows']:>12,} rows {t['rows_per_s']:>10,} rows/s "
+                  f"{t['files']:>4} files")
+    report = {
+        "benchmark": "foundation: generate and write through the Delta layer",
+        "date": dt.date.today().isoformat(),
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+        "results": results,
+    }
+    if len(results) > 1:
+        small, large = results[0], results[-1]
+        report["ratios"] = {
+            "customers": large["customers"] / small["customers"],
+            "wall_time": round(large["wall_seconds"] / small["wall_seconds"], 2),
+            "driver_python_peak_rss": round(large["driver_python_peak_rss_mb"] / small["driver_python_peak_rss_mb"], 2),
+        }
+        print("ratios (largest / smallest):", report["ratios"])
+    out = HERE / "results" / f"{dt.date.today().isoformat()}-foundation.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from segscale.cli import main
+
+sys.exit(main())

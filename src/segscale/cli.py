@@ -1,0 +1,187 @@
+"""The `segscale` command line. Each command parses its flags, builds settings and the session, and calls the
+package; `jobs/*.py` reuse `main` so spark-submit runs the same code path."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from pyspark.sql import SparkSession
+
+from segscale import __version__
+from segscale.config import Settings, load_settings
+from segscale.errors import InputError, SegscaleError, describe_exception
+from segscale.pipeline import Run, generate_inputs, run_pipeline
+from segscale.session import get_spark
+from segscale.tables import Warehouse
+
+log = logging.getLogger("segscale")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date in YYYY-MM-DD form") from None
+
+
+def _yesterday() -> dt.date:
+    return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="YAML config file (default: $SEGSCALE_CONFIG, else conf/local.yaml if "
+                                         "present); conf/base.yaml beside it is loaded first")
+    common.add_argument("--debug", action="store_true", help="show Python tracebacks and Spark INFO logs")
+
+    parser = argparse.ArgumentParser(
+        prog="segscale",
+        description="Score a whole customer base on Spark and publish the answers as versioned Delta tables.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"segscale {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser("generate", parents=[common], help="generate synthetic input tables",
+                              description="Generate customers, transactions, interactions and the generator's "
+                                          "ground truth in parallel on the executors.")
+    gen.add_argument("--customers", type=int, help="number of customers (default from config: 20000)")
+    gen.add_argument("--seed", type=int, help="random seed; the same seed gives the same tables")
+    gen.add_argument("--out", required=True, help="output directory (one sub-directory per table)")
+    gen.add_argument("--start", type=_date, help="first day of history (YYYY-MM-DD)")
+    gen.add_argument("--end", type=_date, help="last day of history (YYYY-MM-DD)")
+    gen.add_argument("--dirty-rate", type=float, help="share of deliberately bad rows (0..1)")
+    gen.add_argument("--format", choices=["delta", "parquet", "csv"], help="format of the input tables")
+    gen.set_defaults(handler=_generate)
+
+    run = commands.add_parser("run", parents=[common], help="run the main job for one snapshot",
+                              description="Read the inputs and publish the snapshot's tables to the warehouse.")
+    run.add_argument("--input", help="directory holding customers/, transactions/, interactions/")
+    run.add_argument("--warehouse", help="directory (or URI) of the published Delta tables")
+    run.add_argument("--snapshot-date", type=_date, default=None,
+                     help="snapshot date YYYY-MM-DD, end of day UTC inclusive (default: yesterday, UTC)")
+    run.add_argument("--summary-json", help="also write the run summary to this file")
+    run.set_defaults(handler=_run)
+
+    hist = commands.add_parser("history", parents=[common], help="list a table's versions with run metadata")
+    hist.add_argument("table", help="table name, e.g. customer_features")
+    hist.add_argument("--warehouse", help="warehouse directory (default from config)")
+    hist.add_argument("--limit", type=int, help="show only the newest N versions")
+    hist.set_defaults(handler=_history, needs_spark=False)
+
+    vac = commands.add_parser("vacuum", parents=[common], help="delete files no retained version needs",
+                              description="Delete data files that no version inside the retention window "
+                                          "references, including files of failed writes.")
+    vac.add_argument("table", help="table name, e.g. customer_features")
+    vac.add_argument("--warehouse", help="warehouse directory (default from config)")
+    vac.add_argument("--retention-hours", type=float,
+                     help="keep files needed by versions newer than this (default from config: 168)")
+    vac.add_argument("--dry-run", action="store_true", help="list the files without deleting them")
+    vac.set_defaults(handler=_vacuum, needs_spark=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -> int:
+    """Run one command; returns the exit code. `spark` may be injected (tests); otherwise it is built."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    owns_session = spark is None
+    try:
+        settings = load_settings(args.config, _overrides(args))
+        needs_spark = getattr(args, "needs_spark", True)
+        log.log(logging.INFO if needs_spark else logging.DEBUG, "segscale %s %s, effective config (hash %s):\n%s",
+                __version__, args.command, settings.config_hash(),
+                yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True))
+        if spark is None and needs_spark:
+            spark = get_spark(settings)
+        return args.handler(spark, settings, args)
+    except SegscaleError as exc:
+        return _fail(args, exc, exc.exit_code, str(exc))
+    except Exception as exc:  # anything else: one paragraph, the cause, exit 1
+        return _fail(args, exc, 1, f"{args.command} failed: {describe_exception(exc)}")
+    finally:
+        if owns_session and spark is not None:
+            spark.stop()
+
+
+def _fail(args: argparse.Namespace, exc: BaseException, code: int, message: str) -> int:
+    if args.debug:
+        log.exception("segscale %s failed", args.command)
+    print(f"segscale: error: {message}", file=sys.stderr)
+    if not args.debug:
+        print("(run again with --debug for the full traceback)", file=sys.stderr)
+    return code
+
+
+_FLAG_KEYS = {
+    "input": "paths.input",
+    "warehouse": "paths.warehouse",
+    "customers": "generate.customers",
+    "seed": "generate.seed",
+    "start": "generate.start",
+    "end": "generate.end",
+    "dirty_rate": "generate.dirty_rate",
+    "format": "generate.format",
+}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = vars(args)
+    return {key: values[flag] for flag, key in _FLAG_KEYS.items() if values.get(flag) is not None}
+
+
+def _generate(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> int:
+    summary = generate_inputs(spark, settings, args.out)
+    _print_stages(summary)
+    return 0
+
+
+def _run(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> int:
+    snapshot = args.snapshot_date or _yesterday()
+    summary = run_pipeline(spark, settings, snapshot, Run("run", settings, snapshot))
+    _print_stages(summary)
+    if args.summary_json:
+        with open(args.summary_json, "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2, default=str)
+    return 0
+
+
+def _history(spark: SparkSession | None, settings: Settings, args: argparse.Namespace) -> int:
+    warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
+    print(f"{'version':>7}  {'timestamp (UTC)':<19}  {'operation':<14}  {'stage':<20}  {'snapshot':<10}  "
+          f"{'run id':<26}  config")
+    for entry in warehouse.history(args.table, args.limit):
+        m = entry.metadata
+        print(f"{entry.version:>7}  {entry.timestamp:%Y-%m-%d %H:%M:%S}  {entry.operation:<14}  "
+              f"{m.get('stage', ''):<20}  {m.get('snapshot_date', ''):<10}  {m.get('run_id', ''):<26}  "
+              f"{m.get('config_hash', '')}")
+    return 0
+
+
+def _vacuum(spark: SparkSession | None, settings: Settings, args: argparse.Namespace) -> int:
+    if args.retention_hours is not None and args.retention_hours < 0:
+        raise InputError("--retention-hours must not be negative")
+    warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
+    files = warehouse.vacuum(args.table, args.retention_hours, args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {len(files)} files from {args.table}")
+    for name in files:
+        print(f"  {name}")
+    return 0
+
+
+def _print_stages(summary: dict[str, Any]) -> None:
+    print(f"run {summary['run_id']} {summary['status']}")
+    for name, record in summary["stages"].items():
+        details = ", ".join(f"{k}={v}" for k, v in record.items() if k != "seconds")
+        print(f"  {name:<28} {record['seconds']:>8.1f} s  {details}")
+

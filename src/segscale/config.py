@@ -1,0 +1,186 @@
+"""Load and validate segscale's configuration.
+
+Layers, lowest first: the defaults below (mirrored by conf/base.yaml), conf/base.yaml next to the chosen file,
+the chosen file, SEGSCALE_* environment variables, command-line flags. Every value remembers the layer it came
+from, so a bad value is reported with the file, variable or flag that set it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from segscale.errors import ConfigError
+
+ENV_PREFIX = "SEGSCALE_"
+# The one SEGSCALE_* variable that is not a config key: it names the config file.
+CONFIG_FILE_ENV = "SEGSCALE_CONFIG"
+DEFAULT_CONFIG_FILE = Path("conf/local.yaml")
+BASE_FILE_NAME = "base.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathSettings(_Section):
+    input: str = "data/input"
+    warehouse: str = "warehouse"
+
+
+class SparkSettings(_Section):
+    # Used only when segscale builds its own (embedded) session; under spark-submit the cluster's session is
+    # taken as it is.
+    master: str = "local[*]"
+    app_name: str = "segscale"
+    # None sizes shuffle partitions to the machine (4 per core); adaptive execution coalesces small ones.
+    shuffle_partitions: int | None = Field(default=None, gt=0)
+    driver_memory: str = "4g"
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class DeltaSettings(_Section):
+    # auto: delta-spark when the Delta SQL extension is configured on the session, delta-rs otherwise.
+    backend: Literal["auto", "delta-rs", "delta-spark"] = "auto"
+    allow_schema_evolution: bool = False
+    max_commit_retries: int = Field(default=5, ge=0)
+    vacuum_retention_hours: float = Field(default=168.0, ge=0)
+    # Rows per data file before an executor starts a new one; rows per Parquet row group.
+    max_rows_per_file: int = Field(default=2_000_000, gt=0)
+    row_group_rows: int = Field(default=262_144, gt=0)
+    compression: Literal["snappy", "zstd", "gzip", "none"] = "zstd"
+
+
+class GenerateSettings(_Section):
+    customers: int = Field(default=20_000, gt=0)
+    seed: int = 42
+    start: dt.date = dt.date(2022, 1, 1)
+    end: dt.date = dt.date(2024, 12, 31)
+    dirty_rate: float = Field(default=0.0, ge=0, le=1)
+    prospect_share: float = Field(default=0.15, ge=0, le=1)
+    mean_days_between_purchases: float = Field(default=60.0, gt=0)
+    mean_order_value: float = Field(default=80.0, gt=0)
+    return_share: float = Field(default=0.05, ge=0, le=1)
+    format: Literal["delta", "parquet", "csv"] = "delta"
+
+    @model_validator(mode="after")
+    def _end_after_start(self) -> GenerateSettings:
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        return self
+
+
+class Settings(_Section):
+    paths: PathSettings = Field(default_factory=PathSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    delta: DeltaSettings = Field(default_factory=DeltaSettings)
+    generate: GenerateSettings = Field(default_factory=GenerateSettings)
+
+    def config_hash(self) -> str:
+        """Hash of everything that changes what the pipeline computes (not where or on what it runs)."""
+        relevant = self.model_dump(mode="json", exclude={"paths", "spark", "generate"})
+        canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the effective settings from defaults, files, environment and flags (dotted keys in `overrides`)."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    path = _choose_config_file(config_file, environ)
+    if path is not None:
+        base = path.parent / BASE_FILE_NAME
+        if base.exists() and base.resolve() != path.resolve():
+            _merge(merged, sources, _read_yaml(base), str(base))
+        _merge(merged, sources, _read_yaml(path), str(path))
+
+    for name, raw in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX) and name != CONFIG_FILE_ENV:
+            key = name[len(ENV_PREFIX):].lower().replace("__", ".")
+            _merge(merged, sources, _nest(key, yaml.safe_load(raw) if raw != "" else raw), f"environment {name}")
+
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            flag = "--" + key.split(".")[-1].replace("_", "-")
+            _merge(merged, sources, _nest(key, value), f"command-line flag {flag}")
+
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from None
+
+
+def _choose_config_file(config_file: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    chosen = config_file or environ.get(CONFIG_FILE_ENV)
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def _merge(into: dict[str, Any], sources: dict[str, str], layer: Mapping[str, Any], origin: str,
+           prefix: str = "") -> None:
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict) and key != "conf":
+            _merge(into[key], sources, value, origin, dotted + ".")
+        elif isinstance(value, Mapping) and key not in into:
+            into[key] = {}
+            _merge(into[key], sources, value, origin, dotted + ".")
+        else:
+            into[key] = value
+            sources[dotted] = origin
+
+
+def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc)
+        origin = next((sources[".".join(loc[:n])] for n in range(len(loc), 0, -1)
+                       if ".".join(loc[:n]) in sources), None)
+        if origin is None:  # a rule over a whole section: name every layer that set a key in it
+            origin = ", ".join(sorted({v for k, v in sources.items() if k.startswith(key + ".")})) or "defaults"
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err else ""
+        lines.append(f"{key}: {message}{got} [from {origin}]")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

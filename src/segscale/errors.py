@@ -1,0 +1,72 @@
+"""Errors segscale reports to its users, each with the exit code the CLI returns for it."""
+
+from __future__ import annotations
+
+import re
+
+
+class SegscaleError(Exception):
+    """An error with a message meant for the user; the CLI prints it without a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(SegscaleError):
+    """The configuration is invalid: unknown key, wrong type or impossible value."""
+
+    exit_code = 2
+
+
+class InputError(SegscaleError):
+    """The input data or a command-line argument is unusable; nothing was published."""
+
+    exit_code = 2
+
+
+class SchemaMismatchError(SegscaleError):
+    """A frame's columns or types differ from the table it is written to; nothing was committed."""
+
+    exit_code = 2
+
+
+class TableNotFoundError(SegscaleError):
+    """A segscale table (or one of its versions) does not exist."""
+
+    exit_code = 2
+
+
+class WriteConflictError(SegscaleError):
+    """Another writer committed a conflicting change first; the table is intact, the write can be retried."""
+
+    exit_code = 1
+
+
+class WriteFailedError(SegscaleError):
+    """A write failed before its commit; the table is left at its previous version."""
+
+    exit_code = 1
+
+
+class DependencyError(SegscaleError):
+    """Something segscale depends on (storage, tracking server) is unreachable."""
+
+    exit_code = 3
+
+
+def describe_exception(exc: BaseException) -> str:
+    """The innermost Python error message of a failure, also when Spark wrapped it in a JVM stack trace."""
+    text = str(exc)
+    lines = text.splitlines()
+    # A Python traceback ends with "Type: message" right after an indented source line.
+    ends = [
+        line.strip() for previous, line in zip(lines, lines[1:], strict=False)
+        if previous.startswith(" ") and re.match(r"^[A-Za-z_][\w.]*: \S", line)
+    ]
+    if ends:
+        name, _, message = ends[-1].partition(": ")
+        return f"{name.rsplit('.', 1)[-1]}: {message}"
+    found = re.findall(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$", text, flags=re.MULTILINE)
+    if found:
+        name, message = found[-1]
+        return f"{name}: {message.strip()}"
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

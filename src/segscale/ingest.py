@@ -1,0 +1,139 @@
+"""Read the three input tables (Delta, Parquet or CSV directories) into typed DataFrames.
+
+The input contract (docs/input-contract.md) lives here as data: each table's columns, their types and whether
+they are required. Missing optional columns arrive as typed nulls so every later stage sees one schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow.fs as pafs
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from segscale.errors import InputError
+from segscale.tables import DeltaStore
+
+InputFormat = Literal["delta", "parquet", "csv"]
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    data_type: T.DataType
+    required: bool
+
+
+CONTRACT: dict[str, tuple[ColumnSpec, ...]] = {
+    "customers": (
+        ColumnSpec("customer_id", T.StringType(), True),
+        ColumnSpec("signup_date", T.DateType(), True),
+        ColumnSpec("region", T.StringType(), False),
+        ColumnSpec("city_tier", T.IntegerType(), False),
+        ColumnSpec("channel", T.StringType(), False),
+        ColumnSpec("birth_year", T.IntegerType(), False),
+        ColumnSpec("gender", T.StringType(), False),
+    ),
+    "transactions": (
+        ColumnSpec("transaction_id", T.StringType(), True),
+        ColumnSpec("customer_id", T.StringType(), True),
+        ColumnSpec("ts", T.TimestampType(), True),
+        ColumnSpec("amount", T.DoubleType(), True),
+        ColumnSpec("quantity", T.IntegerType(), False),
+        ColumnSpec("category", T.StringType(), False),
+        ColumnSpec("channel", T.StringType(), False),
+        ColumnSpec("transaction_type", T.StringType(), True),
+    ),
+    "interactions": (
+        ColumnSpec("interaction_id", T.StringType(), True),
+        ColumnSpec("customer_id", T.StringType(), True),
+        ColumnSpec("ts", T.TimestampType(), True),
+        ColumnSpec("kind", T.StringType(), True),
+        ColumnSpec("cost", T.DoubleType(), False),
+        ColumnSpec("satisfaction", T.IntegerType(), False),
+    ),
+}
+REQUIRED_TABLES = ("customers", "transactions")
+
+
+@dataclass(frozen=True)
+class InputTables:
+    customers: DataFrame
+    transactions: DataFrame
+    interactions: DataFrame | None
+
+
+def read_inputs(store: DeltaStore, input_dir: str) -> InputTables:
+    """Read and type the input tables under `input_dir`; stop before anything is written if one is unusable."""
+    input_dir = input_dir.rstrip("/")
+    found = {name: detect_format(f"{input_dir}/{name}") for name in CONTRACT}
+    missing = [name for name in REQUIRED_TABLES if found[name] is None]
+    if missing:
+        raise InputError(f"required input tables {missing} not found under {input_dir} (expected a Delta, "
+                         f"Parquet or CSV directory per table: {input_dir}/customers/, {input_dir}/transactions/)")
+    frames = {
+        name: conform(name, _read(store, f"{input_dir}/{name}", fmt, name), f"{input_dir}/{name}")
+        for name, fmt in found.items() if fmt is not None
+    }
+    return InputTables(frames["customers"], frames["transactions"], frames.get("interactions"))
+
+
+def detect_format(path: str) -> InputFormat | None:
+    """The format of an input table directory, or None if there is no such directory."""
+    try:
+        fs, root = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+        info = fs.get_file_info(root)
+        if info.type != pafs.FileType.Directory:
+            return None
+        entries = fs.get_file_info(pafs.FileSelector(root, recursive=False))
+    except OSError as exc:
+        raise InputError(f"cannot list input directory {path}: {exc}") from None
+    names = {e.base_name for e in entries}
+    if "_delta_log" in names:
+        return "delta"
+    files = [e for e in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if e.type == pafs.FileType.File]
+    suffixes = {e.base_name.rsplit(".", 1)[-1].lower() for e in files if not e.base_name.startswith(("_", "."))}
+    if "parquet" in suffixes:
+        return "parquet"
+    if "csv" in suffixes:
+        return "csv"
+    raise InputError(f"input directory {path} holds no Delta log, Parquet or CSV files")
+
+
+def _read(store: DeltaStore, path: str, fmt: InputFormat, name: str) -> DataFrame:
+    if fmt == "delta":
+        return store.read(path)
+    if fmt == "parquet":
+        return store.spark.read.parquet(path)
+    # CSV columns are read as text and typed by `conform`, so one bad value cannot fail the whole read.
+    return store.spark.read.option("header", True).option("inferSchema", False).csv(path)
+
+
+def conform(name: str, df: DataFrame, where: str) -> DataFrame:
+    """Select the contract's columns with their types; missing required columns stop the run."""
+    present = set(df.columns)
+    missing = [c.name for c in CONTRACT[name] if c.required and c.name not in present]
+    if missing:
+        raise InputError(f"input table {name} at {where} lacks required columns {missing} "
+                         f"(it has {sorted(present)}); see docs/input-contract.md")
+    return df.select(*[
+        _typed(F.col(c.name), df.schema[c.name].dataType, c.data_type).alias(c.name) if c.name in present
+        else F.lit(None).cast(c.data_type).alias(c.name)
+        for c in CONTRACT[name]
+    ])
+
+
+def _typed(column: Column, source: T.DataType, target: T.DataType) -> Column:
+    if source == target:
+        return column
+    if isinstance(source, T.StringType):
+        # Unparseable text becomes null here; validation reports it.
+        if isinstance(target, T.TimestampType):
+            return F.try_to_timestamp(F.trim(column))
+        if isinstance(target, T.DateType):
+            return F.try_to_timestamp(F.trim(column)).cast(T.DateType())
+        return F.trim(column).try_cast(target) if not isinstance(target, T.StringType) else column
+    return column.cast(target)

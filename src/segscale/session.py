@@ -1,0 +1,71 @@
+"""Build or adopt the Spark session: the one place that decides how Spark is configured."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from segscale.config import Settings
+
+log = logging.getLogger(__name__)
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+
+def under_spark_submit() -> bool:
+    """True when spark-submit started this process (its JVM gateway is already running)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(settings: Settings) -> SparkSession:
+    """Return the active session, the cluster's session under spark-submit, or a new embedded one."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if under_spark_submit():
+        # The platform owns master, resources and cluster settings: take its session as it is.
+        log.info("running under spark-submit: using the cluster's session unchanged")
+        return SparkSession.builder.getOrCreate()
+    return _embedded_session(settings)
+
+
+def _embedded_session(settings: Settings) -> SparkSession:
+    # Python workers must run the driver's interpreter, or its packages are "not found" on them.
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    # An embedded session serves only this machine: bind to loopback unless told otherwise.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    spark_cfg = settings.spark
+    shuffle_partitions = spark_cfg.shuffle_partitions or 4 * (os.cpu_count() or 2)
+    conf = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        "spark.driver.memory": spark_cfg.driver_memory,
+        "spark.ui.showConsoleProgress": "true",
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+    }
+    if settings.delta.backend == "delta-spark":
+        # The jars must already be on the classpath (spark.jars / spark.jars.packages in spark.conf).
+        conf["spark.sql.extensions"] = DELTA_EXTENSION
+        conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    conf.update(spark_cfg.conf)
+    builder = SparkSession.builder.master(spark_cfg.master).appName(spark_cfg.app_name)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(spark_cfg.log_level)
+    log.info("embedded Spark %s on %s, %d shuffle partitions", spark.version, spark_cfg.master,
+             shuffle_partitions)
+    return spark
+
+
+def has_delta_extension(spark: SparkSession) -> bool:
+    return DELTA_EXTENSION in (spark.conf.get("spark.sql.extensions", "") or "")

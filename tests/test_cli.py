@@ -1,0 +1,166 @@
+"""The segscale command line and the spark-submit jobs: commands, exit codes, messages, what gets published."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from segscale.cli import main
+from segscale.config import DeltaSettings
+from segscale.ingest import CONTRACT
+from segscale.tables import CommitMetadata, DeltaStore
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAPSHOT = "2024-06-30"
+
+
+def contract_schema(name: str) -> T.StructType:
+    return T.StructType([T.StructField(c.name, c.data_type) for c in CONTRACT[name]])
+
+
+def write_inputs(spark, root: Path, fmt: str) -> Path:
+    customers = spark.createDataFrame(
+        [(c, dt.date(2023, 1, 1), "north", 1, "online", 1980, "F") for c in ["A", "B", "P"]],
+        contract_schema("customers"))
+    when = dt.datetime(2024, 6, 1, 12, tzinfo=dt.UTC)
+    transactions = spark.createDataFrame(
+        [("t1", "A", when, 10.0, 1, "books", "online", "purchase"),
+         ("t2", "A", when + dt.timedelta(days=5), 15.0, 1, "books", "online", "purchase"),
+         ("t3", "B", when, 8.0, 1, "toys", "store", "purchase"),
+         ("t4", "B", when + dt.timedelta(days=60), 50.0, 1, "toys", "store", "purchase")],
+        contract_schema("transactions"))
+    store = DeltaStore(spark, DeltaSettings(backend="delta-rs"))
+    for name, df in {"customers": customers, "transactions": transactions}.items():
+        path = str(root / name)
+        if fmt == "delta":
+            store.write(path, df, mode="overwrite", meta=CommitMetadata("t", "test", "h"))
+        elif fmt == "parquet":
+            df.write.parquet(path)
+        else:
+            df.select(*[F.date_format(c, "yyyy-MM-dd'T'HH:mm:ss'Z'").alias(c) if c == "ts" else F.col(c)
+                        for c in df.columns]).write.option("header", True).csv(path)
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["delta", "parquet", "csv"])
+def test_run_publishes_customer_features_from_every_input_format(spark, tmp_path, fmt, capsys):
+    inputs = write_inputs(spark, tmp_path / "in", fmt)
+    warehouse = tmp_path / "wh"
+    code = main(["run", "--input", str(inputs), "--warehouse", str(warehouse), "--snapshot-date", SNAPSHOT],
+                spark=spark)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "succeeded" in out and "features" in out
+    rows = {r.customer_id: (r.recency_days, r.frequency, r.monetary) for r in
+            spark.read.parquet(*DeltaTable(str(warehouse / "customer_features")).file_uris()).collect()}
+    assert rows == {"A": (24, 2, 25.0), "B": (29, 1, 8.0), "P": (None, 0, 0.0)}
+
+
+def test_rerunning_a_snapshot_replaces_it_and_records_each_run(spark, tmp_path, capsys):
+    inputs = write_inputs(spark, tmp_path / "in", "parquet")
+    args = ["run", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"), "--snapshot-date", SNAPSHOT,
+            "--summary-json", str(tmp_path / "summary.json")]
+    assert main(args, spark=spark) == 0
+    assert main(args, spark=spark) == 0
+    table = DeltaTable(str(tmp_path / "wh" / "customer_features"))
+    assert table.version() == 1
+    assert table.to_pyarrow_table().num_rows == 3
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["stages"]["features"]["rows"] == 3
+    runs = DeltaTable(str(tmp_path / "wh" / "runs")).to_pyarrow_table().to_pylist()
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
+    assert summary["run_id"] in {r["run_id"] for r in runs}
+    config = json.loads(runs[0]["config_json"])
+    assert config["paths"]["warehouse"] == str(tmp_path / "wh")
+    capsys.readouterr()
+    assert main(["history", "customer_features", "--warehouse", str(tmp_path / "wh")]) == 0
+    listing = capsys.readouterr().out
+    assert summary["run_id"] in listing and "2024-06-30" in listing and "features" in listing
+
+
+def test_missing_input_table_exits_2_naming_it_and_writes_nothing(spark, tmp_path, capsys):
+    inputs = write_inputs(spark, tmp_path / "in", "parquet")
+    for f in (inputs / "transactions").iterdir():
+        f.unlink()
+    (inputs / "transactions").rmdir()
+    code = main(["run", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"), "--snapshot-date",
+                 SNAPSHOT], spark=spark)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "['transactions']" in err and str(inputs) in err and "Traceback" not in err
+    assert not (tmp_path / "wh" / "customer_features").exists()
+
+
+def test_missing_required_column_exits_2_naming_column_and_table(spark, tmp_path, capsys):
+    inputs = write_inputs(spark, tmp_path / "in", "delta")
+    df = spark.read.parquet(*DeltaTable(str(inputs / "transactions")).file_uris()).drop("amount")
+    df.write.parquet(str(tmp_path / "in2" / "transactions"))
+    spark.read.parquet(*DeltaTable(str(inputs / "customers")).file_uris()).write.parquet(
+        str(tmp_path / "in2" / "customers"))
+    code = main(["run", "--input", str(tmp_path / "in2"), "--warehouse", str(tmp_path / "wh"),
+                 "--snapshot-date", SNAPSHOT], spark=spark)
+    err = capsys.readouterr().err
+    assert code == 2 and "transactions" in err and "['amount']" in err
+    assert not (tmp_path / "wh" / "customer_features").exists()
+
+
+def test_bad_config_exits_2_with_key_and_file(spark, tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("delta:\n  max_commit_retries: -1\n")
+    code = main(["run", "--config", str(config), "--snapshot-date", SNAPSHOT], spark=spark)
+    err = capsys.readouterr().err
+    assert code == 2 and "delta.max_commit_retries" in err and str(config) in err
+
+
+def test_bad_date_is_an_argument_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--snapshot-date", "2024-02-30"])
+    assert exit_info.value.code == 2
+    assert "not a date" in capsys.readouterr().err
+
+
+def test_history_of_a_missing_table_exits_2_without_traceback(spark, tmp_path, capsys):
+    (tmp_path / "wh").mkdir()
+    code = main(["history", "customer_features", "--warehouse", str(tmp_path / "wh")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no Delta table" in err and "Traceback" not in err
+
+
+def test_vacuum_command_lists_and_deletes_orphans(spark, tmp_path, capsys):
+    inputs = write_inputs(spark, tmp_path / "in", "parquet")
+    wh = tmp_path / "wh"
+    assert main(["run", "--input", str(inputs), "--warehouse", str(wh), "--snapshot-date", SNAPSHOT],
+                spark=spark) == 0
+    orphan = wh / "customer_features" / "snapshot_date=2024-06-30" / "part-orphan.parquet"
+    orphan.write_bytes(b"half-written")
+    capsys.readouterr()
+    assert main(["vacuum", "customer_features", "--warehouse", str(wh), "--dry-run"]) == 0
+    assert "would delete 0 files" in capsys.readouterr().out  # inside the 168 h retention window
+    assert main(["vacuum", "customer_features", "--warehouse", str(wh), "--retention-hours", "0"]) == 0
+    assert "deleted 1 files" in capsys.readouterr().out
+    assert not orphan.exists()
+
+
+def test_help_lists_every_command_and_each_has_help():
+    listing = subprocess.run([sys.executable, "-m", "segscale", "--help"], capture_output=True, text=True,
+                             check=True).stdout
+    for command in ("generate", "run", "history", "vacuum"):
+        assert command in listing
+        sub = subprocess.run([sys.executable, "-m", "segscale", command, "--help"], capture_output=True,
+                             text=True, check=True).stdout
+        assert f"usage: segscale {command}" in sub
+
+
+@pytest.mark.parametrize(("job", "command"), [("run_pipeline.py", "run"), ("generate_data.py", "generate")])
+def test_spark_submit_jobs_run_the_cli_code_path(job, command):
+    result = subprocess.run([sys.executable, str(ROOT / "jobs" / job), "--help"], capture_output=True,
+                            text=True, check=True)
+    assert f"usage: segscale {command}" in result.stdout

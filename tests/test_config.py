@@ -1,0 +1,107 @@
+"""Configuration: layering, precedence, and errors that name the key and where it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from segscale.config import Settings, load_settings
+from segscale.errors import ConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_base_yaml_states_exactly_the_built_in_defaults():
+    assert load_settings(CONF / "base.yaml", environ={}) == Settings()
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml"])
+def test_shipped_config_files_are_valid(name):
+    settings = load_settings(CONF / name, environ={})
+    assert settings.paths.warehouse
+
+
+def test_local_yaml_is_layered_over_base_yaml(tmp_path):
+    write(tmp_path / "base.yaml", "delta:\n  max_commit_retries: 9\n")
+    local = write(tmp_path / "local.yaml", "delta:\n  backend: delta-rs\n")
+    settings = load_settings(local, environ={})
+    assert settings.delta.max_commit_retries == 9
+    assert settings.delta.backend == "delta-rs"
+
+
+def test_precedence_flag_over_environment_over_file_over_defaults(tmp_path):
+    config = write(tmp_path / "c.yaml", "paths:\n  warehouse: from-file\n  input: from-file\n"
+                                        "generate:\n  seed: 1\n")
+    env = {"SEGSCALE_PATHS__WAREHOUSE": "from-env", "SEGSCALE_GENERATE__SEED": "2"}
+    settings = load_settings(config, {"paths.warehouse": "from-flag"}, environ=env)
+    assert settings.paths.warehouse == "from-flag"
+    assert settings.generate.seed == 2
+    assert settings.paths.input == "from-file"
+    assert settings.delta.max_commit_retries == Settings().delta.max_commit_retries
+
+
+def test_config_file_can_come_from_the_environment(tmp_path):
+    config = write(tmp_path / "c.yaml", "generate:\n  customers: 77\n")
+    assert load_settings(environ={"SEGSCALE_CONFIG": str(config)}).generate.customers == 77
+
+
+def test_unknown_key_names_the_key_and_the_file(tmp_path):
+    config = write(tmp_path / "c.yaml", "delta:\n  backnd: delta-rs\n")
+    with pytest.raises(ConfigError, match=rf"delta\.backnd: unknown key \[from {config}\]"):
+        load_settings(config, environ={})
+
+
+def test_wrong_type_names_the_key_the_value_and_the_file(tmp_path):
+    config = write(tmp_path / "c.yaml", "generate:\n  customers: many\n")
+    with pytest.raises(ConfigError, match=rf"generate\.customers: .*integer.*'many'.*\[from {config}\]"):
+        load_settings(config, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("delta:\n  vacuum_retention_hours: -1\n", r"delta\.vacuum_retention_hours"),
+        ("generate:\n  dirty_rate: 1.5\n", r"generate\.dirty_rate"),
+        ("generate:\n  start: 2024-01-01\n  end: 2023-01-01\n", r"generate: .*must be after start"),
+        ("delta:\n  backend: parquet\n", r"delta\.backend"),
+    ],
+    ids=["negative-hours", "share-above-1", "end-before-start", "unknown-choice"],
+)
+def test_impossible_values_are_refused_with_the_file(tmp_path, text, key):
+    config = write(tmp_path / "c.yaml", text)
+    with pytest.raises(ConfigError, match=rf"{key}.*\[from {config}"):
+        load_settings(config, environ={})
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(ConfigError, match=r"delta\.max_commit_retries.*environment SEGSCALE_DELTA__MAX_COMMIT_RETRIES"):
+        load_settings(environ={"SEGSCALE_DELTA__MAX_COMMIT_RETRIES": "-3"})
+    with pytest.raises(ConfigError, match=r"delta\.colour: unknown key \[from environment SEGSCALE_DELTA__COLOUR\]"):
+        load_settings(environ={"SEGSCALE_DELTA__COLOUR": "blue"})
+
+
+def test_bad_flag_value_names_the_flag():
+    with pytest.raises(ConfigError, match=r"generate\.customers.*command-line flag --customers"):
+        load_settings(overrides={"generate.customers": -5}, environ={})
+
+
+def test_missing_file_and_invalid_yaml_are_reported(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml", environ={})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(write(tmp_path / "bad.yaml", "delta: [unclosed\n"), environ={})
+
+
+def test_config_hash_follows_what_changes_results_only():
+    base = Settings()
+    assert base.config_hash() == Settings().config_hash()
+    moved = Settings.model_validate({"paths": {"warehouse": "elsewhere"}, "spark": {"master": "local[1]"}})
+    assert moved.config_hash() == base.config_hash()
+    changed = Settings.model_validate({"delta": {"allow_schema_evolution": True}})
+    assert changed.config_hash() != base.config_hash()
