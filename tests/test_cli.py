@@ -164,3 +164,42 @@ def test_spark_submit_jobs_run_the_cli_code_path(job, command):
     result = subprocess.run([sys.executable, str(ROOT / "jobs" / job), "--help"], capture_output=True,
                             text=True, check=True)
     assert f"usage: segscale {command}" in result.stdout
+
+
+def test_a_corrupt_input_file_gives_one_paragraph_naming_it_and_exit_2(tmp_path):
+    """Run the real command in its own process (embedded session, as a user would) on a corrupt input file."""
+    inputs = tmp_path / "in"
+    for name in ("customers", "transactions"):
+        (inputs / name).mkdir(parents=True)
+        (inputs / name / "part-0.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("PYSPARK_", "SPARK_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "segscale", "run", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"),
+         "--snapshot-date", SNAPSHOT],
+        capture_output=True, text=True, cwd=tmp_path, env={**env, "SEGSCALE_SPARK__MASTER": "local[1]"},
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error = result.stderr[result.stderr.index("segscale: error:"):]
+    assert "parquet input at" in error and "customers/part-0.parquet" in error and "Could not read footer" in error
+    assert not (tmp_path / "wh" / "customer_features").exists()
+
+
+def test_a_task_failure_on_the_executors_is_one_paragraph_without_stack_traces(spark, tmp_path):
+    """A Delta input whose data file is damaged fails inside an executor task, not on the driver."""
+    inputs = write_inputs(spark, tmp_path / "in", "delta")
+    for data_file in (inputs / "transactions").glob("*.parquet"):
+        data_file.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("PYSPARK_", "SPARK_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "segscale", "run", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"),
+         "--snapshot-date", SNAPSHOT],
+        capture_output=True, text=True, cwd=tmp_path, env={**env, "SEGSCALE_SPARK__MASTER": "local[1]"},
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "\tat org.apache" not in result.stderr
+    error = result.stderr[result.stderr.index("segscale: error:"):]
+    assert "transactions/" in error and ".parquet" in error
+    assert not (tmp_path / "wh" / "customer_features").exists()

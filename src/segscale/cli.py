@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="YAML config file (default: $SEGSCALE_CONFIG, else conf/local.yaml if "
                                          "present); conf/base.yaml beside it is loaded first")
-    common.add_argument("--debug", action="store_true", help="show Python tracebacks and Spark INFO logs")
+    common.add_argument("--debug", action="store_true", help="show the Python traceback of a failure")
 
     parser = argparse.ArgumentParser(
         prog="segscale",

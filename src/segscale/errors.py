@@ -65,6 +65,10 @@ def describe_exception(exc: BaseException) -> str:
     if ends:
         name, _, message = ends[-1].partition(": ")
         return f"{name.rsplit('.', 1)[-1]}: {message}"
+    java = getattr(exc, "java_exception", None)  # py4j's Py4JJavaError: the JVM's own message says it best
+    if java is not None:
+        message = " ".join(str(java.getMessage() or java.toString()).split())
+        return message[:1000]
     found = re.findall(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$", text, flags=re.MULTILINE)
     if found:
         name, message = found[-1]

@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from segscale.errors import InputError
+from segscale.errors import InputError, SegscaleError, describe_exception
 from segscale.tables import DeltaStore
 
 InputFormat = Literal["delta", "parquet", "csv"]
@@ -75,7 +75,7 @@ def read_inputs(store: DeltaStore, input_dir: str) -> InputTables:
         raise InputError(f"required input tables {missing} not found under {input_dir} (expected a Delta, "
                          f"Parquet or CSV directory per table: {input_dir}/customers/, {input_dir}/transactions/)")
     frames = {
-        name: conform(name, _read(store, f"{input_dir}/{name}", fmt, name), f"{input_dir}/{name}")
+        name: conform(name, _read(store, f"{input_dir}/{name}", fmt), f"{input_dir}/{name}")
         for name, fmt in found.items() if fmt is not None
     }
     return InputTables(frames["customers"], frames["transactions"], frames.get("interactions"))
@@ -103,13 +103,18 @@ def detect_format(path: str) -> InputFormat | None:
     raise InputError(f"input directory {path} holds no Delta log, Parquet or CSV files")
 
 
-def _read(store: DeltaStore, path: str, fmt: InputFormat, name: str) -> DataFrame:
-    if fmt == "delta":
-        return store.read(path)
-    if fmt == "parquet":
-        return store.spark.read.parquet(path)
-    # CSV columns are read as text and typed by `conform`, so one bad value cannot fail the whole read.
-    return store.spark.read.option("header", True).option("inferSchema", False).csv(path)
+def _read(store: DeltaStore, path: str, fmt: InputFormat) -> DataFrame:
+    try:
+        if fmt == "delta":
+            return store.read(path)
+        if fmt == "parquet":
+            return store.spark.read.parquet(path)
+        # CSV columns are read as text and typed by `conform`, so one bad value cannot fail the whole read.
+        return store.spark.read.option("header", True).option("inferSchema", False).csv(path)
+    except SegscaleError:
+        raise
+    except Exception as exc:  # Spark reports unreadable files through several exception types
+        raise InputError(f"cannot read the {fmt} input at {path}: {describe_exception(exc)}") from None
 
 
 def conform(name: str, df: DataFrame, where: str) -> DataFrame:

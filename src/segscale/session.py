@@ -62,6 +62,8 @@ def _embedded_session(settings: Settings) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(spark_cfg.log_level)
+    if spark_cfg.log_level in ("WARN", "ERROR"):
+        _quiet_task_failure_logs(spark)
     log.info("embedded Spark %s on %s, %d shuffle partitions", spark.version, spark_cfg.master,
              shuffle_partitions)
     return spark
@@ -69,3 +71,13 @@ def _embedded_session(settings: Settings) -> SparkSession:
 
 def has_delta_extension(spark: SparkSession) -> bool:
     return DELTA_EXTENSION in (spark.conf.get("spark.sql.extensions", "") or "")
+
+
+def _quiet_task_failure_logs(spark: SparkSession) -> None:
+    """Silence the loggers that print every failed task's Python traceback: segscale reports the cause itself
+    (set spark.log_level: INFO to see them)."""
+    jvm = spark.sparkContext._jvm
+    configurator = jvm.org.apache.logging.log4j.core.config.Configurator
+    off = jvm.org.apache.logging.log4j.Level.OFF
+    for name in ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager"):
+        configurator.setLevel(name, off)
