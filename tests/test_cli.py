@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,17 @@ def write_inputs(spark, root: Path, fmt: str) -> Path:
             df.select(*[F.date_format(c, "yyyy-MM-dd'T'HH:mm:ss'Z'").alias(c) if c == "ts" else F.col(c)
                         for c in df.columns]).write.option("header", True).csv(path)
     return root
+
+
+def run_in_own_process(inputs: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`segscale run` as a user starts it: its own process and embedded session."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "segscale", "run", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"),
+         "--snapshot-date", SNAPSHOT],
+        capture_output=True, text=True, cwd=tmp_path, env={**env, "SEGSCALE_SPARK__MASTER": "local[1]"},
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("fmt", ["delta", "parquet", "csv"])
@@ -172,13 +184,7 @@ def test_a_corrupt_input_file_gives_one_paragraph_naming_it_and_exit_2(tmp_path)
     for name in ("customers", "transactions"):
         (inputs / name).mkdir(parents=True)
         (inputs / name / "part-0.parquet").write_bytes(b"PAR1 this is not a parquet file")
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("PYSPARK_", "SPARK_"))}
-    result = subprocess.run(
-        [sys.executable, "-m", "segscale", "run", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"),
-         "--snapshot-date", SNAPSHOT],
-        capture_output=True, text=True, cwd=tmp_path, env={**env, "SEGSCALE_SPARK__MASTER": "local[1]"},
-        timeout=300,
-    )
+    result = run_in_own_process(inputs, tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     error = result.stderr[result.stderr.index("segscale: error:"):]
@@ -191,13 +197,7 @@ def test_a_task_failure_on_the_executors_is_one_paragraph_without_stack_traces(s
     inputs = write_inputs(spark, tmp_path / "in", "delta")
     for data_file in (inputs / "transactions").glob("*.parquet"):
         data_file.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("PYSPARK_", "SPARK_"))}
-    result = subprocess.run(
-        [sys.executable, "-m", "segscale", "run", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"),
-         "--snapshot-date", SNAPSHOT],
-        capture_output=True, text=True, cwd=tmp_path, env={**env, "SEGSCALE_SPARK__MASTER": "local[1]"},
-        timeout=300,
-    )
+    result = run_in_own_process(inputs, tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "\tat org.apache" not in result.stderr
     error = result.stderr[result.stderr.index("segscale: error:"):]

@@ -267,6 +267,20 @@ def test_concurrent_appends_both_land(spark, warehouse, monkeypatch):
     assert warehouse.read("features").count() == 4 + 2 + 3
 
 
+def test_a_table_created_by_another_writer_during_a_create_is_a_conflict(spark, warehouse, monkeypatch):
+    original = tables._before_commit
+
+    def race(uri: str, write_id: str) -> None:
+        monkeypatch.setattr(tables, "_before_commit", original)
+        write_snapshot(warehouse, spark, D1, scale=5.0, run_id="rival")
+
+    monkeypatch.setattr(tables, "_before_commit", race)
+    with pytest.raises(WriteConflictError, match="created by another writer"):
+        write_snapshot(warehouse, spark, D1, run_id="loser")
+    assert DeltaTable(warehouse.uri("features")).version() == 0
+    assertDataFrameEqual(warehouse.read("features"), spark.createDataFrame(rows(D1, scale=5.0), SCHEMA))
+
+
 def test_two_writers_creating_the_same_table_at_once_one_wins_without_duplicates(spark, warehouse, monkeypatch):
     barrier = threading.Barrier(2, timeout=120)
     monkeypatch.setattr(tables, "_before_commit", lambda uri, write_id: barrier.wait())

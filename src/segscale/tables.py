@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, Field
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import CommitFailedError
+from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
@@ -219,10 +219,13 @@ class DeltaStore:
                 txn_mode = "append" if mode == "append" else "overwrite"
                 table.create_write_transaction(adds, txn_mode, schema, partition_by=partition_by or None,
                                                partition_filters=filters, commit_properties=props)
-        except CommitFailedError as exc:
-            if table is None:
+        except (CommitFailedError, DeltaError) as exc:
+            if table is None and (isinstance(exc, CommitFailedError) or DeltaTable.is_deltatable(uri)):
+                # Lost the race for version 0 (at its commit, or at delta-rs' existence check before it).
                 raise WriteConflictError(f"{uri} was created by another writer while this write ran; this "
                                          f"write's files were not committed. Re-run to retry.") from exc
+            if not isinstance(exc, CommitFailedError):
+                raise
             raise WriteConflictError(
                 f"another writer changed {uri} while this write ran ({exc}); this write's files were not "
                 f"committed and the table holds the other writer's version. Re-run to retry."
