@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from deltalake import DeltaTable
@@ -354,3 +355,16 @@ def test_delta_spark_backend_writes_the_same_table(spark, tmp_path):
 
 def test_store_chooses_delta_rs_without_the_delta_extension(spark):
     assert DeltaStore(spark, DeltaSettings()).backend == "delta-rs"
+
+
+def _session_with_extensions(extensions: str) -> SimpleNamespace:
+    """Just enough of a SparkSession for the backend choice: its configuration."""
+    values = {"spark.sql.extensions": extensions}
+    return SimpleNamespace(conf=SimpleNamespace(get=lambda key, default=None: values.get(key, default)))
+
+
+def test_store_chooses_delta_spark_when_the_delta_extension_is_configured():
+    with_delta = _session_with_extensions("io.delta.sql.DeltaSparkSessionExtension")
+    assert DeltaStore(with_delta, DeltaSettings()).backend == "delta-spark"
+    assert DeltaStore(_session_with_extensions(""), DeltaSettings()).backend == "delta-rs"
+    assert DeltaStore(with_delta, DeltaSettings(backend="delta-rs")).backend == "delta-rs"

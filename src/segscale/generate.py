@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -126,6 +127,7 @@ BLANK_IDS = ("", "   ")
 UNKNOWN_CUSTOMER_PREFIX = "X"
 DUPLICATE_MAX_SHIFT_S = 120
 IMPOSSIBLE_YEARS = (1970, 2099)
+UNPARSEABLE_TS_TEXT = ("2024-13-45T25:61:00Z", "yesterday", "31/12/2024 10:00")
 
 DAY_S = 86_400
 _US = 1_000_000
@@ -587,3 +589,16 @@ def _timestamps(epoch_s: np.ndarray, valid: np.ndarray | None = None) -> pa.Arra
 
 def _arrow_schema(schema: T.StructType) -> pa.Schema:
     return to_arrow_schema(schema, timezone="UTC")
+
+
+def as_csv_text(frame_df: DataFrame) -> DataFrame:
+    """Timestamps as ISO-8601 text for a CSV export. A timestamp that a dirty row lost becomes what exports
+    really hold: unparseable text for three in four such rows (chosen by the row's id), an empty cell otherwise."""
+    unparseable = F.array(*[F.lit(text) for text in UNPARSEABLE_TS_TEXT], F.lit(None).cast("string"))
+    pick = F.pmod(F.xxhash64(F.col(frame_df.columns[0])), F.lit(len(UNPARSEABLE_TS_TEXT) + 1)) + 1
+    lost = F.element_at(unparseable, pick.cast("int"))
+    return frame_df.select(*[
+        F.coalesce(F.date_format(f.name, "yyyy-MM-dd'T'HH:mm:ss.SSSSSS'Z'"), lost).alias(f.name)
+        if isinstance(f.dataType, T.TimestampType) else F.col(f.name)
+        for f in frame_df.schema.fields
+    ])

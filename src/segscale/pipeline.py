@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from segscale import __version__
 from segscale.config import Settings
 from segscale.features import customer_features
-from segscale.generate import generate_frames
+from segscale.generate import as_csv_text, generate_frames
 from segscale.ingest import read_inputs
 from segscale.tables import CommitMetadata, DeltaStore, Warehouse
 
@@ -136,12 +135,7 @@ def _write_plain(frame_df: DataFrame, path: str, fmt: str) -> None:
     if fmt == "parquet":
         frame_df.write.mode("overwrite").parquet(path)
         return
-    timestamps = [f.name for f in frame_df.schema.fields if isinstance(f.dataType, T.TimestampType)]
-    text_df = frame_df.select(*[
-        F.date_format(c, "yyyy-MM-dd'T'HH:mm:ss.SSSSSS'Z'").alias(c) if c in timestamps else F.col(c)
-        for c in frame_df.columns
-    ])
-    text_df.write.mode("overwrite").option("header", True).csv(path)
+    frame_df.transform(as_csv_text).write.mode("overwrite").option("header", True).csv(path)
 
 
 def _record_run(warehouse: Warehouse, run: Run, status: str) -> None:
