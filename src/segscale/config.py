@@ -79,11 +79,105 @@ class GenerateSettings(_Section):
         return self
 
 
+class ValidationSettings(_Section):
+    # A run stops before publishing when any input's bad share exceeds this.
+    max_bad_ratio: float = Field(default=0.05, ge=0, le=1)
+    # Transactions/interactions of a customer_id missing from customers: quarantine them or keep them.
+    unknown_customer: Literal["quarantine", "keep"] = "quarantine"
+    amount_ceiling: float = Field(default=100_000.0, gt=0)
+    min_timestamp: dt.date = dt.date(1990, 1, 1)
+    transaction_types: tuple[str, ...] = ("purchase", "return")
+    interaction_kinds: tuple[str, ...] = ("service_call", "complaint", "campaign_touch", "survey")
+
+
+class FeatureSettings(_Section):
+    online_channels: tuple[str, ...] = ("online", "app")
+    complaint_kinds: tuple[str, ...] = ("complaint",)
+
+
+class SegmentRule(_Section):
+    """A named RFM segment: inclusive score ranges; the first matching rule names a buyer."""
+
+    name: str
+    r: tuple[int, int]
+    f: tuple[int, int]
+    m: tuple[int, int] = (1, 5)
+
+
+class CutPoints(_Section):
+    recency: list[float] | None = None
+    frequency: list[float] | None = None
+    monetary: list[float] | None = None
+
+
+class RfmSettings(_Section):
+    bins: int = Field(default=5, ge=2, le=10)
+    # Days of history that bound frequency and monetary; null = all history.
+    lookback_days: int | None = Field(default=None, gt=0)
+    quantile_relative_error: float = Field(default=0.001, gt=0, lt=1)
+    cut_points: CutPoints = Field(default_factory=CutPoints)
+    segments: tuple[SegmentRule, ...] = (
+        SegmentRule(name="Champions", r=(5, 5), f=(4, 5)),
+        SegmentRule(name="Loyal Customers", r=(3, 4), f=(4, 5)),
+        SegmentRule(name="Cannot Lose Them", r=(1, 1), f=(5, 5)),
+        SegmentRule(name="At Risk", r=(1, 2), f=(3, 5)),
+        SegmentRule(name="Potential Loyalists", r=(4, 5), f=(2, 3)),
+        SegmentRule(name="New Customers", r=(5, 5), f=(1, 1)),
+        SegmentRule(name="Promising", r=(4, 4), f=(1, 1)),
+        SegmentRule(name="Need Attention", r=(3, 3), f=(3, 3)),
+        SegmentRule(name="About To Sleep", r=(3, 3), f=(1, 2)),
+        SegmentRule(name="Hibernating", r=(2, 2), f=(1, 2)),
+        SegmentRule(name="Lost", r=(1, 1), f=(1, 2)),
+    )
+
+    @model_validator(mode="after")
+    def _segments_cover_every_score(self) -> RfmSettings:
+        scores = range(1, self.bins + 1)
+        uncovered = [
+            (r, f, m) for r in scores for f in scores for m in scores
+            if not any(s.r[0] <= r <= s.r[1] and s.f[0] <= f <= s.f[1] and s.m[0] <= m <= s.m[1]
+                       for s in self.segments)
+        ]
+        if uncovered:
+            raise ValueError(f"segments leave {len(uncovered)} (r, f, m) score combinations unnamed, e.g. "
+                             f"{uncovered[:3]}; add rules so every combination of 1..{self.bins} matches one")
+        return self
+
+
+class TierSettings(_Section):
+    basis: Literal["monetary", "clv"] = "monetary"
+    high_value_share: float = Field(default=0.2, gt=0, lt=1)
+    potential_share: float = Field(default=0.3, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> TierSettings:
+        if self.high_value_share + self.potential_share > 1:
+            raise ValueError("high_value_share + potential_share must not exceed 1")
+        return self
+
+
+class LifecycleSettings(_Section):
+    churned_after_days: int = Field(default=365, gt=0)
+    at_risk_after_days: int = Field(default=120, gt=0)
+    loyal_min_purchases: int = Field(default=5, ge=2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LifecycleSettings:
+        if self.at_risk_after_days >= self.churned_after_days:
+            raise ValueError("at_risk_after_days must be below churned_after_days")
+        return self
+
+
 class Settings(_Section):
     paths: PathSettings = Field(default_factory=PathSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     delta: DeltaSettings = Field(default_factory=DeltaSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    rfm: RfmSettings = Field(default_factory=RfmSettings)
+    tiers: TierSettings = Field(default_factory=TierSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
 
     def config_hash(self) -> str:
         """Hash of everything that changes what the pipeline computes (not where or on what it runs)."""
