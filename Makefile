@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA ?= data/demo
 DEMO_WAREHOUSE ?= warehouse
 DEMO_SNAPSHOT ?= 2024-12-31
+DEMO_PREVIOUS ?= 2024-09-30
 DEMO_CUSTOMERS ?= 20000
 
 .PHONY: demo test lint bench wheel clean check-java
@@ -28,9 +29,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: check-java $(STAMP)
-	$(VENV)/bin/segscale generate --customers $(DEMO_CUSTOMERS) --seed 7 --out $(DEMO_DATA)
+	$(VENV)/bin/segscale generate --customers $(DEMO_CUSTOMERS) --seed 7 --dirty-rate 0.005 --out $(DEMO_DATA)
+	$(VENV)/bin/segscale run --input $(DEMO_DATA) --warehouse $(DEMO_WAREHOUSE) --snapshot-date $(DEMO_PREVIOUS)
 	$(VENV)/bin/segscale run --input $(DEMO_DATA) --warehouse $(DEMO_WAREHOUSE) --snapshot-date $(DEMO_SNAPSHOT)
-	$(VENV)/bin/segscale history customer_features --warehouse $(DEMO_WAREHOUSE)
+	$(VENV)/bin/segscale history customer_scores --warehouse $(DEMO_WAREHOUSE)
 
 test: check-java $(STAMP)
 	$(PY) -m pytest

@@ -116,6 +116,12 @@ def test_replace_partition_refuses_rows_of_another_partition(spark, warehouse):
     assert DeltaTable(warehouse.uri("features")).version() == 0
 
 
+def test_partition_values_come_from_the_log(spark, warehouse):
+    write_snapshot(warehouse, spark, D2)
+    write_snapshot(warehouse, spark, D1)
+    assert warehouse.partition_values("features", "snapshot_date") == ["2024-01-31", "2024-02-29"]
+
+
 def test_overwrite_replaces_the_whole_table(spark, warehouse):
     write_snapshot(warehouse, spark, D1)
     write_snapshot(warehouse, spark, D2)
@@ -318,8 +324,9 @@ def test_tables_are_readable_by_deltalake_duckdb_and_polars(spark, warehouse):
     arrow = DeltaTable(uri).to_pyarrow_table()
     from_deltalake = sorted(zip(arrow["customer_id"].to_pylist(), arrow["snapshot_date"].to_pylist(),
                                 arrow["frequency"].to_pylist(), strict=True))
-    dataset = DeltaTable(uri).to_pyarrow_dataset()  # noqa: F841 (DuckDB scans the local by name)
-    from_duckdb = sorted(duckdb.sql("select customer_id, snapshot_date, frequency from dataset").fetchall())
+    con = duckdb.connect()
+    con.register("features", DeltaTable(uri).to_pyarrow_dataset())
+    from_duckdb = sorted(con.sql("select customer_id, snapshot_date, frequency from features").fetchall())
     frame = polars.read_delta(uri).select("customer_id", "snapshot_date", "frequency")
     from_polars = sorted(frame.iter_rows())
     assert from_deltalake == from_duckdb == from_polars == expected

@@ -61,14 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--format", choices=["delta", "parquet", "csv"], help="format of the input tables")
     gen.set_defaults(handler=_generate)
 
-    run = commands.add_parser("run", parents=[common], help="run the main job for one snapshot",
-                              description="Read the inputs and publish the snapshot's tables to the warehouse.")
-    run.add_argument("--input", help="directory holding customers/, transactions/, interactions/")
-    run.add_argument("--warehouse", help="directory (or URI) of the published Delta tables")
-    run.add_argument("--snapshot-date", type=_date, default=None,
-                     help="snapshot date YYYY-MM-DD, end of day UTC inclusive (default: yesterday, UTC)")
-    run.add_argument("--summary-json", help="also write the run summary to this file")
-    run.set_defaults(handler=_run)
+    snapshot_commands = {
+        "run": ("run the main job for one snapshot: validate, features, segment",
+                "Read the inputs, validate them (bad rows to quarantine), publish customer_features, then "
+                "customer_scores and segment_migration for the snapshot."),
+        "validate": ("validate the inputs and publish the snapshot's quarantine",
+                     "Check every input row; bad rows go to the quarantine table with a reason code."),
+        "features": ("validate, then publish customer_features for the snapshot",
+                     "Validate the inputs and compute one row of features per customer as of the snapshot."),
+        "segment": ("publish customer_scores and segment_migration from published features",
+                    "RFM scores and segments, value tiers and lifecycle stages from the snapshot's published "
+                    "customer_features, and migration from the previous snapshot."),
+    }
+    for name, (summary, description) in snapshot_commands.items():
+        sub = commands.add_parser(name, parents=[common], help=summary, description=description)
+        if name != "segment":
+            sub.add_argument("--input", help="directory holding customers/, transactions/, interactions/")
+        sub.add_argument("--warehouse", help="directory (or URI) of the published Delta tables")
+        sub.add_argument("--snapshot-date", type=_date, default=None,
+                         help="snapshot date YYYY-MM-DD, end of day UTC inclusive (default: yesterday, UTC)")
+        sub.add_argument("--summary-json", help="also write the run summary to this file")
+        sub.set_defaults(handler=_run)
 
     hist = commands.add_parser("history", parents=[common], help="list a table's versions with run metadata")
     hist.add_argument("table", help="table name, e.g. customer_features")
@@ -100,7 +113,7 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
         needs_spark = getattr(args, "needs_spark", True)
         log.log(logging.INFO if needs_spark else logging.DEBUG, "segscale %s %s, effective config (hash %s):\n%s",
                 __version__, args.command, settings.config_hash(),
-                yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True))
+                yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True, default_flow_style=None, width=120))
         if spark is None and needs_spark:
             spark = get_spark(settings)
         return args.handler(spark, settings, args)
@@ -147,12 +160,22 @@ def _generate(spark: SparkSession, settings: Settings, args: argparse.Namespace)
 
 def _run(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> int:
     snapshot = args.snapshot_date or _yesterday()
-    summary = run_pipeline(spark, settings, snapshot, Run("run", settings, snapshot))
-    _print_stages(summary)
+    run = Run(args.command, settings, snapshot)
+    try:
+        summary = run_pipeline(spark, settings, snapshot, run)
+    except Exception:
+        if args.summary_json:
+            _write_json(args.summary_json, run.summary("failed"))
+        raise
+    print(format_summary(summary))
     if args.summary_json:
-        with open(args.summary_json, "w", encoding="utf-8") as handle:
-            json.dump(summary, handle, indent=2, default=str)
+        _write_json(args.summary_json, summary)
     return 0
+
+
+def _write_json(path: str, summary: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2, default=str)
 
 
 def _history(spark: SparkSession | None, settings: Settings, args: argparse.Namespace) -> int:
@@ -185,3 +208,38 @@ def _print_stages(summary: dict[str, Any]) -> None:
         details = ", ".join(f"{k}={v}" for k, v in record.items() if k != "seconds")
         print(f"  {name:<28} {record['seconds']:>8.1f} s  {details}")
 
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The run summary for a terminal: stages and times, rows, quarantine, cut points, tiers by stage."""
+    stages = summary["stages"]
+    lines = [f"segscale {summary['command']} {summary['status']}: snapshot {summary['snapshot_date']}, "
+             f"run {summary['run_id']}, config {summary['config_hash']}", "", "stage          seconds"]
+    lines += [f"  {name:<12} {record['seconds']:>7.1f}" for name, record in stages.items()]
+    tables = stages.get("validate", {}).get("tables")
+    if tables:
+        lines += ["", "input          rows in   rows out  quarantined by reason"]
+        for table, counts in tables.items():
+            bad = sum(counts["bad"].values())
+            reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(counts["bad"].items())) or "-"
+            lines.append(f"  {table:<12} {counts['rows']:>9,} {counts['rows'] - bad:>10,}  {reasons}")
+    published = {t: p for record in stages.values() for t, p in record.get("published", {}).items()}
+    if published:
+        lines += ["", "published             rows  version"]
+        lines += [f"  {t:<18} {p['rows']:>9,} {p['version']:>8}" for t, p in published.items()]
+    segment = stages.get("segment", {})
+    if "rfm_cut_points" in segment:
+        lines += ["", "RFM cut points (upper bound of score 1, 2, ...; recency scores reversed)"]
+        lines += [f"  {d:<10} {', '.join(f'{c:g}' for c in cuts) or '(one bin)'}"
+                  for d, cuts in segment["rfm_cut_points"].items()]
+    if "tiers_by_stage" in segment:
+        stage_names = ("prospect", "new", "repeat", "loyal", "at_risk", "churned")
+        lines += ["", "value tier             " + " ".join(f"{s:>9}" for s in stage_names) + "      total"]
+        for tier, label in (("high_value", "高价值"), ("potential", "潜力"), ("regular", "普通")):
+            counts = segment["tiers_by_stage"].get(tier, {})
+            lines.append(f"  {tier:<11} {label:<6}  " + " ".join(f"{counts.get(s, 0):>9,}" for s in stage_names)
+                         + f" {sum(counts.values()):>10,}")
+    migration = stages.get("migration")
+    if migration is not None:
+        previous = migration.get("previous_snapshot")
+        lines += ["", f"migration from {previous}" if previous else "migration: no earlier snapshot"]
+    return "\n".join(lines)

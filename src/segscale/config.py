@@ -131,6 +131,18 @@ class RfmSettings(_Section):
     )
 
     @model_validator(mode="after")
+    def _cut_points_fit_the_bins(self) -> RfmSettings:
+        for dimension in ("recency", "frequency", "monetary"):
+            cuts = getattr(self.cut_points, dimension)
+            if cuts is None:
+                continue
+            if len(cuts) != self.bins - 1:
+                raise ValueError(f"cut_points.{dimension} needs bins - 1 = {self.bins - 1} values, got {len(cuts)}")
+            if any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
+                raise ValueError(f"cut_points.{dimension} must be strictly ascending, got {cuts}")
+        return self
+
+    @model_validator(mode="after")
     def _segments_cover_every_score(self) -> RfmSettings:
         scores = range(1, self.bins + 1)
         uncovered = [

@@ -1,18 +1,58 @@
 """Per-customer features as of a snapshot date (end of that day, UTC, inclusive).
 
-One pass over transactions with conditional aggregation; every customer in `customers` gets a row, prospects
-included (no purchase: frequency 0, monetary 0, recency null).
+Every customer in `customers` gets exactly one row, prospects included. Transactions are read in one pass: one
+shuffle by customer_id, one window over each customer's rows ordered by day (for the gaps between purchase days,
+the first purchase day and the distinct categories), then one hash aggregation with conditional sums for every
+time window. Interactions take one more aggregation. Definitions: docs/features.md.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from segscale.config import FeatureSettings
 
 PURCHASE = "purchase"
 RETURN = "return"
+SECONDS_PER_DAY = 86_400
+EPOCH = dt.date(1970, 1, 1)
+# "Last N days" windows: the snapshot day and the N - 1 days before it.
+ACTIVITY_WINDOWS_DAYS = (30, 90, 365)
+TREND_WINDOW_DAYS = 90
+INTERACTION_WINDOW_DAYS = 365
+
+# The output schema, in order. Counts are long, day differences int, amounts and ratios double.
+FEATURE_TYPES: dict[str, T.DataType] = {
+    "customer_id": T.StringType(),
+    "snapshot_date": T.DateType(),
+    "recency_days": T.IntegerType(),
+    "frequency": T.LongType(),
+    "monetary": T.DoubleType(),
+    "avg_order_value": T.DoubleType(),
+    "tenure_days": T.IntegerType(),
+    "days_since_first_purchase": T.IntegerType(),
+    "mean_days_between_purchases": T.DoubleType(),
+    "std_days_between_purchases": T.DoubleType(),
+    **{f"purchases_{n}d": T.LongType() for n in ACTIVITY_WINDOWS_DAYS},
+    **{f"spend_{n}d": T.DoubleType() for n in ACTIVITY_WINDOWS_DAYS},
+    "spend_trend_90d": T.DoubleType(),
+    "distinct_categories": T.LongType(),
+    "return_rate": T.DoubleType(),
+    "online_share": T.DoubleType(),
+    "interactions_365d": T.LongType(),
+    "interaction_cost_365d": T.DoubleType(),
+    "complaints_365d": T.LongType(),
+    "last_satisfaction": T.IntegerType(),
+    "bgnbd_frequency": T.LongType(),
+    "bgnbd_recency": T.IntegerType(),
+    "bgnbd_T": T.IntegerType(),
+    "bgnbd_monetary": T.DoubleType(),
+}
+INTERACTION_FEATURES = ("interactions_365d", "interaction_cost_365d", "complaints_365d", "last_satisfaction")
 
 
 def snapshot_end(snapshot_date: dt.date) -> Column:
@@ -25,29 +65,179 @@ def filter_as_of(events_df: DataFrame, snapshot_date: dt.date) -> DataFrame:
     return events_df.where(F.col("ts") < snapshot_end(snapshot_date))
 
 
-def customer_features(customers_df: DataFrame, transactions_df: DataFrame, snapshot_date: dt.date) -> DataFrame:
-    """customer_id, snapshot_date, recency_days, frequency, monetary for every customer."""
+def filter_signed_up_by(customers_df: DataFrame, snapshot_date: dt.date) -> DataFrame:
+    """The snapshot's population: customers who had signed up by the end of the snapshot date."""
+    return customers_df.where(F.col("signup_date") <= F.lit(snapshot_date))
+
+
+def utc_day(ts: Column) -> Column:
+    """Days since 1970-01-01 of the UTC calendar day of `ts`, whatever the session time zone."""
+    return F.floor(F.unix_seconds(ts) / F.lit(SECONDS_PER_DAY)).cast(T.IntegerType())
+
+
+def epoch_day(day: dt.date) -> int:
+    """Days since 1970-01-01 of `day`, the same numbering as `utc_day`."""
+    return (day - EPOCH).days
+
+
+def customer_features(
+    customers_df: DataFrame,
+    transactions_df: DataFrame,
+    interactions_df: DataFrame | None,
+    snapshot_date: dt.date,
+    settings: FeatureSettings,
+    lookback_days: int | None = None,
+) -> DataFrame:
+    """One row per customer of `customers_df` with the columns of FEATURE_TYPES, as of the end of `snapshot_date`.
+
+    Inputs are clean contract frames. `lookback_days` (rfm.lookback_days; None = all history) bounds frequency and
+    monetary only. Without an interactions table the interaction features are null (unknown), not 0.
+    """
+    if lookback_days is not None and lookback_days <= 0:
+        raise ValueError(f"lookback_days must be positive or None, got {lookback_days}")
+    features_df = customers_df.select("customer_id", "signup_date").join(
+        transaction_aggregates(transactions_df, snapshot_date, settings, lookback_days), "customer_id", how="left")
+    if interactions_df is not None:
+        features_df = features_df.join(
+            interaction_aggregates(interactions_df, snapshot_date, settings), "customer_id", how="left")
+    columns = _feature_columns(snapshot_date, has_interactions=interactions_df is not None)
+    return features_df.select(*[columns[name].cast(data_type).alias(name)
+                                for name, data_type in FEATURE_TYPES.items()])
+
+
+def transaction_aggregates(transactions_df: DataFrame, snapshot_date: dt.date, settings: FeatureSettings,
+                           lookback_days: int | None) -> DataFrame:
+    """Per-customer sums and counts over the transactions up to the snapshot (one row per customer with any)."""
+    snapshot_day = F.lit(epoch_day(snapshot_date))
     is_purchase = F.col("transaction_type") == PURCHASE
     is_return = F.col("transaction_type") == RETURN
-    per_customer_df = (
-        transactions_df.transform(filter_as_of, snapshot_date)
-        .groupBy("customer_id")
-        .agg(
-            F.count(F.when(is_purchase, 1)).alias("frequency"),
-            (F.sum(F.when(is_purchase, F.col("amount")).otherwise(0.0))
-             - F.sum(F.when(is_return, F.col("amount")).otherwise(0.0))).alias("monetary"),
-            F.max(F.when(is_purchase, F.to_date("ts"))).alias("last_purchase_date"),
-        )
+    rows_df = transactions_df.transform(filter_as_of, snapshot_date).select(
+        "customer_id",
+        utc_day(F.col("ts")).alias("day"),
+        is_purchase.alias("is_purchase"),
+        is_return.alias("is_return"),
+        "amount",
+        F.when(is_purchase, F.col("category")).alias("purchase_category"),
+        F.col("channel").isin(list(settings.online_channels)).alias("is_online"),
     )
-    snapshot = F.lit(snapshot_date)
-    return (
-        customers_df.select("customer_id")
-        .join(per_customer_df, "customer_id", how="left")
-        .select(
-            "customer_id",
-            snapshot.alias("snapshot_date"),
-            F.datediff(snapshot, F.col("last_purchase_date")).alias("recency_days"),
-            F.coalesce(F.col("frequency"), F.lit(0)).cast("long").alias("frequency"),
-            F.coalesce(F.col("monetary"), F.lit(0.0)).alias("monetary"),
-        )
+
+    # The window sorts each customer's rows by day: the gaps between distinct purchase days need the order, and
+    # the first purchase day and category set ride along on the same sort instead of costing another shuffle.
+    purchase_day = F.when(F.col("is_purchase"), F.col("day"))
+    by_day = Window.partitionBy("customer_id").orderBy("day")
+    earlier_rows = by_day.rowsBetween(Window.unboundedPreceding, -1)
+    all_rows = by_day.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    ordered_df = rows_df.select(
+        "*",
+        F.max(purchase_day).over(earlier_rows).alias("previous_purchase_day"),
+        F.min(purchase_day).over(all_rows).alias("first_purchase_day"),
+        F.size(F.collect_set("purchase_category").over(all_rows)).alias("category_count"),
     )
+
+    days_ago = snapshot_day - F.col("day")
+    purchase = F.col("is_purchase")
+    amount = F.col("amount")
+    # Same-day purchases share a day: only the first purchase row of each day opens it (the row order within a
+    # day does not matter, since the earlier same-day row makes the later ones' previous day equal to the day).
+    opens_purchase_day = purchase & (F.col("previous_purchase_day").isNull()
+                                     | (F.col("previous_purchase_day") < F.col("day")))
+    gap = F.when(opens_purchase_day, F.col("day") - F.col("previous_purchase_day")).cast(T.LongType())
+    in_lookback = F.lit(True) if lookback_days is None else days_ago < lookback_days
+    signed_amount = F.when(purchase, amount).when(F.col("is_return"), -amount)
+    in_trend_previous = (days_ago >= TREND_WINDOW_DAYS) & (days_ago < 2 * TREND_WINDOW_DAYS)
+    return ordered_df.groupBy("customer_id").agg(
+        F.count(F.when(purchase, 1)).alias("purchases"),
+        F.sum(F.when(purchase, amount)).alias("purchase_amount"),
+        F.count(F.when(F.col("is_return"), 1)).alias("returns"),
+        F.count(F.when(purchase & F.col("is_online"), 1)).alias("online_purchases"),
+        F.count(F.when(purchase & in_lookback, 1)).alias("lookback_purchases"),
+        F.sum(F.when(in_lookback, signed_amount)).alias("lookback_net_amount"),
+        F.min(purchase_day).alias("first_day"),
+        F.max(purchase_day).alias("last_day"),
+        F.count(F.when(opens_purchase_day, 1)).alias("purchase_days"),
+        F.sum(gap * gap).alias("sum_squared_gaps"),
+        F.sum(F.when(purchase & (F.col("day") > F.col("first_purchase_day")), amount)).alias("repeat_day_amount"),
+        F.max("category_count").alias("categories"),
+        *[F.count(F.when(purchase & (days_ago < n), 1)).alias(f"window_purchases_{n}")
+          for n in ACTIVITY_WINDOWS_DAYS],
+        *[F.sum(F.when(purchase & (days_ago < n), amount)).alias(f"window_spend_{n}") for n in ACTIVITY_WINDOWS_DAYS],
+        F.sum(F.when(purchase & in_trend_previous, amount)).alias("previous_trend_spend"),
+    )
+
+
+def interaction_aggregates(interactions_df: DataFrame, snapshot_date: dt.date,
+                           settings: FeatureSettings) -> DataFrame:
+    """Per-customer interaction counts, cost and last satisfaction up to the snapshot."""
+    days_ago = F.lit(epoch_day(snapshot_date)) - utc_day(F.col("ts"))
+    in_window = days_ago < INTERACTION_WINDOW_DAYS
+    is_complaint = F.col("kind").isin(list(settings.complaint_kinds))
+    return interactions_df.transform(filter_as_of, snapshot_date).groupBy("customer_id").agg(
+        F.count(F.when(in_window, 1)).alias("window_interactions"),
+        F.sum(F.when(in_window, F.col("cost"))).alias("window_cost"),
+        F.count(F.when(in_window & is_complaint, 1)).alias("window_complaints"),
+        F.max_by("satisfaction", latest_rated_first(F.col("ts"), F.col("satisfaction"))).alias("satisfaction"),
+    )
+
+
+def latest_rated_first(ts: Column, satisfaction: Column) -> Column:
+    """An ordering key for rated interactions: later `ts` first, ties broken by the higher score; null if unrated.
+
+    Equivalent to struct(ts, satisfaction), but a decimal keeps max_by in a hash aggregation (a struct key
+    forces a sort-based one), and an int score always fits in the low 32 bits.
+    """
+    key = (F.unix_micros(ts).cast(T.DecimalType(38, 0)) * F.lit(2**32)
+           + (satisfaction.cast(T.LongType()) + F.lit(2**31)))
+    return F.when(satisfaction.isNotNull(), key)
+
+
+def _feature_columns(snapshot_date: dt.date, *, has_interactions: bool) -> dict[str, Column]:
+    """Each output column from the joined customer and aggregate rows; prospects have null aggregates."""
+    snapshot_day = F.lit(epoch_day(snapshot_date))
+    purchases = F.coalesce(F.col("purchases"), F.lit(0))
+    purchase_days = F.col("purchase_days")
+    gaps = purchase_days - 1
+    span = F.col("last_day") - F.col("first_day")
+    has_purchase = purchases > 0
+    has_gap = has_purchase & (purchase_days >= 2)
+    has_two_gaps = has_purchase & (purchase_days >= 3)
+    signed_up = F.col("signup_date") <= F.lit(snapshot_date)
+    # Sample variance of the gaps from exact integer sums: (k * sum(g^2) - (sum g)^2) / (k (k - 1)), sum g = span.
+    gap_variance = ((gaps * F.col("sum_squared_gaps") - span * span).cast(T.DoubleType())
+                    / (gaps * (gaps - 1)).cast(T.DoubleType()))
+
+    def zero_if_null(name: str, zero: float | int) -> Column:
+        return F.coalesce(F.col(name), F.lit(zero))
+
+    columns = {
+        "customer_id": F.col("customer_id"),
+        "snapshot_date": F.lit(snapshot_date),
+        "recency_days": snapshot_day - F.col("last_day"),
+        "frequency": zero_if_null("lookback_purchases", 0),
+        "monetary": zero_if_null("lookback_net_amount", 0.0),
+        "avg_order_value": F.when(has_purchase, F.col("purchase_amount") / purchases),
+        "tenure_days": F.when(signed_up, F.datediff(F.lit(snapshot_date), F.col("signup_date"))),
+        "days_since_first_purchase": snapshot_day - F.col("first_day"),
+        "mean_days_between_purchases": F.when(has_gap, span / gaps),
+        "std_days_between_purchases": F.when(has_two_gaps, F.sqrt(gap_variance)),
+        **{f"purchases_{n}d": zero_if_null(f"window_purchases_{n}", 0) for n in ACTIVITY_WINDOWS_DAYS},
+        **{f"spend_{n}d": zero_if_null(f"window_spend_{n}", 0.0) for n in ACTIVITY_WINDOWS_DAYS},
+        "spend_trend_90d": (zero_if_null(f"window_spend_{TREND_WINDOW_DAYS}", 0.0)
+                            - zero_if_null("previous_trend_spend", 0.0)),
+        "distinct_categories": zero_if_null("categories", 0),
+        "return_rate": F.when(has_purchase, zero_if_null("returns", 0) / purchases),
+        "online_share": F.when(has_purchase, F.col("online_purchases") / purchases),
+        "bgnbd_frequency": F.when(has_purchase, gaps),
+        "bgnbd_recency": F.when(has_purchase, span),
+        "bgnbd_T": F.when(has_purchase, snapshot_day - F.col("first_day")),
+        "bgnbd_monetary": F.when(has_gap, F.col("repeat_day_amount") / gaps),
+    }
+    if has_interactions:
+        columns.update({
+            "interactions_365d": zero_if_null("window_interactions", 0),
+            "interaction_cost_365d": zero_if_null("window_cost", 0.0),
+            "complaints_365d": zero_if_null("window_complaints", 0),
+            "last_satisfaction": F.col("satisfaction"),
+        })
+    else:
+        columns.update({name: F.lit(None) for name in INTERACTION_FEATURES})
+    return columns

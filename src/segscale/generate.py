@@ -493,12 +493,13 @@ def _pick_bad(rng: np.random.Generator, rate: float, n: int, kinds: int) -> np.n
 
 def _spoil_customers(rng: np.random.Generator, rate: float,
                      rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Blank customer_ids ("" or spaces) and exact duplicate rows (appended copies)."""
+    """Appended bad copies of real rows: with a blank customer_id ("" or spaces), or exact duplicates. The real
+    row stays, as in an extract that picked up stray rows, so the customer's own events remain valid."""
     n = len(rows["customer"])
     kind = _pick_bad(rng, rate, n, BAD_CUSTOMER_KINDS)
-    blank = kind == 0
-    rows["id_state"] = np.where(blank, np.where(rng.random(n) < 0.5, _ID_EMPTY, _ID_SPACES), _ID_OK)
-    return _concat(rows, _take(rows, np.flatnonzero(kind == 1)))
+    blanks = _take(rows, np.flatnonzero(kind == 0))
+    blanks["id_state"] = np.where(rng.random(len(blanks["id_state"])) < 0.5, _ID_EMPTY, _ID_SPACES).astype(np.int8)
+    return _concat(_concat(rows, blanks), _take(rows, np.flatnonzero(kind == 1)))
 
 
 def _spoil_transactions(rng: np.random.Generator, rate: float, plan: _Plan,

@@ -13,15 +13,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from segscale import __version__
 from segscale.config import Settings
-from segscale.features import customer_features
+from segscale.errors import InputError
+from segscale.features import customer_features, filter_signed_up_by
 from segscale.generate import as_csv_text, generate_frames
 from segscale.ingest import read_inputs
+from segscale.rfm import cut_points, quantile_sketch
+from segscale.segments import customer_scores, segment_migration, tier_thresholds
 from segscale.tables import CommitMetadata, DeltaStore, Warehouse
+from segscale.validate import Validated, check_bad_ratios, reason_counts, validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,7 @@ class Run:
                         + uuid.uuid4().hex[:8])
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    current_stage: str | None = None
 
     def meta(self, stage: str, **extra: Any) -> CommitMetadata:
         return CommitMetadata(
@@ -64,6 +71,7 @@ class Run:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
         record: dict[str, Any] = {}
+        self.current_stage = name
         log.info("stage %s: start", name)
         start = time.perf_counter()
         try:
@@ -83,31 +91,129 @@ class Run:
             "config_hash": self.settings.config_hash(),
             "package_version": __version__,
             "stages": self.stages,
+            **({"failed_stage": self.current_stage} if status == "failed" else {}),
         }
 
 
-def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date,
-                 run: Run | None = None) -> dict[str, Any]:
-    """The main job: ingest the inputs and publish `customer_features` for one snapshot."""
+SNAPSHOT_PARTITION = {"partition_by": ["snapshot_date"], "mode": "replace_partition"}
+# What each command runs; features need validated inputs, segmentation reads only published features.
+STAGES = {
+    "validate": ("validate",),
+    "features": ("validate", "features"),
+    "segment": ("segment",),
+    "run": ("validate", "features", "segment"),
+}
+
+
+def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date, run: Run | None = None
+                 ) -> dict[str, Any]:
+    """The main job for one snapshot, or the stages of `run.command`: validate → features → segment.
+    Nothing is published when the input fails validation."""
     run = run or Run("run", settings, snapshot_date)
+    stages = STAGES[run.command]
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
+    validated: Validated | None = None
     try:
-        with run.stage("ingest") as record:
-            inputs = read_inputs(warehouse.store, settings.paths.input)
-            record["input"] = settings.paths.input
-        with run.stage("features") as record:
-            features_df = customer_features(inputs.customers, inputs.transactions, snapshot_date)
-            result = warehouse.write(
-                "customer_features", features_df, mode="replace_partition", partition_by=["snapshot_date"],
-                replace={"snapshot_date": snapshot_date}, meta=run.meta("features"),
-            )
-            record.update(rows=result.rows, files=result.files, version=result.version)
+        if "validate" in stages:
+            validated = _validate(warehouse, settings, snapshot_date, run)
+        if "features" in stages:
+            _features(warehouse, settings, snapshot_date, run, validated)
+        if "segment" in stages:
+            _segment(warehouse, settings, snapshot_date, run)
     except Exception:
         _record_run(warehouse, run, "failed")
         raise
+    finally:
+        _release(validated)
     summary = run.summary("succeeded")
     _record_run(warehouse, run, "succeeded")
     return summary
+
+
+def _write_snapshot(warehouse: Warehouse, name: str, df: DataFrame, snapshot_date: dt.date, run: Run,
+                    stage: str, record: dict[str, Any], **extra: Any) -> None:
+    result = warehouse.write(name, df, replace={"snapshot_date": snapshot_date}, meta=run.meta(stage, **extra),
+                             **SNAPSHOT_PARTITION)
+    record.setdefault("published", {})[name] = {"rows": result.rows, "version": result.version}
+
+
+def _validate(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run) -> Validated:
+    with run.stage("ingest") as record:
+        inputs = read_inputs(warehouse.store, settings.paths.input)
+        record["input"] = settings.paths.input
+    with run.stage("validate") as record:
+        validated = validate_inputs(inputs, settings.validation, snapshot_date, run.run_id, run.started_at)
+        # Counts, quarantine and features all read the flagged rows: compute them once.
+        for flagged_df in validated.flagged.values():
+            flagged_df.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            counts = reason_counts(validated)
+            record["tables"] = counts
+            check_bad_ratios(counts, settings.validation.max_bad_ratio)
+            _write_snapshot(warehouse, "quarantine", validated.quarantine, snapshot_date, run, "validate", record,
+                            quarantined=counts)
+        except Exception:
+            _release(validated)
+            raise
+    return validated
+
+
+def _release(validated: Validated | None) -> None:
+    for flagged_df in (validated.flagged.values() if validated else ()):
+        flagged_df.unpersist()
+
+
+def _features(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run,
+              validated: Validated) -> None:
+    with run.stage("features") as record:
+        customers_df = validated.customers.transform(filter_signed_up_by, snapshot_date)
+        features_df = customer_features(customers_df, validated.transactions, validated.interactions,
+                                        snapshot_date, settings.features, settings.rfm.lookback_days)
+        _write_snapshot(warehouse, "customer_features", features_df, snapshot_date, run, "features", record)
+
+
+def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run) -> None:
+    with run.stage("segment") as record:
+        # Scores are computed from the published features, so this stage never re-reads the transactions.
+        features_df = _snapshot_of(warehouse, "customer_features", snapshot_date)
+        sketch = quantile_sketch(features_df, settings.rfm.quantile_relative_error)
+        cuts = cut_points(sketch, settings.rfm)
+        thresholds = tier_thresholds(sketch[settings.tiers.basis], settings.tiers)
+        scores_df = customer_scores(features_df, cuts, thresholds, settings, run.run_id)
+        record["rfm_cut_points"] = cuts.as_dict()
+        record["tier_thresholds"] = {"high_value_above": thresholds.high_value_above,
+                                     "potential_above": thresholds.potential_above}
+        _write_snapshot(warehouse, "customer_scores", scores_df, snapshot_date, run, "segment", record,
+                        rfm_cut_points=cuts.as_dict(), tier_thresholds=record["tier_thresholds"])
+        published_df = _snapshot_of(warehouse, "customer_scores", snapshot_date)
+        record["tiers_by_stage"] = _tier_stage_counts(published_df)
+    with run.stage("migration") as record:
+        previous = [d for d in warehouse.partition_values("customer_scores", "snapshot_date")
+                    if d < snapshot_date.isoformat()]
+        if not previous:
+            record["previous_snapshot"] = None
+            return
+        previous_date = dt.date.fromisoformat(previous[-1])
+        migration_df = segment_migration(_snapshot_of(warehouse, "customer_scores", previous_date), published_df,
+                                         previous_date, snapshot_date, run.run_id)
+        record["previous_snapshot"] = previous_date.isoformat()
+        _write_snapshot(warehouse, "segment_migration", migration_df, snapshot_date, run, "migration", record)
+
+
+def _snapshot_of(warehouse: Warehouse, name: str, snapshot_date: dt.date) -> DataFrame:
+    if not warehouse.exists(name) or snapshot_date.isoformat() not in warehouse.partition_values(name,
+                                                                                               "snapshot_date"):
+        raise InputError(f"{name} has no snapshot {snapshot_date} in {warehouse.root}; run the earlier stages "
+                         f"for that date first")
+    return warehouse.read(name).where(F.col("snapshot_date") == F.lit(snapshot_date))
+
+
+def _tier_stage_counts(scores_df: DataFrame) -> dict[str, dict[str, int]]:
+    rows = scores_df.groupBy("value_tier", "lifecycle_stage").count().collect()  # small: at most 3 x 6 groups
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        counts.setdefault(row.value_tier, {})[row.lifecycle_stage] = row["count"]
+    return counts
 
 
 def generate_inputs(spark: SparkSession, settings: Settings, out_dir: str, run: Run | None = None

@@ -133,6 +133,10 @@ class DeltaStore:
         table = _open(uri, version, timestamp)
         return _read_snapshot(self.spark, table, uri)
 
+    def partition_values(self, uri: str, column: str) -> list[str]:
+        """The values of a partition column present in the current version, from the log (no data read)."""
+        return sorted({p[column] for p in _open(absolute_uri(uri)).partitions() if p.get(column) is not None})
+
     def history(self, uri: str, limit: int | None = None) -> list[TableVersion]:
         return [
             TableVersion(
@@ -301,6 +305,9 @@ class Warehouse:
 
     def history(self, name: str, limit: int | None = None) -> list[TableVersion]:
         return self.store.history(self.uri(name), limit)
+
+    def partition_values(self, name: str, column: str) -> list[str]:
+        return self.store.partition_values(self.uri(name), column)
 
     def vacuum(self, name: str, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
         return self.store.vacuum(self.uri(name), retention_hours, dry_run)

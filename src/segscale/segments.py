@@ -1,0 +1,97 @@
+"""Segmentation: value tiers, lifecycle stages, the customer_scores frame, and migration between snapshots."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from segscale.config import LifecycleSettings, Settings, TierSettings
+from segscale.rfm import SKETCH_POINTS, CutPoints, is_buyer, with_rfm_scores
+
+HIGH_VALUE, POTENTIAL, REGULAR = "high_value", "potential", "regular"
+TIER_LABELS = {HIGH_VALUE: "高价值", POTENTIAL: "潜力", REGULAR: "普通"}
+PROSPECT, CHURNED, AT_RISK, NEW, LOYAL, REPEAT = "prospect", "churned", "at_risk", "new", "loyal", "repeat"
+LIFECYCLE_STAGES = (PROSPECT, NEW, REPEAT, LOYAL, AT_RISK, CHURNED)
+
+SCORE_COLUMNS = ("customer_id", "snapshot_date", "recency_days", "frequency", "monetary", "r_score", "f_score",
+                 "m_score", "rfm_segment", "value_tier", "lifecycle_stage", "run_id")
+
+
+@dataclass(frozen=True)
+class TierThresholds:
+    """Buyers whose basis is strictly above `high_value_above` are high_value; above `potential_above`, potential."""
+
+    basis: str
+    high_value_above: float | None
+    potential_above: float | None
+
+
+def tier_thresholds(basis_quantiles: list[float], settings: TierSettings) -> TierThresholds:
+    """Read the tier boundaries off the basis' quantile sketch over buyers (SKETCH_POINTS + 1 evenly spaced)."""
+    def quantile(p: float) -> float | None:
+        return basis_quantiles[round(p * SKETCH_POINTS)] if basis_quantiles else None
+    return TierThresholds(
+        basis=settings.basis,
+        high_value_above=quantile(1 - settings.high_value_share),
+        potential_above=quantile(1 - settings.high_value_share - settings.potential_share),
+    )
+
+
+def value_tier(basis: Column, thresholds: TierThresholds) -> Column:
+    """high_value (高价值) / potential (潜力) / regular (普通); prospects are regular."""
+    if thresholds.high_value_above is None:  # no buyers at all
+        return F.lit(REGULAR)
+    is_high_value = is_buyer() & (basis > F.lit(thresholds.high_value_above))
+    is_potential = is_buyer() & (basis > F.lit(thresholds.potential_above))
+    return F.when(is_high_value, F.lit(HIGH_VALUE)).when(is_potential, F.lit(POTENTIAL)).otherwise(F.lit(REGULAR))
+
+
+def lifecycle_stage(settings: LifecycleSettings) -> Column:
+    """First match wins: prospect, churned, at_risk, new, loyal, repeat."""
+    recency, frequency = F.col("recency_days"), F.col("frequency")
+    return (
+        F.when(~is_buyer(), F.lit(PROSPECT))
+        .when(recency > settings.churned_after_days, F.lit(CHURNED))
+        .when(recency > settings.at_risk_after_days, F.lit(AT_RISK))
+        .when(frequency == 1, F.lit(NEW))
+        .when(frequency >= settings.loyal_min_purchases, F.lit(LOYAL))
+        .otherwise(F.lit(REPEAT))
+    )
+
+
+def customer_scores(features_df: DataFrame, cuts: CutPoints, thresholds: TierThresholds, settings: Settings,
+                    run_id: str) -> DataFrame:
+    """One row per customer of the snapshot with RFM scores, segment, value tier and lifecycle stage."""
+    scored_df = features_df.transform(with_rfm_scores, cuts, settings.rfm)
+    return scored_df.select(
+        "customer_id", "snapshot_date", "recency_days", "frequency", "monetary", "r_score", "f_score", "m_score",
+        "rfm_segment",
+        value_tier(F.col(thresholds.basis), thresholds).alias("value_tier"),
+        lifecycle_stage(settings.lifecycle).alias("lifecycle_stage"),
+        F.lit(run_id).alias("run_id"),
+    )
+
+
+def segment_migration(previous_df: DataFrame, current_df: DataFrame, previous_date: dt.date,
+                      snapshot_date: dt.date, run_id: str) -> DataFrame:
+    """Customers moving from each (value_tier, lifecycle_stage) of the previous snapshot to each of this one.
+    Customers new since the previous snapshot come from null; customers gone from it go to null."""
+    before_df = previous_df.select("customer_id", F.col("value_tier").alias("from_value_tier"),
+                                   F.col("lifecycle_stage").alias("from_lifecycle_stage"))
+    after_df = current_df.select("customer_id", F.col("value_tier").alias("to_value_tier"),
+                                 F.col("lifecycle_stage").alias("to_lifecycle_stage"))
+    return (
+        before_df.join(after_df, "customer_id", how="full_outer")
+        .groupBy("from_value_tier", "from_lifecycle_stage", "to_value_tier", "to_lifecycle_stage")
+        .agg(F.count(F.lit(1)).alias("customers"))
+        .select(
+            F.lit(snapshot_date).alias("snapshot_date"),
+            F.lit(previous_date).alias("previous_snapshot_date"),
+            "from_value_tier", "from_lifecycle_stage", "to_value_tier", "to_lifecycle_stage",
+            "customers",
+            F.lit(run_id).alias("run_id"),
+        )
+    )

@@ -1,0 +1,283 @@
+"""Row-level validation of the input tables: every row is clean or quarantined with exactly one reason.
+
+Each table's rules are checked in a fixed order (`RULE_ORDER`, docs/validation.md) and the first failing rule is
+the row's reason. Duplicate keys are decided last, among the rows that passed every other rule, so a bad row
+never makes a good duplicate disappear. One flagged frame per table (its rows plus `reason`, null when clean) is
+the single definition from which the clean rows, the quarantine rows and the counts are derived.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypedDict
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from segscale.config import ValidationSettings
+from segscale.errors import InputError
+from segscale.ingest import InputTables, original_record, without_raw
+
+# ---- reason codes ------------------------------------------------------------------------------------------
+NULL_TRANSACTION_ID = "null_transaction_id"  # transaction_id null, empty or whitespace only
+NULL_INTERACTION_ID = "null_interaction_id"  # interaction_id null, empty or whitespace only
+NULL_CUSTOMER_ID = "null_customer_id"  # customer_id null, empty or whitespace only
+INVALID_SIGNUP_DATE = "invalid_signup_date"  # signup_date null (or text that is not a date)
+INVALID_TIMESTAMP = "invalid_timestamp"  # ts null (or text that is not a timestamp)
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # ts before validation.min_timestamp or after the run's clock
+INVALID_AMOUNT = "invalid_amount"  # amount null, NaN, infinite or negative
+AMOUNT_ABOVE_CEILING = "amount_above_ceiling"  # amount above validation.amount_ceiling
+UNKNOWN_TRANSACTION_TYPE = "unknown_transaction_type"  # transaction_type null or not in validation.transaction_types
+UNKNOWN_INTERACTION_KIND = "unknown_interaction_kind"  # kind null or not in validation.interaction_kinds
+INVALID_SATISFACTION = "invalid_satisfaction"  # satisfaction given but outside 1..5
+INVALID_COST = "invalid_cost"  # cost given but NaN, infinite or negative
+UNKNOWN_CUSTOMER = "unknown_customer"  # customer_id not among the clean customers (validation.unknown_customer)
+DUPLICATE_CUSTOMER_ID = "duplicate_customer_id"  # a later copy of a customer_id (earliest signup_date is kept)
+DUPLICATE_TRANSACTION_ID = "duplicate_transaction_id"  # a later copy of a transaction_id (earliest ts is kept)
+DUPLICATE_INTERACTION_ID = "duplicate_interaction_id"  # a later copy of an interaction_id (earliest ts is kept)
+
+# The order in which each table's rules are checked: a row's reason is the first rule it fails.
+RULE_ORDER: dict[str, tuple[str, ...]] = {
+    "customers": (NULL_CUSTOMER_ID, INVALID_SIGNUP_DATE, DUPLICATE_CUSTOMER_ID),
+    "transactions": (
+        NULL_TRANSACTION_ID, NULL_CUSTOMER_ID, INVALID_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, INVALID_AMOUNT,
+        AMOUNT_ABOVE_CEILING, UNKNOWN_TRANSACTION_TYPE, UNKNOWN_CUSTOMER, DUPLICATE_TRANSACTION_ID,
+    ),
+    "interactions": (
+        NULL_INTERACTION_ID, NULL_CUSTOMER_ID, INVALID_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, UNKNOWN_INTERACTION_KIND,
+        INVALID_SATISFACTION, INVALID_COST, UNKNOWN_CUSTOMER, DUPLICATE_INTERACTION_ID,
+    ),
+}
+SATISFACTION_RANGE = (1, 5)
+
+QUARANTINE_SCHEMA = T.StructType([
+    T.StructField("source_table", T.StringType()),
+    T.StructField("reason", T.StringType()),
+    T.StructField("record", T.StringType()),  # the row as it arrived, as JSON (ingest.original_record)
+    T.StructField("snapshot_date", T.DateType()),
+    T.StructField("run_id", T.StringType()),
+])
+
+REASON = "reason"
+_HAS_CUSTOMER = "has_known_customer"
+
+Rule = tuple[str, Column]  # (reason code, condition that is true when the row fails the rule)
+
+
+@dataclass(frozen=True)
+class Validated:
+    """Clean rows per table (contract columns only), every table's bad rows, and the flagged frames they come from.
+
+    `flagged` maps each present table to its rows with a `reason` column (null when clean); `customers`,
+    `transactions`, `interactions`, `quarantine` and `reason_counts` all derive from it, so persisting those
+    frames before the first action computes each table's checks once.
+    """
+
+    customers: DataFrame
+    transactions: DataFrame
+    interactions: DataFrame | None
+    quarantine: DataFrame
+    flagged: Mapping[str, DataFrame]
+
+
+class TableCounts(TypedDict):
+    """One input table's rows and bad rows per reason (in rule order, only reasons that occurred); JSON-ready for
+    the run summary and commit metadata."""
+
+    rows: int
+    bad: dict[str, int]
+
+
+def bad_share(counts: TableCounts) -> float:
+    """Bad rows over rows; 0 for an empty table."""
+    return sum(counts["bad"].values()) / counts["rows"] if counts["rows"] else 0.0
+
+
+# ---- column functions --------------------------------------------------------------------------------------
+def is_blank(column: Column) -> Column:
+    """Null, empty, or only whitespace (Unicode whitespace included)."""
+    return column.isNull() | column.rlike(r"(?U)^\s*$")
+
+
+def is_non_finite_or_negative(column: Column) -> Column:
+    """NaN, +/-infinity or below zero; null when the value is null (rules decide what null means)."""
+    return F.isnan(column) | (F.abs(column) == float("inf")) | (column < 0)
+
+
+def is_outside_time_range(column: Column, earliest: dt.datetime, latest: dt.datetime) -> Column:
+    return (column < F.lit(earliest)) | (column > F.lit(latest))
+
+
+def is_not_in(column: Column, allowed: Sequence[str]) -> Column:
+    """Null or not one of `allowed` (exact, case-sensitive match)."""
+    return column.isNull() | ~column.isin(*allowed)
+
+
+def first_failing(rules: Sequence[Rule]) -> Column:
+    """The reason code of the first rule whose condition is true; null when every rule passes."""
+    (first_reason, first_failed), *rest = rules
+    reason = F.when(first_failed, F.lit(first_reason))
+    for code, failed in rest:
+        reason = reason.when(failed, F.lit(code))
+    return reason
+
+
+# ---- transforms --------------------------------------------------------------------------------------------
+def validate_inputs(inputs: InputTables, settings: ValidationSettings, snapshot_date: dt.date, run_id: str,
+                    now: dt.datetime) -> Validated:
+    """Split every input table into clean rows and quarantined rows (with reason, original record and run)."""
+    flagged = flag_inputs(inputs, settings, now)
+    clean = {name: without_raw(df.where(F.col(REASON).isNull()).drop(REASON)) for name, df in flagged.items()}
+    quarantine_df = functools.reduce(DataFrame.unionByName, [
+        quarantine_rows(name, df, snapshot_date, run_id) for name, df in flagged.items()
+    ])
+    return Validated(clean["customers"], clean["transactions"], clean.get("interactions"), quarantine_df, flagged)
+
+
+def flag_inputs(inputs: InputTables, settings: ValidationSettings, now: dt.datetime) -> dict[str, DataFrame]:
+    """Each present table's rows (contract and raw-text columns) with `reason`: null for clean rows."""
+    now = now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)  # a naive clock is read as UTC
+    earliest = dt.datetime.combine(settings.min_timestamp, dt.time(), tzinfo=dt.UTC)
+    customers_df = flag_customers(inputs.customers)
+    known_df = None
+    if settings.unknown_customer == "quarantine":
+        # Clean customers have unique, non-null ids, so the left join below adds no rows.
+        known_df = customers_df.where(F.col(REASON).isNull()).select("customer_id", F.lit(True).alias(_HAS_CUSTOMER))
+    flagged = {
+        "customers": customers_df,
+        "transactions": flag_transactions(inputs.transactions, settings, earliest, now, known_df),
+    }
+    if inputs.interactions is not None:
+        flagged["interactions"] = flag_interactions(inputs.interactions, settings, earliest, now, known_df)
+    return flagged
+
+
+def flag_customers(customers_df: DataFrame) -> DataFrame:
+    """Customers with their reason; of several rows with one id the earliest signup_date is kept."""
+    is_missing_id = is_blank(F.col("customer_id"))
+    is_missing_signup = F.col("signup_date").isNull()
+    rules = [(NULL_CUSTOMER_ID, is_missing_id), (INVALID_SIGNUP_DATE, is_missing_signup)]
+    return customers_df.select(
+        *customers_df.columns,
+        _with_duplicate_rule(rules, customers_df.columns, "customer_id", "signup_date", DUPLICATE_CUSTOMER_ID)
+        .alias(REASON),
+    )
+
+
+def flag_transactions(transactions_df: DataFrame, settings: ValidationSettings, earliest: dt.datetime,
+                      now: dt.datetime, known_customers_df: DataFrame | None) -> DataFrame:
+    """Transactions with their reason; `known_customers_df` None keeps rows of unknown customers."""
+    amount = F.col("amount")
+    is_missing_id = is_blank(F.col("transaction_id"))
+    is_missing_customer = is_blank(F.col("customer_id"))
+    is_missing_ts = F.col("ts").isNull()
+    is_ts_out_of_range = is_outside_time_range(F.col("ts"), earliest, now)
+    is_invalid_amount = amount.isNull() | is_non_finite_or_negative(amount)
+    # Checked after the invalid-amount rule: Spark orders NaN above every number.
+    is_above_ceiling = amount > F.lit(settings.amount_ceiling)
+    is_unknown_type = is_not_in(F.col("transaction_type"), settings.transaction_types)
+    rules = [
+        (NULL_TRANSACTION_ID, is_missing_id),
+        (NULL_CUSTOMER_ID, is_missing_customer),
+        (INVALID_TIMESTAMP, is_missing_ts),
+        (TIMESTAMP_OUT_OF_RANGE, is_ts_out_of_range),
+        (INVALID_AMOUNT, is_invalid_amount),
+        (AMOUNT_ABOVE_CEILING, is_above_ceiling),
+        (UNKNOWN_TRANSACTION_TYPE, is_unknown_type),
+    ]
+    return _flag_events(transactions_df, rules, known_customers_df, "transaction_id", DUPLICATE_TRANSACTION_ID)
+
+
+def flag_interactions(interactions_df: DataFrame, settings: ValidationSettings, earliest: dt.datetime,
+                      now: dt.datetime, known_customers_df: DataFrame | None) -> DataFrame:
+    """Interactions with their reason; `known_customers_df` None keeps rows of unknown customers."""
+    cost = F.col("cost")
+    satisfaction = F.col("satisfaction")
+    low, high = SATISFACTION_RANGE
+    is_missing_id = is_blank(F.col("interaction_id"))
+    is_missing_customer = is_blank(F.col("customer_id"))
+    is_missing_ts = F.col("ts").isNull()
+    is_ts_out_of_range = is_outside_time_range(F.col("ts"), earliest, now)
+    is_unknown_kind = is_not_in(F.col("kind"), settings.interaction_kinds)
+    # Null satisfaction (not asked) and null cost (not known) are allowed.
+    is_invalid_satisfaction = (satisfaction < low) | (satisfaction > high)
+    is_invalid_cost = is_non_finite_or_negative(cost)
+    rules = [
+        (NULL_INTERACTION_ID, is_missing_id),
+        (NULL_CUSTOMER_ID, is_missing_customer),
+        (INVALID_TIMESTAMP, is_missing_ts),
+        (TIMESTAMP_OUT_OF_RANGE, is_ts_out_of_range),
+        (UNKNOWN_INTERACTION_KIND, is_unknown_kind),
+        (INVALID_SATISFACTION, is_invalid_satisfaction),
+        (INVALID_COST, is_invalid_cost),
+    ]
+    return _flag_events(interactions_df, rules, known_customers_df, "interaction_id", DUPLICATE_INTERACTION_ID)
+
+
+def quarantine_rows(source_table: str, flagged_df: DataFrame, snapshot_date: dt.date, run_id: str) -> DataFrame:
+    """A flagged table's bad rows in QUARANTINE_SCHEMA."""
+    input_df = flagged_df.drop(REASON)
+    return flagged_df.where(F.col(REASON).isNotNull()).select(
+        F.lit(source_table).alias("source_table"),
+        F.col(REASON).alias("reason"),
+        original_record(input_df).alias("record"),
+        F.lit(snapshot_date).cast(T.DateType()).alias("snapshot_date"),
+        F.lit(run_id).alias("run_id"),
+    )
+
+
+def _flag_events(events_df: DataFrame, rules: list[Rule], known_customers_df: DataFrame | None, key: str,
+                 duplicate_reason: str) -> DataFrame:
+    """Add the unknown-customer rule (one join) and the duplicate rule (one window) to a table's row rules."""
+    columns = events_df.columns
+    if known_customers_df is not None:
+        events_df = events_df.join(known_customers_df, "customer_id", how="left")
+        is_unknown_customer = F.col(_HAS_CUSTOMER).isNull()
+        rules = [*rules, (UNKNOWN_CUSTOMER, is_unknown_customer)]
+    return events_df.select(*columns, _with_duplicate_rule(rules, columns, key, "ts", duplicate_reason).alias(REASON))
+
+
+def _with_duplicate_rule(rules: list[Rule], columns: Sequence[str], key: str, first_by: str,
+                         duplicate_reason: str) -> Column:
+    """The reason over `rules` and, last, a duplicate-key rule among the rows that pass all of them.
+
+    Per key, rows passing every other rule come first, then the earliest `first_by`; the remaining columns (raw
+    text included) break ties, so which copy is kept never depends on partitioning or input order.
+    """
+    is_candidate = first_failing(rules).isNull()
+    tie_break = [F.col(c).asc_nulls_last() for c in columns if c not in (key, first_by)]
+    by_key = Window.partitionBy(key).orderBy(is_candidate.desc(), F.col(first_by).asc_nulls_last(), *tie_break)
+    is_later_duplicate = F.row_number().over(by_key) > 1
+    return first_failing([*rules, (duplicate_reason, is_later_duplicate)])
+
+
+# ---- counts and the stop rule ------------------------------------------------------------------------------
+def reason_counts(validated: Validated) -> dict[str, TableCounts]:
+    """Rows and bad rows per reason for every validated table, from one small aggregate over the flagged frames."""
+    per_table = [df.select(F.lit(name).alias("source_table"), F.col(REASON)) for name, df in validated.flagged.items()]
+    counts_df = functools.reduce(DataFrame.unionByName, per_table).groupBy("source_table", REASON).count()
+    found = counts_df.collect()  # small: one row per (table, reason), at most a few dozen
+    result: dict[str, TableCounts] = {}
+    for name in validated.flagged:
+        per_reason = {row[REASON]: row["count"] for row in found if row["source_table"] == name}
+        bad = {code: per_reason[code] for code in RULE_ORDER[name] if code in per_reason}
+        result[name] = TableCounts(rows=sum(per_reason.values()), bad=bad)
+    return result
+
+
+def check_bad_ratios(counts: Mapping[str, TableCounts], max_bad_ratio: float) -> None:
+    """Stop the run (InputError) when any table's bad share exceeds `max_bad_ratio`; a share at the limit passes."""
+    tripped = [(name, c) for name, c in counts.items() if bad_share(c) > max_bad_ratio]
+    if not tripped:
+        return
+    lines = []
+    for name, c in tripped:
+        rules = ", ".join(f"{code} {n:,}" for code, n in sorted(c["bad"].items(), key=lambda item: -item[1]))
+        lines.append(f"{name}: {sum(c['bad'].values()):,} of {c['rows']:,} rows bad ({bad_share(c):.2%}, limit "
+                     f"{max_bad_ratio:.2%}); rules: {rules}")
+    raise InputError("input validation failed, nothing was published:\n  " + "\n  ".join(lines)
+                     + "\nsee docs/validation.md; fix the inputs or raise validation.max_bad_ratio")

@@ -1,0 +1,167 @@
+"""The main job end to end on generated data: validate → features → segment, over consecutive snapshots."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import duckdb
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from segscale.cli import format_summary, main
+from segscale.config import Settings
+from segscale.errors import InputError
+from segscale.pipeline import Run, generate_inputs, run_pipeline
+from segscale.tables import Warehouse
+
+D1, D2 = dt.date(2024, 6, 30), dt.date(2024, 9, 30)
+
+
+@pytest.fixture(scope="module")
+def generated(spark, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen")
+    settings = Settings.model_validate({"generate": {"customers": 2500, "seed": 11, "dirty_rate": 0.01}})
+    generate_inputs(spark, settings, str(out))
+    return out
+
+
+def settings_for(inputs, warehouse, **sections) -> Settings:
+    return Settings.model_validate({"paths": {"input": str(inputs), "warehouse": str(warehouse)},
+                                    "delta": {"backend": "delta-rs"}, **sections})
+
+
+@pytest.fixture(scope="module")
+def two_snapshots(spark, generated, tmp_path_factory):
+    warehouse = tmp_path_factory.mktemp("wh")
+    settings = settings_for(generated, warehouse)
+    first = run_pipeline(spark, settings, D1)
+    second = run_pipeline(spark, settings, D2)
+    return settings, Warehouse(spark, str(warehouse), settings.delta), first, second
+
+
+def snapshot(warehouse: Warehouse, name: str, day: dt.date):
+    return warehouse.read(name).where(F.col("snapshot_date") == F.lit(day))
+
+
+def test_every_table_is_published_per_snapshot(two_snapshots):
+    _, warehouse, first, second = two_snapshots
+    for name in ("quarantine", "customer_features", "customer_scores"):
+        assert warehouse.partition_values(name, "snapshot_date") == [D1.isoformat(), D2.isoformat()], name
+    assert warehouse.partition_values("segment_migration", "snapshot_date") == [D2.isoformat()]
+    assert first["stages"]["migration"]["previous_snapshot"] is None
+    assert second["stages"]["migration"]["previous_snapshot"] == D1.isoformat()
+
+
+def test_scores_cover_every_customer_once_with_consistent_columns(two_snapshots):
+    _, warehouse, _, _ = two_snapshots
+    scores = snapshot(warehouse, "customer_scores", D2)
+    features = snapshot(warehouse, "customer_features", D2)
+    assert scores.count() == features.count() == scores.select("customer_id").distinct().count()
+    prospects = scores.where(F.col("lifecycle_stage") == "prospect")
+    assert prospects.where(F.col("r_score").isNotNull() | (F.col("value_tier") != "regular")).count() == 0
+    buyers = scores.where(F.col("lifecycle_stage") != "prospect")
+    assert buyers.where(F.col("rfm_segment").isNull() | F.col("f_score").isNull()).count() == 0
+    shares = {r.value_tier: r["count"] / buyers.count() for r in buyers.groupBy("value_tier").count().collect()}
+    assert shares["high_value"] == pytest.approx(0.2, abs=0.02)
+    assert shares["potential"] == pytest.approx(0.3, abs=0.02)
+
+
+def test_scores_match_an_independent_duckdb_computation(two_snapshots):
+    """Given the published features and the recorded cut points, DuckDB scores every buyer the same way."""
+    _, warehouse, _, second = two_snapshots
+    cuts = second["stages"]["segment"]["rfm_cut_points"]
+    features = snapshot(warehouse, "customer_features", D2).select("customer_id", "recency_days", "frequency",
+                                                                   "monetary").toArrow()
+    scores = snapshot(warehouse, "customer_scores", D2).select("customer_id", "r_score", "f_score",
+                                                               "m_score").toArrow()
+
+    def bins(column: str, values: list[float]) -> str:
+        return "1 + " + " + ".join(f"({column} > {v})::INT" for v in values) if values else "1"
+
+    con = duckdb.connect()
+    con.register("features", features)
+    con.register("scores", scores)
+    expected = con.sql(f"""
+        SELECT customer_id,
+               CASE WHEN recency_days IS NULL THEN NULL ELSE 6 - ({bins('recency_days', cuts['recency'])}) END,
+               CASE WHEN recency_days IS NULL THEN NULL ELSE {bins('frequency', cuts['frequency'])} END,
+               CASE WHEN recency_days IS NULL THEN NULL ELSE {bins('monetary', cuts['monetary'])} END
+        FROM features ORDER BY customer_id""").fetchall()
+    actual = con.sql("SELECT * FROM scores ORDER BY customer_id").fetchall()
+    assert actual == expected
+    # every score value is used: the scale did not collapse
+    assert {row[2] for row in actual if row[2] is not None} == {1, 2, 3, 4, 5}
+
+
+def test_migration_accounts_for_every_customer_of_both_snapshots(two_snapshots):
+    _, warehouse, _, _ = two_snapshots
+    migration = snapshot(warehouse, "segment_migration", D2)
+    ids_d1 = {r.customer_id for r in snapshot(warehouse, "customer_scores", D1).select("customer_id").collect()}
+    ids_d2 = {r.customer_id for r in snapshot(warehouse, "customer_scores", D2).select("customer_id").collect()}
+    assert migration.agg(F.sum("customers")).first()[0] == len(ids_d1 | ids_d2)
+    arrived = migration.where(F.col("from_value_tier").isNull()).agg(F.sum("customers")).first()[0]
+    assert arrived == len(ids_d2 - ids_d1)
+    assert migration.where(F.col("previous_snapshot_date") != F.lit(D1)).count() == 0
+
+
+def test_quarantine_and_summary_carry_counts_per_reason(two_snapshots):
+    settings, warehouse, first, _ = two_snapshots
+    tables = first["stages"]["validate"]["tables"]
+    quarantine = snapshot(warehouse, "quarantine", D1)
+    by_reason = {(r.source_table, r.reason): r["count"] for r in quarantine.groupBy("source_table", "reason")
+                 .count().collect()}
+    assert by_reason == {(t, reason): n for t, c in tables.items() for reason, n in c["bad"].items() if n}
+    meta = json.loads(DeltaTable(warehouse.uri("quarantine")).history(1)[0]["userMetadata"])
+    assert meta["extra"]["quarantined"] == json.loads(json.dumps(tables))
+    text = format_summary(first)
+    assert "duplicate_transaction_id" in text and "RFM cut points" in text and "高价值" in text
+
+
+def test_rerunning_a_snapshot_yields_the_same_content(spark, generated, tmp_path):
+    settings = settings_for(generated, tmp_path)
+    warehouse = Warehouse(spark, str(tmp_path), settings.delta)
+    run_pipeline(spark, settings, D1)
+    before = {n: snapshot(warehouse, n, D1).drop("run_id") for n in ("customer_scores", "quarantine")}
+    before = {n: spark.createDataFrame(df.collect(), df.schema) for n, df in before.items()}
+    features_before = spark.createDataFrame(snapshot(warehouse, "customer_features", D1).collect(),
+                                            snapshot(warehouse, "customer_features", D1).schema)
+    run_pipeline(spark, settings, D1)
+    for name, df in before.items():
+        assertDataFrameEqual(snapshot(warehouse, name, D1).drop("run_id"), df)
+    assertDataFrameEqual(snapshot(warehouse, "customer_features", D1), features_before)
+    assert DeltaTable(warehouse.uri("customer_scores")).version() == 1
+
+
+def test_too_many_bad_rows_stop_the_run_before_anything_is_published(spark, tmp_path):
+    inputs = tmp_path / "dirty"
+    generate_inputs(spark, Settings.model_validate({"generate": {"customers": 800, "dirty_rate": 0.2}}), str(inputs))
+    settings = settings_for(inputs, tmp_path / "wh")
+    with pytest.raises(InputError, match=r"transactions: .* rows bad .*limit 5\.00%.*rules: "):
+        run_pipeline(spark, settings, D1)
+    published = {p.name for p in (tmp_path / "wh").iterdir()}
+    assert published == {"runs"}  # only the record of the failed run
+    run = DeltaTable(str(tmp_path / "wh" / "runs")).to_pyarrow_table().to_pylist()[0]
+    assert run["status"] == "failed" and json.loads(run["summary_json"])["failed_stage"] == "validate"
+
+
+def test_stage_commands_run_their_stages(spark, generated, tmp_path, capsys):
+    common = ["--input", str(generated), "--warehouse", str(tmp_path), "--snapshot-date", D1.isoformat()]
+    assert main(["segment", *common[2:]], spark=spark) == 2  # nothing to segment yet
+    assert "customer_features has no snapshot 2024-06-30" in capsys.readouterr().err
+    assert main(["validate", *common], spark=spark) == 0
+    assert {p.name for p in tmp_path.iterdir()} == {"quarantine", "runs"}
+    assert main(["features", *common], spark=spark) == 0
+    assert (tmp_path / "customer_features").exists() and not (tmp_path / "customer_scores").exists()
+    assert main(["segment", *common[2:]], spark=spark) == 0
+    assert (tmp_path / "customer_scores").exists()
+    out = capsys.readouterr().out
+    assert "segscale segment succeeded" in out and "value tier" in out
+
+
+def test_run_is_recorded_with_its_stages(spark, generated, tmp_path):
+    summary = run_pipeline(spark, settings_for(generated, tmp_path), D1, Run("run", settings_for(generated, tmp_path),
+                                                                            D1))
+    assert list(summary["stages"]) == ["ingest", "validate", "features", "segment", "migration"]

@@ -1,0 +1,151 @@
+"""RFM cut points and scores, segment names, value tiers, lifecycle stages and migration."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from segscale.config import RfmSettings, Settings
+from segscale.errors import ConfigError
+from segscale.rfm import CutPoints, cut_points, quantile_sketch, tie_aware_cuts, with_rfm_scores
+from segscale.segments import (
+    TierThresholds,
+    customer_scores,
+    lifecycle_stage,
+    segment_migration,
+    tier_thresholds,
+    value_tier,
+)
+
+D = dt.date(2024, 6, 30)
+FEATURES = "customer_id string, snapshot_date date, recency_days int, frequency long, monetary double"
+
+
+def sketch_of(values) -> list[float]:
+    return list(np.quantile(np.asarray(values, dtype=float), np.linspace(0, 1, 1001), method="inverted_cdf"))
+
+
+def test_cuts_follow_quantiles_on_continuous_data():
+    values = np.random.default_rng(1).exponential(100, 50_000)
+    cuts = tie_aware_cuts(sketch_of(values), 5)
+    assert np.allclose(cuts, np.quantile(values, [0.2, 0.4, 0.6, 0.8]), rtol=0.02)
+
+
+def test_heavy_ties_do_not_collapse_the_scale():
+    # 80 % bought once: bin 1 is exactly the tie group, the other four bins share the rest evenly.
+    values = np.r_[np.ones(8000), np.repeat(np.arange(2, 12), 200)]
+    cuts = tie_aware_cuts(sketch_of(values), 5)
+    assert cuts[0] == 1.0 and len(cuts) == 4
+    bins = np.searchsorted(cuts, values, side="left") + 1
+    shares = np.bincount(bins)[1:] / len(values)
+    assert shares[0] == pytest.approx(0.8) and all(0.03 < s < 0.07 for s in shares[1:])
+
+
+def test_too_few_distinct_values_give_fewer_bins_never_split_ties():
+    assert tie_aware_cuts([3.0] * 1001, 5) == []
+    assert tie_aware_cuts([1.0] * 600 + [2.0] * 401, 5) == [1.0]
+
+
+def test_scores_are_equal_for_equal_values_and_null_for_prospects(spark):
+    features = spark.createDataFrame(
+        [("a", D, 1, 9, 500.0), ("b", D, 1, 9, 500.0), ("c", D, 40, 2, 50.0), ("d", D, 400, 1, 5.0),
+         ("p", D, None, 0, 0.0)], FEATURES)
+    cuts = CutPoints(recency=(1.0, 10.0, 30.0, 100.0), frequency=(1.0, 2.0, 3.0, 8.0),
+                     monetary=(5.0, 10.0, 100.0, 400.0))
+    scored = features.transform(with_rfm_scores, cuts, RfmSettings()).select(
+        "customer_id", "r_score", "f_score", "m_score", "rfm_segment")
+    expected = spark.createDataFrame(
+        [("a", 5, 5, 5, "Champions"), ("b", 5, 5, 5, "Champions"), ("c", 2, 2, 3, "Hibernating"),
+         ("d", 1, 1, 1, "Lost"), ("p", None, None, None, None)],
+        "customer_id string, r_score int, f_score int, m_score int, rfm_segment string")
+    assertDataFrameEqual(scored, expected)
+
+
+def test_sketch_over_buyers_with_80_percent_single_purchases_uses_all_scores(spark):
+    rows = [(f"c{i}", D, i % 300, 1 if i < 4000 else 2 + i % 17, float(i % 997)) for i in range(5000)]
+    rows += [(f"p{i}", D, None, 0, 0.0) for i in range(500)]
+    features = spark.createDataFrame(rows, FEATURES)
+    cuts = cut_points(quantile_sketch(features, 0.001), RfmSettings())
+    assert cuts.frequency[0] == 1.0 and len(cuts.frequency) == 4
+    scored = features.transform(with_rfm_scores, cuts, RfmSettings())
+    f_scores = {r.f_score for r in scored.where(F.col("f_score").isNotNull()).select("f_score").distinct().collect()}
+    assert f_scores == {1, 2, 3, 4, 5}
+    assert scored.where(F.col("frequency") == 1).select("f_score").distinct().count() == 1
+
+
+def test_configured_cut_points_override_the_quantiles():
+    settings = RfmSettings.model_validate({"cut_points": {"monetary": [10, 20, 30, 40]}})
+    cuts = cut_points({"recency": sketch_of(range(100)), "frequency": sketch_of(range(100)),
+                       "monetary": sketch_of(range(100))}, settings)
+    assert cuts.monetary == (10, 20, 30, 40) and len(cuts.recency) == 4
+
+
+@pytest.mark.parametrize("rfm", [
+    {"cut_points": {"recency": [1, 2, 3]}},
+    {"cut_points": {"recency": [1, 3, 2, 4]}},
+    {"segments": [{"name": "Everyone", "r": [1, 4], "f": [1, 5]}]},
+], ids=["wrong-count", "not-ascending", "uncovered-scores"])
+def test_rfm_config_errors(rfm):
+    from segscale.config import load_settings
+    with pytest.raises(ConfigError, match=r"rfm"):
+        load_settings(overrides={"rfm": rfm}, environ={})
+
+
+def test_value_tiers_take_the_top_shares_of_buyers_and_prospects_are_regular(spark):
+    rows = [(f"c{i}", D, 5, 1, float(i)) for i in range(1, 1001)] + [("p", D, None, 0, 0.0)]
+    features = spark.createDataFrame(rows, FEATURES)
+    sketch = quantile_sketch(features, 0.0001)
+    thresholds = tier_thresholds(sketch["monetary"], Settings().tiers)
+    tiers = features.select("customer_id", value_tier(F.col("monetary"), thresholds).alias("tier"))
+    counts = {r.tier: r["count"] for r in tiers.groupBy("tier").count().collect()}
+    assert counts["high_value"] == pytest.approx(200, abs=3)
+    assert counts["potential"] == pytest.approx(300, abs=3)
+    assert counts["regular"] == pytest.approx(501, abs=5)
+    assert tiers.where(F.col("customer_id") == "p").first().tier == "regular"
+
+
+def test_lifecycle_stage_first_match_wins(spark):
+    features = spark.createDataFrame(
+        [("prospect", D, None, 0, 0.0), ("churned", D, 366, 9, 1.0), ("at_risk", D, 121, 1, 1.0),
+         ("edge_active", D, 120, 1, 1.0), ("loyal", D, 3, 5, 1.0), ("repeat", D, 3, 4, 1.0),
+         ("edge_churn", D, 365, 1, 1.0)], FEATURES)
+    stages = features.select("customer_id", lifecycle_stage(Settings().lifecycle).alias("stage"))
+    expected = spark.createDataFrame(
+        [("prospect", "prospect"), ("churned", "churned"), ("at_risk", "at_risk"), ("edge_active", "new"),
+         ("loyal", "loyal"), ("repeat", "repeat"), ("edge_churn", "at_risk")], "customer_id string, stage string")
+    assertDataFrameEqual(stages, expected)
+
+
+def test_customer_scores_columns(spark):
+    features = spark.createDataFrame([("a", D, 1, 2, 10.0), ("p", D, None, 0, 0.0)], FEATURES)
+    cuts = CutPoints((1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0))
+    scores = customer_scores(features, cuts, TierThresholds("monetary", 5.0, 1.0), Settings(), "run-9")
+    expected = spark.createDataFrame(
+        [("a", D, 1, 2, 10.0, 5, 2, 5, "Potential Loyalists", "high_value", "repeat", "run-9"),
+         ("p", D, None, 0, 0.0, None, None, None, None, "regular", "prospect", "run-9")],
+        "customer_id string, snapshot_date date, recency_days int, frequency long, monetary double, r_score int, "
+        "f_score int, m_score int, rfm_segment string, value_tier string, lifecycle_stage string, run_id string")
+    assertDataFrameEqual(scores, expected)
+
+
+def test_segment_migration_counts_moves_including_arrivals_and_departures(spark):
+    schema = "customer_id string, value_tier string, lifecycle_stage string"
+    before = spark.createDataFrame([("a", "high_value", "loyal"), ("b", "high_value", "loyal"),
+                                    ("c", "potential", "repeat"), ("gone", "regular", "new")], schema)
+    after = spark.createDataFrame([("a", "high_value", "loyal"), ("b", "potential", "at_risk"),
+                                   ("c", "potential", "repeat"), ("arrived", "regular", "prospect")], schema)
+    previous = dt.date(2024, 5, 31)
+    migration = segment_migration(before, after, previous, D, "r1")
+    expected = spark.createDataFrame(
+        [(D, previous, "high_value", "loyal", "high_value", "loyal", 1, "r1"),
+         (D, previous, "high_value", "loyal", "potential", "at_risk", 1, "r1"),
+         (D, previous, "potential", "repeat", "potential", "repeat", 1, "r1"),
+         (D, previous, "regular", "new", None, None, 1, "r1"),
+         (D, previous, None, None, "regular", "prospect", 1, "r1")],
+        "snapshot_date date, previous_snapshot_date date, from_value_tier string, from_lifecycle_stage string, "
+        "to_value_tier string, to_lifecycle_stage string, customers long, run_id string")
+    assertDataFrameEqual(migration, expected)
