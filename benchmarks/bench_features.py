@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import run_isolated, write_report
+
 HERE = Path(__file__).resolve().parent
 SNAPSHOT = dt.date(2024, 12, 31)
 
@@ -135,13 +137,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         print(f"running {engine} ...", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--engine", engine, "--customers", str(args.customers),
-                               "--data-dir", args.data_dir], capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            print(proc.stderr[-4000:], file=sys.stderr)
-            return 1
-        results[engine] = json.loads(line[len("RESULT "):])
+        results[engine] = run_isolated(__file__, "--engine", engine, "--customers", str(args.customers),
+                                       "--data-dir", args.data_dir)
         print(f"  {json.dumps(results[engine])}", flush=True)
     report = {
         "benchmark": "features + segmentation",
@@ -157,10 +154,7 @@ def main() -> int:
             "plain_pyspark_over_segscale": round(results["plain_pyspark"]["wall_seconds"] / ours, 2),
         }
         print("ratios:", report["ratios"])
-    out = HERE / "results" / f"{dt.date.today().isoformat()}-features-{args.customers}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"written {out}")
+    write_report(f"features-{args.customers}", report)
     return 0
 
 

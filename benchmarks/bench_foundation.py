@@ -17,11 +17,12 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from common import run_isolated, write_report
 
 HERE = Path(__file__).resolve().parent
 
@@ -105,13 +106,7 @@ def main() -> int:
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
         print(f"generating {size:,} customers ...", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--one", str(size), "--data-dir", str(data_dir)],
-                              capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            print(proc.stderr[-4000:], file=sys.stderr)
-            return 1
-        result = json.loads(line[len("RESULT "):])
+        result = run_isolated(__file__, "--one", str(size), "--data-dir", str(data_dir))
         results.append(result)
         print(f"  {result['wall_seconds']:8.1f} s  {result['rows_written']:>12,} rows  "
               f"{result['rows_per_s']:>10,} rows/s  driver Python peak RSS {result['driver_python_peak_rss_mb']} MB  "
@@ -134,10 +129,7 @@ def main() -> int:
             "driver_python_peak_rss": round(large["driver_python_peak_rss_mb"] / small["driver_python_peak_rss_mb"], 2),
         }
         print("ratios (largest / smallest):", report["ratios"])
-    out = HERE / "results" / f"{dt.date.today().isoformat()}-foundation.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"written {out}")
+    write_report("foundation", report)
     return 0
 
 
