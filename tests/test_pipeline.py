@@ -96,6 +96,15 @@ def test_scores_match_an_independent_duckdb_computation(two_snapshots):
     assert {row[2] for row in actual if row[2] is not None} == {1, 2, 3, 4, 5}
 
 
+def test_summary_counts_tiers_by_stage_as_published(two_snapshots):
+    _, warehouse, _, second = two_snapshots
+    published = snapshot(warehouse, "customer_scores", D2).groupBy("value_tier", "lifecycle_stage").count()
+    expected: dict[str, dict[str, int]] = {}
+    for row in published.collect():
+        expected.setdefault(row.value_tier, {})[row.lifecycle_stage] = row["count"]
+    assert second["stages"]["segment"]["tiers_by_stage"] == expected
+
+
 def test_migration_accounts_for_every_customer_of_both_snapshots(two_snapshots):
     _, warehouse, _, _ = two_snapshots
     migration = snapshot(warehouse, "segment_migration", D2)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -25,7 +25,7 @@ from segscale.features import customer_features, filter_signed_up_by
 from segscale.generate import as_csv_text, generate_frames
 from segscale.ingest import read_inputs
 from segscale.rfm import cut_points, quantile_sketch
-from segscale.segments import customer_scores, segment_migration, tier_thresholds
+from segscale.segments import LIFECYCLE_STAGES, VALUE_TIERS, customer_scores, segment_migration, tier_thresholds
 from segscale.tables import CommitMetadata, DeltaStore, Warehouse
 from segscale.validate import Validated, check_bad_ratios, reason_counts, validate_inputs
 
@@ -183,10 +183,12 @@ def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, r
         record["rfm_cut_points"] = cuts.as_dict()
         record["tier_thresholds"] = {"high_value_above": thresholds.high_value_above,
                                      "potential_above": thresholds.potential_above}
-        _write_snapshot(warehouse, "customer_scores", scores_df, snapshot_date, run, "segment", record,
+        # The tier x stage counts are gathered while the rows are written, not by reading them back.
+        counts = Observation("tiers_by_stage")
+        _write_snapshot(warehouse, "customer_scores", scores_df.observe(counts, *_tier_stage_counters()),
+                        snapshot_date, run, "segment", record,
                         rfm_cut_points=cuts.as_dict(), tier_thresholds=record["tier_thresholds"])
-        published_df = _snapshot_of(warehouse, "customer_scores", snapshot_date)
-        record["tiers_by_stage"] = _tier_stage_counts(published_df)
+        record["tiers_by_stage"] = _tier_stage_counts(counts.get)
     with run.stage("migration") as record:
         previous = [d for d in warehouse.partition_values("customer_scores", "snapshot_date")
                     if d < snapshot_date.isoformat()]
@@ -194,7 +196,8 @@ def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, r
             record["previous_snapshot"] = None
             return
         previous_date = dt.date.fromisoformat(previous[-1])
-        migration_df = segment_migration(_snapshot_of(warehouse, "customer_scores", previous_date), published_df,
+        migration_df = segment_migration(_snapshot_of(warehouse, "customer_scores", previous_date),
+                                         _snapshot_of(warehouse, "customer_scores", snapshot_date),
                                          previous_date, snapshot_date, run.run_id)
         record["previous_snapshot"] = previous_date.isoformat()
         _write_snapshot(warehouse, "segment_migration", migration_df, snapshot_date, run, "migration", record)
@@ -208,11 +211,19 @@ def _snapshot_of(warehouse: Warehouse, name: str, snapshot_date: dt.date) -> Dat
     return warehouse.read(name).where(F.col("snapshot_date") == F.lit(snapshot_date))
 
 
-def _tier_stage_counts(scores_df: DataFrame) -> dict[str, dict[str, int]]:
-    rows = scores_df.groupBy("value_tier", "lifecycle_stage").count().collect()  # small: at most 3 x 6 groups
+def _tier_stage_counters() -> list[Column]:
+    tier, stage = F.col("value_tier"), F.col("lifecycle_stage")
+    return [F.count_if((tier == F.lit(t)) & (stage == F.lit(s))).alias(f"{t}/{s}")
+            for t in VALUE_TIERS for s in LIFECYCLE_STAGES]
+
+
+def _tier_stage_counts(observed: dict[str, int]) -> dict[str, dict[str, int]]:
+    """{tier: {stage: customers}} from the observed counters, leaving out empty combinations."""
     counts: dict[str, dict[str, int]] = {}
-    for row in rows:
-        counts.setdefault(row.value_tier, {})[row.lifecycle_stage] = row["count"]
+    for key, customers in observed.items():
+        if customers:
+            tier, stage = key.split("/")
+            counts.setdefault(tier, {})[stage] = customers
     return counts
 
 

@@ -12,6 +12,7 @@ from segscale.config import LifecycleSettings, Settings, TierSettings
 from segscale.rfm import SKETCH_POINTS, CutPoints, is_buyer, with_rfm_scores
 
 HIGH_VALUE, POTENTIAL, REGULAR = "high_value", "potential", "regular"
+VALUE_TIERS = (HIGH_VALUE, POTENTIAL, REGULAR)
 TIER_LABELS = {HIGH_VALUE: "高价值", POTENTIAL: "潜力", REGULAR: "普通"}
 PROSPECT, CHURNED, AT_RISK, NEW, LOYAL, REPEAT = "prospect", "churned", "at_risk", "new", "loyal", "repeat"
 LIFECYCLE_STAGES = (PROSPECT, NEW, REPEAT, LOYAL, AT_RISK, CHURNED)
