@@ -8,16 +8,16 @@ import datetime as dt
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
 from pyspark.sql import SparkSession
 
-from segscale import __version__
+from segscale import __version__, tracking
 from segscale.config import Settings, load_settings
 from segscale.errors import InputError, SegscaleError, describe_exception
-from segscale.pipeline import Run, generate_inputs, run_pipeline
+from segscale.pipeline import Run, generate_inputs, run_pipeline, train_churn
 from segscale.session import get_spark
 from segscale.tables import Warehouse
 
@@ -75,13 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, (summary, description) in snapshot_commands.items():
         sub = commands.add_parser(name, parents=[common], help=summary, description=description)
-        if name != "segment":
-            sub.add_argument("--input", help="directory holding customers/, transactions/, interactions/")
-        sub.add_argument("--warehouse", help="directory (or URI) of the published Delta tables")
-        sub.add_argument("--snapshot-date", type=_date, default=None,
-                         help="snapshot date YYYY-MM-DD, end of day UTC inclusive (default: yesterday, UTC)")
-        sub.add_argument("--summary-json", help="also write the run summary to this file")
+        _add_snapshot_flags(sub, with_input=name != "segment")
         sub.set_defaults(handler=_run)
+
+    train = commands.add_parser(
+        "train", parents=[common], help="train, track and register the churn model (MLflow)",
+        description="Build the out-of-time training set from the inputs, fit and calibrate the churn model, "
+                    "evaluate it and two baselines on the holdout, log everything to MLflow, register a new "
+                    "version as challenger and move champion to it when the promotion gate allows.")
+    _add_snapshot_flags(train, with_input=True)
+    train.set_defaults(handler=_train)
+
+    prom = commands.add_parser("promote", parents=[common], help="move the churn model's champion alias by hand",
+                               description="Point alias champion at a registered version and record why.")
+    prom.add_argument("--warehouse", help="warehouse directory; the default MLflow store sits beside it")
+    prom.add_argument("--version", type=int, required=True, dest="model_version", help="model version to promote")
+    prom.add_argument("--reason", required=True, help="why (recorded on the model version)")
+    prom.set_defaults(handler=_promote, needs_spark=False)
 
     hist = commands.add_parser("history", parents=[common], help="list a table's versions with run metadata")
     hist.add_argument("table", help="table name, e.g. customer_features")
@@ -99,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     vac.add_argument("--dry-run", action="store_true", help="list the files without deleting them")
     vac.set_defaults(handler=_vacuum, needs_spark=False)
     return parser
+
+
+def _add_snapshot_flags(sub: argparse.ArgumentParser, *, with_input: bool) -> None:
+    if with_input:
+        sub.add_argument("--input", help="directory holding customers/, transactions/, interactions/")
+    sub.add_argument("--warehouse", help="directory (or URI) of the published Delta tables (the default MLflow "
+                                         "store sits beside it)")
+    sub.add_argument("--snapshot-date", type=_date, default=None,
+                     help="snapshot date YYYY-MM-DD, end of day UTC inclusive (default: yesterday, UTC)")
+    sub.add_argument("--summary-json", help="also write the run summary to this file")
 
 
 def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -> int:
@@ -159,17 +179,45 @@ def _generate(spark: SparkSession, settings: Settings, args: argparse.Namespace)
 
 
 def _run(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> int:
+    summary = _snapshot_job(run_pipeline, spark, settings, args)
+    print(format_summary(summary))
+    return 0
+
+
+def _train(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> int:
+    summary = _snapshot_job(train_churn, spark, settings, args)
+    trained = summary["stages"]["train"]
+    promotion = trained["promotion"]
+    print(format_summary(summary))
+    print(f"\nmodel {trained['model']} version {trained['model_version']} "
+          f"({'champion' if promotion['promoted'] else 'challenger'}: {promotion['reason']})")
+    print("holdout " + ", ".join(f"{k} {v:.4f}" for k, v in trained["metrics"].items()))
+    print("baselines ROC-AUC " + ", ".join(f"{k} {v:.4f}" for k, v in trained["baselines_roc_auc"].items()))
+    print(f"MLflow run {trained['mlflow_run_id']} at {trained['tracking_uri']}")
+    return 0
+
+
+def _snapshot_job(job: Callable[..., dict[str, Any]], spark: SparkSession, settings: Settings,
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """Run `job` for the snapshot of `args`; --summary-json gets the summary, also when the job fails."""
     snapshot = args.snapshot_date or _yesterday()
     run = Run(args.command, settings, snapshot)
     try:
-        summary = run_pipeline(spark, settings, snapshot, run)
+        summary = job(spark, settings, snapshot, run)
     except Exception:
         if args.summary_json:
             _write_json(args.summary_json, run.summary("failed"))
         raise
-    print(format_summary(summary))
     if args.summary_json:
         _write_json(args.summary_json, summary)
+    return summary
+
+
+def _promote(spark: SparkSession | None, settings: Settings, args: argparse.Namespace) -> int:
+    client = tracking.connect(settings.paths.warehouse, settings.churn.experiment)
+    previous = tracking.promote(client, settings.churn.model_name, args.model_version, args.reason)
+    print(f"{settings.churn.model_name}: champion is now version {args.model_version} "
+          f"(was {previous if previous is not None else 'none'}); reason recorded")
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segscale.errors import ConfigError
 
@@ -180,6 +180,36 @@ class LifecycleSettings(_Section):
         return self
 
 
+class ChurnSettings(_Section):
+    # A buyer at a cutoff is churned when they make no purchase in the following horizon_days.
+    horizon_days: int = Field(default=90, gt=0)
+    # Labelled cutoffs D - h, D - 2h, ...: the most recent is the holdout, the earlier ones train.
+    labelled_cutoffs: int = Field(default=3, ge=2, le=24)
+    # Rows pulled to the driver, per side (training rows, holdout rows); sampled by label with sample_seed.
+    max_train_rows: int = Field(default=500_000, gt=0)
+    sample_seed: int = 7
+    # Any scikit-learn classifier with predict_proba, by import path, and its parameters.
+    estimator: str = "sklearn.ensemble.HistGradientBoostingClassifier"
+    estimator_params: dict[str, Any] = Field(default_factory=lambda: {
+        "max_iter": 200, "learning_rate": 0.1, "class_weight": "balanced", "random_state": 7})
+    # Probability calibration on out-of-fold predictions of the training rows.
+    calibration: Literal["isotonic", "sigmoid"] = "isotonic"
+    calibration_folds: int = Field(default=3, ge=2, le=10)
+    experiment: str = Field(default="segscale", min_length=1)
+    model_name: str = Field(default="segscale_churn", min_length=1)
+    # A new version becomes champion unless its holdout ROC-AUC is worse than the champion's by more than this.
+    promotion_tolerance: float = Field(default=0.005, ge=0, lt=1)
+
+    @field_validator("estimator")
+    @classmethod
+    def _estimator_is_an_import_path(cls, value: str) -> str:
+        module, _, name = value.rpartition(".")
+        if not module or not name.isidentifier():
+            raise ValueError(f"expected a class import path like sklearn.ensemble.HistGradientBoostingClassifier, "
+                             f"got {value!r}")
+        return value
+
+
 class Settings(_Section):
     paths: PathSettings = Field(default_factory=PathSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
@@ -190,6 +220,7 @@ class Settings(_Section):
     rfm: RfmSettings = Field(default_factory=RfmSettings)
     tiers: TierSettings = Field(default_factory=TierSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    churn: ChurnSettings = Field(default_factory=ChurnSettings)
 
     def config_hash(self) -> str:
         """Hash of everything that changes what the pipeline computes (not where or on what it runs)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow.fs as pafs
+from deltalake import DeltaTable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -80,6 +81,14 @@ def read_inputs(store: DeltaStore, input_dir: str) -> InputTables:
         for name, fmt in found.items() if fmt is not None
     }
     return InputTables(frames["customers"], frames["transactions"], frames.get("interactions"))
+
+
+def input_versions(input_dir: str) -> dict[str, int | None]:
+    """The Delta version of each input table that is a Delta table (None for Parquet and CSV): lineage."""
+    input_dir = input_dir.rstrip("/")
+    found = {name: detect_format(f"{input_dir}/{name}") for name in CONTRACT}
+    return {name: DeltaTable(f"{input_dir}/{name}").version() if fmt == "delta" else None
+            for name, fmt in found.items() if fmt is not None}
 
 
 def detect_format(path: str) -> InputFormat | None:

@@ -4,6 +4,7 @@ functions with a Spark session and settings it was given."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -13,17 +14,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import mlflow
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from segscale import __version__
+from segscale import __version__, tracking
+from segscale.churn import LABEL, TrainingSet, capped_sample, training_set, with_true_dropout
+from segscale.churn_model import classification_metrics, evaluate, fit_model, flat_metrics, model_inputs, predict_churn
 from segscale.config import Settings
 from segscale.errors import InputError
 from segscale.features import customer_features, filter_signed_up_by
 from segscale.generate import as_csv_text, generate_frames
-from segscale.ingest import read_inputs
+from segscale.ingest import detect_format, input_versions, read_inputs
 from segscale.rfm import cut_points, quantile_sketch
 from segscale.segments import LIFECYCLE_STAGES, VALUE_TIERS, customer_scores, segment_migration, tier_thresholds
 from segscale.tables import CommitMetadata, DeltaStore, Warehouse
@@ -112,22 +117,113 @@ def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date
     run = run or Run("run", settings, snapshot_date)
     stages = STAGES[run.command]
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
-    validated: Validated | None = None
-    try:
+    with _recorded(warehouse, run) as cached:
         if "validate" in stages:
-            validated = _validate(warehouse, settings, snapshot_date, run)
+            cached.append(_validate(warehouse, settings, snapshot_date, run))
         if "features" in stages:
-            _features(warehouse, settings, snapshot_date, run, validated)
+            _features(warehouse, settings, snapshot_date, run, cached[0])
         if "segment" in stages:
             _segment(warehouse, settings, snapshot_date, run)
+    return run.summary("succeeded")
+
+
+@contextlib.contextmanager
+def _recorded(warehouse: Warehouse, run: Run) -> Iterator[list[Validated]]:
+    """Record the run in the `runs` table as failed or succeeded; release the validated inputs the body cached."""
+    cached: list[Validated] = []
+    try:
+        yield cached
     except Exception:
         _record_run(warehouse, run, "failed")
         raise
     finally:
-        _release(validated)
-    summary = run.summary("succeeded")
+        for validated in cached:
+            _release(validated)
     _record_run(warehouse, run, "succeeded")
-    return summary
+
+
+def train_churn(spark: SparkSession, settings: Settings, snapshot_date: dt.date, run: Run | None = None
+                ) -> dict[str, Any]:
+    """Train the churn model out of time as of `snapshot_date`, track it in MLflow, register it and apply the
+    promotion gate. Reads the inputs; publishes no table (the `runs` table records the run)."""
+    run = run or Run("train", settings, snapshot_date)
+    churn = settings.churn
+    warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
+    with _recorded(warehouse, run) as cached:
+        validated = _validate(warehouse, settings, snapshot_date, run, publish_quarantine=False)
+        cached.append(validated)
+        with run.stage("training set") as record:
+            data = training_set(validated.customers, validated.transactions, validated.interactions,
+                                snapshot_date, settings)
+            holdout_df = data.holdout
+            truth = f"{settings.paths.input.rstrip('/')}/customer_truth"
+            if detect_format(truth) == "delta":
+                holdout_df = with_true_dropout(holdout_df, warehouse.store.read(truth), data.holdout_cutoff)
+            # The only rows pulled to the driver: capped samples, one fraction per label.
+            train = capped_sample(data.train, churn.max_train_rows, churn.sample_seed).toPandas()
+            holdout = capped_sample(holdout_df, churn.max_train_rows, churn.sample_seed).toPandas()
+            record.update(holdout_cutoff=data.holdout_cutoff.isoformat(),
+                          train_cutoffs=[c.isoformat() for c in data.cutoffs[1:]],
+                          train_rows=len(train), holdout_rows=len(holdout))
+            for side, frame in (("training", train), ("holdout", holdout)):
+                if frame.empty or frame[LABEL].nunique() < 2:
+                    raise InputError(f"the {side} rows need both churned and retained buyers to train on, found "
+                                     f"{len(frame):,} rows with churned = {sorted(frame[LABEL].unique())}; use a "
+                                     f"later --snapshot-date or more history (churn.horizon_days "
+                                     f"{churn.horizon_days}, churn.labelled_cutoffs {churn.labelled_cutoffs})")
+        with run.stage("train") as record:
+            record.update(_train_and_register(settings, run, train, holdout, data))
+    return run.summary("succeeded")
+
+
+def _train_and_register(settings: Settings, run: Run, train: pd.DataFrame, holdout: pd.DataFrame,
+                        data: TrainingSet) -> dict[str, Any]:
+    churn = settings.churn
+    client = tracking.connect(settings.paths.warehouse, churn.experiment)
+    model = fit_model(train, churn)
+    evaluation = evaluate(model, train, holdout, settings.lifecycle)
+    y_holdout = holdout[LABEL].astype(int).to_numpy()
+
+    def champion_auc(version: int) -> float:
+        return classification_metrics(y_holdout, predict_churn(tracking.load_classifier(churn.model_name,
+                                                                                        version), holdout))["roc_auc"]
+
+    with mlflow.start_run(run_name=f"churn {run.run_id}") as ml_run:
+        mlflow.log_params({
+            "estimator": churn.estimator, **{f"estimator.{k}": v for k, v in churn.estimator_params.items()},
+            "horizon_days": churn.horizon_days, "labelled_cutoffs": churn.labelled_cutoffs,
+            "calibration": churn.calibration, "calibration_folds": churn.calibration_folds,
+            "max_train_rows": churn.max_train_rows, "sample_seed": churn.sample_seed,
+            "holdout_cutoff": data.holdout_cutoff.isoformat(),
+            "train_cutoffs": ",".join(c.isoformat() for c in data.cutoffs[1:]),
+            "train_rows": len(train), "holdout_rows": len(holdout),
+        })
+        mlflow.set_tags({
+            "segscale.run_id": run.run_id, "segscale.config_hash": settings.config_hash(),
+            "segscale.snapshot_date": run.snapshot_date.isoformat(), "segscale.version": __version__,
+            "segscale.input": settings.paths.input,
+            **{f"lineage.{name}.delta_version": str(version)
+               for name, version in run.stages["ingest"]["input_versions"].items()},
+        })
+        mlflow.log_metrics({k: v for k, v in flat_metrics(evaluation).items() if v == v})  # NaN is not loggable
+        mlflow.log_dict(evaluation, "evaluation.json")
+        version = tracking.log_classifier(model, churn.model_name, model_inputs(holdout.head(5)))
+        promotion = tracking.gate(client, churn.model_name, version, evaluation["model"]["roc_auc"],
+                                  churn.promotion_tolerance, champion_auc)
+        if promotion.champion_auc is not None:
+            mlflow.log_metric("champion_holdout_roc_auc", promotion.champion_auc)
+        mlflow.set_tags({"promotion_decision": "promoted" if promotion.promoted else "kept champion",
+                         "promotion_reason": promotion.reason})
+    if not evaluation["beats_baselines"]:
+        log.warning("the churn model does not beat both baselines on the holdout: %s", {
+            "model": evaluation["model"]["roc_auc"],
+            **{name: m["roc_auc"] for name, m in evaluation["baselines"].items()}})
+    return {
+        "mlflow_run_id": ml_run.info.run_id, "tracking_uri": mlflow.get_tracking_uri(),
+        "model": churn.model_name, "model_version": version, "metrics": evaluation["model"],
+        "baselines_roc_auc": {name: m["roc_auc"] for name, m in evaluation["baselines"].items()},
+        "beats_baselines": evaluation["beats_baselines"], "promotion": dataclasses.asdict(promotion),
+    }
 
 
 def _write_snapshot(warehouse: Warehouse, name: str, df: DataFrame, snapshot_date: dt.date, run: Run,
@@ -137,10 +233,13 @@ def _write_snapshot(warehouse: Warehouse, name: str, df: DataFrame, snapshot_dat
     record.setdefault("published", {})[name] = {"rows": result.rows, "version": result.version}
 
 
-def _validate(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run) -> Validated:
+def _validate(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run,
+              publish_quarantine: bool = True) -> Validated:
+    """Read and validate the inputs; stop when a table's bad share is too high. The flagged rows stay cached
+    for the stages after this one (release them with `_release`)."""
     with run.stage("ingest") as record:
         inputs = read_inputs(warehouse.store, settings.paths.input)
-        record["input"] = settings.paths.input
+        record.update(input=settings.paths.input, input_versions=input_versions(settings.paths.input))
     with run.stage("validate") as record:
         validated = validate_inputs(inputs, settings.validation, snapshot_date, run.run_id, run.started_at)
         # Counts, quarantine and features all read the flagged rows: compute them once.
@@ -150,8 +249,9 @@ def _validate(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, 
             counts = reason_counts(validated)
             record["tables"] = counts
             check_bad_ratios(counts, settings.validation.max_bad_ratio)
-            _write_snapshot(warehouse, "quarantine", validated.quarantine, snapshot_date, run, "validate", record,
-                            quarantined=counts)
+            if publish_quarantine:
+                _write_snapshot(warehouse, "quarantine", validated.quarantine, snapshot_date, run, "validate",
+                                record, quarantined=counts)
         except Exception:
             _release(validated)
             raise

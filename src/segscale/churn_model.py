@@ -1,0 +1,143 @@
+"""The churn classifier on the driver: a calibrated scikit-learn pipeline, its holdout evaluation and baselines.
+
+Everything here works on the capped pandas samples that `segscale.churn` pulls to the driver; the scoring of the
+whole base happens on the executors. Definitions of the metrics and baselines: docs/models.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.pipeline import Pipeline
+
+from segscale.churn import LABEL, TRUE_LABEL
+from segscale.config import ChurnSettings, LifecycleSettings
+
+# The model's inputs: every numeric feature of customer_features (missing values are left to the estimator;
+# HistGradientBoosting routes them natively).
+MODEL_FEATURES = (
+    "recency_days", "frequency", "monetary", "avg_order_value", "tenure_days", "days_since_first_purchase",
+    "mean_days_between_purchases", "std_days_between_purchases", "purchases_30d", "purchases_90d",
+    "purchases_365d", "spend_30d", "spend_90d", "spend_365d", "spend_trend_90d", "distinct_categories",
+    "return_rate", "online_share", "interactions_365d", "interaction_cost_365d", "complaints_365d",
+    "last_satisfaction", "bgnbd_frequency", "bgnbd_recency", "bgnbd_T",
+)
+TOP_SHARE = 0.1  # lift and capture rate are read at the top decile of predicted risk
+CALIBRATION_BINS = 10
+
+
+def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The feature columns as float64 (nullable integers become NaN), in MODEL_FEATURES order."""
+    return frame.loc[:, list(MODEL_FEATURES)].astype("float64")
+
+
+def build_estimator(settings: ChurnSettings) -> ClassifierMixin:
+    """The configured classifier class with its parameters."""
+    module_name, _, class_name = settings.estimator.rpartition(".")
+    try:
+        estimator_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"churn.estimator {settings.estimator!r} cannot be imported: {exc}") from exc
+    try:
+        return estimator_class(**settings.estimator_params)
+    except TypeError as exc:
+        raise ValueError(f"churn.estimator_params do not fit {settings.estimator}: {exc}") from exc
+
+
+def fit_model(train: pd.DataFrame, settings: ChurnSettings) -> CalibratedClassifierCV:
+    """Fit the pipeline and calibrate its probabilities on out-of-fold predictions of the training rows."""
+    pipeline = Pipeline([("classifier", build_estimator(settings))])
+    model = CalibratedClassifierCV(pipeline, method=settings.calibration, cv=settings.calibration_folds)
+    return model.fit(model_inputs(train), train[LABEL].astype(int).to_numpy())
+
+
+def predict_churn(model: ClassifierMixin, frame: pd.DataFrame) -> np.ndarray:
+    """P(churned) for each row."""
+    return model.predict_proba(model_inputs(frame))[:, 1]
+
+
+# ---- baselines -----------------------------------------------------------------------------------------------
+def recency_baseline(train: pd.DataFrame) -> LogisticRegression:
+    """Recency alone: a logistic regression on log(1 + recency_days)."""
+    return LogisticRegression().fit(_log_recency(train), train[LABEL].astype(int))
+
+
+def _log_recency(frame: pd.DataFrame) -> np.ndarray:
+    return np.log1p(frame[["recency_days"]].astype("float64").to_numpy())
+
+
+def rule_groups(frame: pd.DataFrame, lifecycle: LifecycleSettings) -> pd.Series:
+    """The frequency/recency rule: at risk by recency (lifecycle.at_risk_after_days) x one-time buyer."""
+    lapsed = frame["recency_days"].astype("float64") > lifecycle.at_risk_after_days
+    one_time = frame["frequency"].astype("float64") <= 1
+    return lapsed.astype(int) * 2 + one_time.astype(int)
+
+
+def baseline_scores(train: pd.DataFrame, holdout: pd.DataFrame, lifecycle: LifecycleSettings
+                    ) -> dict[str, np.ndarray]:
+    """Holdout probabilities of the two baselines, both fitted on the training rows only."""
+    recency = recency_baseline(train).predict_proba(_log_recency(holdout))[:, 1]
+    # The rule's probability is the training churn rate of the holdout row's group.
+    rates = train[LABEL].astype(float).groupby(rule_groups(train, lifecycle)).mean()
+    overall = float(train[LABEL].mean())
+    rule = rule_groups(holdout, lifecycle).map(rates).fillna(overall).to_numpy()
+    return {"recency": recency, "frequency_recency_rule": rule}
+
+
+# ---- metrics -------------------------------------------------------------------------------------------------
+def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """ROC-AUC, PR-AUC, Brier score, log loss, and lift and capture rate in the top decile of predicted risk."""
+    y = np.asarray(y, dtype=int)
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    top = np.argsort(-p, kind="stable")[: max(1, int(round(TOP_SHARE * len(p))))]
+    base_rate = y.mean()
+    return {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "brier": float(brier_score_loss(y, p)),
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+        "top_decile_lift": float(y[top].mean() / base_rate) if base_rate > 0 else float("nan"),
+        "top_decile_capture": float(y[top].sum() / y.sum()) if y.sum() > 0 else float("nan"),
+        "churn_rate": float(base_rate),
+    }
+
+
+def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
+    """Equal-width bins of predicted probability: rows, mean prediction and observed churn rate per bin."""
+    frame = pd.DataFrame({"y": np.asarray(y, dtype=float), "p": np.asarray(p, dtype=float)})
+    frame["bin"] = np.minimum((frame["p"] * bins).astype(int), bins - 1)
+    grouped = frame.groupby("bin").agg(rows=("y", "size"), mean_predicted=("p", "mean"), observed=("y", "mean"))
+    return [{"bin_low": b / bins, "bin_high": (b + 1) / bins, **{k: float(v) for k, v in row.items()}}
+            for b, row in grouped.iterrows()]
+
+
+def evaluate(model: ClassifierMixin, train: pd.DataFrame, holdout: pd.DataFrame, lifecycle: LifecycleSettings
+             ) -> dict[str, Any]:
+    """The model's holdout metrics and calibration table, the same metrics for both baselines, and whether the
+    model beats both on ROC-AUC."""
+    y = holdout[LABEL].astype(int).to_numpy()
+    p = predict_churn(model, holdout)
+    result: dict[str, Any] = {"model": classification_metrics(y, p), "calibration": calibration_table(y, p),
+                              "holdout_rows": int(len(holdout)), "train_rows": int(len(train))}
+    baselines = baseline_scores(train, holdout, lifecycle)
+    result["baselines"] = {name: classification_metrics(y, scores) for name, scores in baselines.items()}
+    result["beats_baselines"] = all(result["model"]["roc_auc"] > m["roc_auc"] for m in result["baselines"].values())
+    if TRUE_LABEL in holdout and holdout[TRUE_LABEL].notna().all() and holdout[TRUE_LABEL].nunique() == 2:
+        result["model"]["roc_auc_vs_truth"] = float(roc_auc_score(holdout[TRUE_LABEL].astype(int), p))
+    return result
+
+
+def flat_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
+    """`holdout_<metric>` for the model and `baseline_<name>_<metric>` for the baselines (for tracking)."""
+    flat = {f"holdout_{k}": v for k, v in evaluation["model"].items()}
+    for name, metrics in evaluation["baselines"].items():
+        flat.update({f"baseline_{name}_{k}": v for k, v in metrics.items()})
+    return flat

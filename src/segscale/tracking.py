@@ -1,0 +1,164 @@
+"""MLflow: where runs are tracked, how models are saved (skops, explicit trusted types), and the registry's
+champion / challenger aliases with the promotion gate. Decisions: docs/models.md."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import skops.io
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.models import infer_signature
+
+from segscale.errors import DependencyError, InputError, SegscaleError
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+# The only types outside skops' own safe set that segscale's models may contain. A model needing anything else
+# is refused when it is saved (and skops refuses it when it is loaded), whatever its origin.
+TRUSTED_TYPES = frozenset({
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+})
+
+
+def tracking_uri(warehouse: str) -> str:
+    """MLFLOW_TRACKING_URI if set, else a SQLite store beside the warehouse (its parent directory)."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    return f"sqlite:///{_beside(warehouse) / 'mlflow.db'}"
+
+
+def _beside(warehouse: str) -> Path:
+    if "://" in warehouse and not warehouse.startswith("file://"):
+        raise InputError(f"warehouse {warehouse} is not a local directory, so there is no default MLflow store "
+                         f"beside it: set MLFLOW_TRACKING_URI")
+    return Path(warehouse.removeprefix("file://")).resolve().parent
+
+
+def connect(warehouse: str, experiment: str) -> MlflowClient:
+    """Point MLflow at the tracking store and make sure the experiment exists; DependencyError if unreachable."""
+    uri = tracking_uri(warehouse)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            location = None
+            if uri.startswith("sqlite:///"):  # embedded store: artifacts beside it, not in the working directory
+                location = (_beside(warehouse) / "mlartifacts" / experiment).as_uri()
+            client.create_experiment(experiment, artifact_location=location)
+    except (MlflowException, OSError) as exc:
+        raise DependencyError(f"MLflow tracking at {uri} is unreachable: {_first_line(exc)}") from exc
+    mlflow.set_experiment(experiment)
+    return client
+
+
+def trusted_types_for(model: object) -> list[str]:
+    """The model's types that skops does not trust by default; all must be in TRUSTED_TYPES."""
+    needed = set(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+    refused = needed - TRUSTED_TYPES
+    if refused:
+        raise SegscaleError(f"the model contains types segscale does not trust for loading: {sorted(refused)}; "
+                            f"only {sorted(TRUSTED_TYPES)} are allowed (see docs/models.md)")
+    return sorted(needed)
+
+
+def log_classifier(model: object, name: str, example: pd.DataFrame) -> int:
+    """Log `model` to the active run in skops format (pyfunc predicts probabilities), register it under `name`
+    and return the new version."""
+    signature = infer_signature(example, model.predict_proba(example))
+    info = mlflow.sklearn.log_model(
+        model, name="model", serialization_format="skops", skops_trusted_types=trusted_types_for(model),
+        signature=signature, input_example=example, registered_model_name=name, pyfunc_predict_fn="predict_proba")
+    return int(info.registered_model_version)
+
+
+def load_classifier(name: str, version: int) -> object:
+    """A registered scikit-learn model; skops refuses any type the version was not saved as trusting."""
+    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What the gate decided for a new version, with both ROC-AUCs on the new version's holdout."""
+
+    version: int
+    promoted: bool
+    reason: str
+    new_auc: float
+    champion_version: int | None = None
+    champion_auc: float | None = None
+
+
+def champion_version(client: MlflowClient, name: str) -> int | None:
+    try:
+        return int(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def gate(client: MlflowClient, name: str, version: int, new_auc: float, tolerance: float,
+         champion_auc_on_holdout: Callable[[int], float]) -> Promotion:
+    """Give the new version alias challenger; move champion to it unless its holdout ROC-AUC is worse than the
+    current champion's on the same holdout by more than `tolerance`. The first version becomes champion."""
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+    current = champion_version(client, name)
+    if current is None:
+        decision = Promotion(version, True, "first version", new_auc)
+    else:
+        champion_auc = champion_auc_on_holdout(current)
+        promoted = new_auc >= champion_auc - tolerance
+        verdict = "not worse than" if promoted else "worse than"
+        reason = (f"holdout ROC-AUC {new_auc:.4f} is {verdict} champion v{current}'s {champion_auc:.4f} "
+                  f"within tolerance {tolerance}")
+        decision = Promotion(version, promoted, reason, new_auc, current, champion_auc)
+    if decision.promoted:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    for key, value in (("promotion_decision", "promoted" if decision.promoted else "kept champion"),
+                       ("promotion_reason", decision.reason)):
+        client.set_model_version_tag(name, str(version), key, value)
+    log.info("model %s v%d: %s (%s)", name, version, "champion" if decision.promoted else "challenger",
+             decision.reason)
+    return decision
+
+
+def promote(client: MlflowClient, name: str, version: int, reason: str) -> int | None:
+    """Move champion to `version` by hand and record why on the version; returns the previous champion."""
+    if not reason.strip():
+        raise InputError("promote needs --reason: the registry records why the champion changed")
+    try:
+        client.get_model_version(name, str(version))
+    except (MlflowException, RestException):
+        known = sorted(int(v.version) for v in _versions(client, name))
+        raise InputError(f"model {name} has no version {version}; registered versions: {known or 'none'}") from None
+    previous = champion_version(client, name)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    for key, value in (("promotion_decision", "promoted by hand"), ("promotion_reason", reason),
+                       ("promoted_at", when), ("previous_champion", str(previous))):
+        client.set_model_version_tag(name, str(version), key, value)
+    return previous
+
+
+def _versions(client: MlflowClient, name: str) -> Iterable:
+    try:
+        return client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,217 @@
+"""`segscale train` and `promote`: MLflow tracking, the registry's aliases, the promotion gate, skops trust."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import skops.io
+import yaml
+from mlflow import MlflowClient
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+
+from segscale import tracking
+from segscale.cli import main
+from segscale.config import Settings
+from segscale.errors import SegscaleError
+from segscale.pipeline import generate_inputs
+
+SNAPSHOT = "2024-12-31"
+NAME = "segscale_churn"
+
+
+@pytest.fixture(scope="module")
+def inputs(spark, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train-inputs")
+    generate_inputs(spark, Settings.model_validate({"generate": {"customers": 2000, "seed": 8}}), str(out))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def embedded_store(monkeypatch):
+    """Every test uses the embedded SQLite store beside its warehouse unless it sets MLFLOW_TRACKING_URI."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def train(spark, inputs, warehouse, *extra: str, config: Path | None = None) -> int:
+    args = ["train", "--input", str(inputs), "--warehouse", str(warehouse), "--snapshot-date", SNAPSHOT]
+    if config is not None:
+        args += ["--config", str(config)]
+    return main([*args, *extra], spark=spark)
+
+
+@pytest.fixture(scope="module")
+def registry(spark, inputs, tmp_path_factory):
+    """Three trainings on one warehouse: v1 (first), v2 (a much weaker model), v3 (the default model again)."""
+    root = tmp_path_factory.mktemp("registry")
+    weak = root / "weak.yaml"
+    weak.write_text("churn:\n  estimator_params: {max_iter: 1, max_depth: 1, learning_rate: 0.01}\n")
+    summaries = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for config in (None, weak, None):
+            out = root / f"summary-{len(summaries)}.json"
+            assert train(spark, inputs, root / "wh", "--summary-json", str(out), config=config) == 0
+            summaries.append(json.loads(out.read_text()))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return root, MlflowClient(uri, uri), summaries
+
+
+def test_first_version_becomes_champion_and_every_version_is_challenger_first(registry):
+    _, client, summaries = registry
+    versions = [s["stages"]["train"]["model_version"] for s in summaries]
+    assert versions == [1, 2, 3]
+    decisions = [s["stages"]["train"]["promotion"] for s in summaries]
+    assert decisions[0]["promoted"] and decisions[0]["reason"] == "first version"
+    assert int(client.get_model_version_by_alias(NAME, "challenger").version) == 3
+
+
+def test_gate_keeps_the_champion_against_a_worse_model_and_logs_both_numbers(registry):
+    _, client, summaries = registry
+    weak = summaries[1]["stages"]["train"]["promotion"]
+    assert not weak["promoted"]
+    assert weak["champion_version"] == 1
+    assert weak["new_auc"] < weak["champion_auc"] - 0.005
+    run = client.get_run(summaries[1]["stages"]["train"]["mlflow_run_id"])
+    assert run.data.metrics["champion_holdout_roc_auc"] == pytest.approx(weak["champion_auc"])
+    assert run.data.metrics["holdout_roc_auc"] == pytest.approx(weak["new_auc"])
+    assert run.data.tags["promotion_decision"] == "kept champion"
+    # v3 is the default model again: not worse than champion v1 on its holdout, so it takes over.
+    again = summaries[2]["stages"]["train"]["promotion"]
+    assert again["promoted"] and again["champion_version"] == 1
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 3
+    assert client.get_model_version(NAME, "2").tags["promotion_decision"] == "kept champion"
+
+
+def test_training_run_logs_params_lineage_metrics_artifacts_and_a_skops_model(registry, inputs):
+    root, client, summaries = registry
+    trained = summaries[0]["stages"]["train"]
+    run = client.get_run(trained["mlflow_run_id"])
+    assert run.data.params["estimator"] == "sklearn.ensemble.HistGradientBoostingClassifier"
+    assert run.data.params["holdout_cutoff"] == "2024-10-02"
+    assert run.data.tags["segscale.config_hash"] == summaries[0]["config_hash"]
+    assert run.data.tags["lineage.transactions.delta_version"] == "0"
+    metrics = run.data.metrics
+    assert metrics["holdout_roc_auc"] > metrics["baseline_recency_roc_auc"]
+    assert metrics["holdout_roc_auc"] > metrics["baseline_frequency_recency_rule_roc_auc"]
+    assert 0.5 < metrics["holdout_roc_auc_vs_truth"] <= 1
+    assert {"holdout_pr_auc", "holdout_brier", "holdout_log_loss", "holdout_top_decile_lift",
+            "holdout_top_decile_capture"} <= metrics.keys()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "evaluation.json" in artifacts
+    evaluation = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation.json",
+                                                           str(root))).read_text())
+    assert len(evaluation["calibration"]) > 3 and evaluation["beats_baselines"]
+    info = mlflow.models.get_model_info(f"models:/{NAME}/1")
+    assert info.signature is not None and "recency_days" in info.signature.inputs.input_names()
+    assert info.saved_input_example_info is not None
+    flavor = info.flavors["sklearn"]
+    assert flavor["serialization_format"] == "skops"
+    assert sorted(flavor["skops_trusted_types"]) == sorted(tracking.TRUSTED_TYPES - {
+        "sklearn.calibration._SigmoidCalibration"})  # isotonic calibration by default
+    assert (root / "mlartifacts").is_dir()  # the embedded store keeps artifacts beside it
+
+
+def test_promote_by_hand_records_why(registry, capsys, monkeypatch):
+    root, client, _ = registry
+    assert main(["promote", "--warehouse", str(root / "wh"), "--version", "2", "--reason", "rollback drill"]) == 0
+    assert "champion is now version 2 (was 3)" in capsys.readouterr().out
+    version = client.get_model_version(NAME, "2")
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
+    assert version.tags["promotion_reason"] == "rollback drill"
+    assert version.tags["previous_champion"] == "3"
+    assert main(["promote", "--warehouse", str(root / "wh"), "--version", "9", "--reason", "x"]) == 2
+    assert "has no version 9; registered versions: [1, 2, 3]" in capsys.readouterr().err
+    assert main(["promote", "--warehouse", str(root / "wh"), "--version", "1", "--reason", " "]) == 2
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
+
+
+class HandWrittenClassifier(BaseEstimator, ClassifierMixin):
+    """A type that is not on segscale's trusted list."""
+
+
+def test_model_with_an_untrusted_type_is_refused_when_saved_and_when_loaded(tmp_path):
+    model = CalibratedClassifierCV(HandWrittenClassifier())
+    with pytest.raises(SegscaleError, match=r"does not trust for loading: .*HandWrittenClassifier"):
+        tracking.trusted_types_for(model)
+    # An artifact whose saved trust list misses a type it contains: skops refuses to load it.
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    fitted = HistGradientBoostingClassifier(max_iter=2).fit([[0.0], [1.0], [2.0], [3.0]], [0, 1, 0, 1])
+    path = tmp_path / "model"
+    mlflow.sklearn.save_model(fitted, str(path), serialization_format="skops",
+                              skops_trusted_types=tracking.trusted_types_for(fitted))
+    mlmodel = yaml.safe_load((path / "MLmodel").read_text())
+    assert mlmodel["flavors"]["sklearn"]["skops_trusted_types"]
+    mlmodel["flavors"]["sklearn"]["skops_trusted_types"] = []
+    (path / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with pytest.raises(skops.io.exceptions.UntrustedTypesFoundException):
+        mlflow.sklearn.load_model(str(path))
+
+
+def test_too_little_history_exits_2_naming_the_cause(spark, inputs, tmp_path, capsys):
+    code = main(["train", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"), "--snapshot-date",
+                 "2022-03-01"], spark=spark)
+    assert code == 2
+    assert "need both churned and retained buyers" in capsys.readouterr().err
+
+
+def test_unreachable_tracking_server_exits_3(spark, inputs, tmp_path, capsys, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    assert main(["promote", "--warehouse", str(tmp_path / "wh"), "--version", "1", "--reason", "x"]) == 3
+    assert f"MLflow tracking at http://127.0.0.1:{port} is unreachable" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start within 90 s")
+        yield f"http://127.0.0.1:{port}", tmp_path / "server-artifacts"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_train_register_and_load_through_a_real_tracking_server(spark, inputs, tmp_path, tracking_server,
+                                                                 monkeypatch):
+    uri, artifacts = tracking_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "summary.json"
+    assert train(spark, inputs, tmp_path / "wh", "--summary-json", str(out)) == 0
+    trained = json.loads(out.read_text())["stages"]["train"]
+    assert trained["tracking_uri"] == uri and trained["model_version"] == 1
+    client = MlflowClient(uri, uri)
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1
+    model = tracking.load_classifier(NAME, 1)
+    assert hasattr(model, "predict_proba")
+    assert any(artifacts.rglob("MLmodel"))  # the server stored the model's artifacts
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store
