@@ -106,6 +106,11 @@ def test_training_run_logs_params_lineage_metrics_artifacts_and_a_skops_model(re
             "holdout_top_decile_capture"} <= metrics.keys()
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "evaluation.json" in artifacts
+    charts = {a.path for a in client.list_artifacts(run.info.run_id, "charts")}
+    assert charts == {"charts/calibration.png", "charts/lift.png", "charts/importance.png"}
+    for name in charts:
+        png = Path(client.download_artifacts(run.info.run_id, name, str(root)))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
     evaluation = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation.json",
                                                            str(root))).read_text())
     assert len(evaluation["calibration"]) > 3 and evaluation["beats_baselines"]

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.inspection import permutation_importance
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
@@ -32,6 +34,7 @@ MODEL_FEATURES = (
 )
 TOP_SHARE = 0.1  # lift and capture rate are read at the top decile of predicted risk
 CALIBRATION_BINS = 10
+IMPORTANCE_ROWS = 20_000  # holdout rows the permutation importance is computed on
 
 
 def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
@@ -133,6 +136,58 @@ def evaluate(model: ClassifierMixin, train: pd.DataFrame, holdout: pd.DataFrame,
     if TRUE_LABEL in holdout and holdout[TRUE_LABEL].notna().all() and holdout[TRUE_LABEL].nunique() == 2:
         result["model"]["roc_auc_vs_truth"] = float(roc_auc_score(holdout[TRUE_LABEL].astype(int), p))
     return result
+
+
+def charts(model: ClassifierMixin, holdout: pd.DataFrame, evaluation: Mapping[str, Any], out_dir: Path,
+           seed: int) -> list[Path]:
+    """calibration.png, lift.png and importance.png (permutation importance on the holdout, ROC-AUC drop)."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot as plt
+
+    y = holdout[LABEL].astype(int).to_numpy()
+    p = predict_churn(model, holdout)
+    written = []
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    table = evaluation["calibration"]
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    ax.plot([b["mean_predicted"] for b in table], [b["observed"] for b in table], marker="o", label="model")
+    ax.set(xlabel="mean predicted churn probability", ylabel="observed churn rate", title="Calibration (holdout)")
+    ax.legend()
+    written.append(_save(fig, out_dir / "calibration.png"))
+
+    order = np.argsort(-p, kind="stable")
+    share = np.arange(1, len(y) + 1) / len(y)
+    captured = np.cumsum(y[order]) / max(y.sum(), 1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(share, captured, label="model")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random")
+    ax.axvline(TOP_SHARE, color="tab:red", linewidth=0.8,
+               label=f"top decile: lift {evaluation['model']['top_decile_lift']:.2f}")
+    ax.set(xlabel="share of customers, highest risk first", ylabel="share of churners captured",
+           title="Cumulative gains (holdout)")
+    ax.legend()
+    written.append(_save(fig, out_dir / "lift.png"))
+
+    sample = holdout.sample(n=min(len(holdout), IMPORTANCE_ROWS), random_state=seed)
+    importance = permutation_importance(model, model_inputs(sample), sample[LABEL].astype(int), scoring="roc_auc",
+                                        n_repeats=3, random_state=seed)
+    ranked = sorted(zip(MODEL_FEATURES, importance.importances_mean, strict=True), key=lambda item: item[1])
+    fig, ax = plt.subplots(figsize=(6, 7))
+    ax.barh([name for name, _ in ranked], [value for _, value in ranked])
+    ax.set(xlabel="drop in ROC-AUC when the feature is shuffled", title="Permutation importance (holdout)")
+    written.append(_save(fig, out_dir / "importance.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    from matplotlib import pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def flat_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:

@@ -8,10 +8,12 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -23,7 +25,15 @@ from pyspark.sql import types as T
 
 from segscale import __version__, tracking
 from segscale.churn import LABEL, TrainingSet, capped_sample, training_set, with_true_dropout
-from segscale.churn_model import classification_metrics, evaluate, fit_model, flat_metrics, model_inputs, predict_churn
+from segscale.churn_model import (
+    charts,
+    classification_metrics,
+    evaluate,
+    fit_model,
+    flat_metrics,
+    model_inputs,
+    predict_churn,
+)
 from segscale.config import Settings
 from segscale.errors import InputError
 from segscale.features import customer_features, filter_signed_up_by
@@ -207,6 +217,9 @@ def _train_and_register(settings: Settings, run: Run, train: pd.DataFrame, holdo
         })
         mlflow.log_metrics({k: v for k, v in flat_metrics(evaluation).items() if v == v})  # NaN is not loggable
         mlflow.log_dict(evaluation, "evaluation.json")
+        with tempfile.TemporaryDirectory() as charts_dir:
+            for chart in charts(model, holdout, evaluation, Path(charts_dir), churn.sample_seed):
+                mlflow.log_artifact(str(chart), "charts")
         version = tracking.log_classifier(model, churn.model_name, model_inputs(holdout.head(5)))
         promotion = tracking.gate(client, churn.model_name, version, evaluation["model"]["roc_auc"],
                                   churn.promotion_tolerance, champion_auc)
