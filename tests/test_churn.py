@@ -6,28 +6,18 @@ import datetime as dt
 
 import numpy as np
 import pytest
+from frames import contract_schema, generated_inputs, ts
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from segscale.churn import CUTOFF, LABEL, capped_sample, labelled_cutoffs, labelled_rows, training_set
 from segscale.churn_model import build_estimator, classification_metrics, evaluate, fit_model, predict_churn
-from segscale.config import ChurnSettings, GenerateSettings, Settings
+from segscale.config import ChurnSettings, Settings
 from segscale.features import FEATURE_TYPES
-from segscale.generate import generate_frames
-from segscale.ingest import CONTRACT
 
 CUTOFF_DATE = dt.date(2024, 6, 30)  # horizon 90 days: (2024-06-30, 2024-09-28]
 SETTINGS = Settings()
-
-
-def ts(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
-
-
-def contract_schema(name: str) -> T.StructType:
-    return T.StructType([T.StructField(c.name, c.data_type) for c in CONTRACT[name]])
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +67,8 @@ def test_cutoffs_step_back_one_horizon_at_a_time():
 
 @pytest.fixture(scope="module")
 def generated(spark):
-    frames = {name: frame_df.cache() for name, frame_df in
-              generate_frames(spark, GenerateSettings(customers=3000, seed=3)).items()
-              if name in ("customers", "transactions", "interactions")}
-    yield frames
-    for frame_df in frames.values():
-        frame_df.unpersist()
+    with generated_inputs(spark, customers=3000, seed=3) as frames:
+        yield frames
 
 
 def test_changing_events_after_a_cutoff_leaves_its_features_unchanged(generated):

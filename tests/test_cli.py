@@ -11,20 +11,15 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
+from frames import contract_schema
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from segscale.cli import main
 from segscale.config import DeltaSettings
-from segscale.ingest import CONTRACT
 from segscale.tables import CommitMetadata, DeltaStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = "2024-06-30"
-
-
-def contract_schema(name: str) -> T.StructType:
-    return T.StructType([T.StructField(c.name, c.data_type) for c in CONTRACT[name]])
 
 
 def write_inputs(spark, root: Path, fmt: str) -> Path:

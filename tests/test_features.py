@@ -8,15 +8,13 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from frames import contract_schema, generated_inputs, ts
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
-from segscale.config import FeatureSettings, GenerateSettings
+from segscale.config import FeatureSettings
 from segscale.features import customer_features
-from segscale.generate import generate_frames
-from segscale.ingest import CONTRACT
 
 SNAPSHOT = dt.date(2024, 6, 30)
 SETTINGS = FeatureSettings()
@@ -91,14 +89,6 @@ EXPECTED = {
     # A return and no purchase.
     "R": {**NO_PURCHASE, "monetary": -12.0},
 }
-
-
-def ts(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
-
-
-def contract_schema(name: str) -> T.StructType:
-    return T.StructType([T.StructField(c.name, c.data_type) for c in CONTRACT[name]])
 
 
 def features_frame(spark, rows: dict[str, dict]) -> DataFrame:
@@ -193,12 +183,8 @@ def test_settings_choose_online_channels_and_complaint_kinds(spark, literal_inpu
 # ---- generated data: leakage and an independent DuckDB computation ------------------------------------------
 @pytest.fixture(scope="module")
 def generated(spark):
-    frames = {name: frame_df.cache() for name, frame_df in
-              generate_frames(spark, GenerateSettings(customers=2000, seed=5)).items()
-              if name in ("customers", "transactions", "interactions")}
-    yield frames
-    for frame_df in frames.values():
-        frame_df.unpersist()
+    with generated_inputs(spark, customers=2000, seed=5) as frames:
+        yield frames
 
 
 def test_events_after_the_snapshot_change_nothing(generated):

@@ -7,9 +7,9 @@ import json
 import math
 
 import pytest
+from frames import contract_schema, ts
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from segscale.config import GenerateSettings, ValidationSettings
@@ -33,19 +33,11 @@ SETTINGS = ValidationSettings(amount_ceiling=1000.0)
 NAN, INF = float("nan"), float("inf")
 
 
-def ts(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
-
-
 T0 = ts("2024-03-01T10:00:00")
 D0 = dt.date(2022, 1, 1)
 
 
 # ---- literal frames ----------------------------------------------------------------------------------------
-def contract_schema(name: str) -> T.StructType:
-    return T.StructType([T.StructField(c.name, c.data_type) for c in CONTRACT[name]])
-
-
 def customer(cid: str | None, signup: dt.date | None = D0, region: str = "north") -> tuple:
     return (cid, signup, region, 1, "online", 1980, "F")
 

@@ -169,9 +169,16 @@ def train_churn(spark: SparkSession, settings: Settings, snapshot_date: dt.date,
             truth = f"{settings.paths.input.rstrip('/')}/customer_truth"
             if detect_format(truth) == "delta":
                 holdout_df = with_true_dropout(holdout_df, warehouse.store.read(truth), data.holdout_cutoff)
-            # The only rows pulled to the driver: samples of at most churn.max_train_rows, one fraction per label.
-            train = capped_sample(data.train, churn.max_train_rows, churn.sample_seed).toPandas()  # small: capped
-            holdout = capped_sample(holdout_df, churn.max_train_rows, churn.sample_seed).toPandas()  # small: capped
+            # Sampling counts the labels, then pulls the sample: keep the labelled rows for the second pass.
+            labelled = [data.train.persist(StorageLevel.MEMORY_AND_DISK),
+                        holdout_df.persist(StorageLevel.MEMORY_AND_DISK)]
+            try:
+                # The only rows pulled to the driver: at most churn.max_train_rows per side, one fraction per label.
+                train, holdout = [capped_sample(rows_df, churn.max_train_rows, churn.sample_seed)
+                                  .toPandas() for rows_df in labelled]  # small: capped
+            finally:
+                for rows_df in labelled:
+                    rows_df.unpersist()
             record.update(holdout_cutoff=data.holdout_cutoff.isoformat(),
                           train_cutoffs=[c.isoformat() for c in data.cutoffs[1:]],
                           train_rows=len(train), holdout_rows=len(holdout))

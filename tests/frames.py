@@ -1,0 +1,37 @@
+"""Helpers the tests share for building input frames (imported by the test modules beside it)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from segscale.config import GenerateSettings
+from segscale.generate import generate_frames
+from segscale.ingest import CONTRACT
+
+
+def ts(text: str) -> dt.datetime:
+    """An ISO-8601 text as a UTC datetime."""
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+
+
+def contract_schema(name: str) -> T.StructType:
+    """The input contract's columns and types for one input table."""
+    return T.StructType([T.StructField(c.name, c.data_type) for c in CONTRACT[name]])
+
+
+@contextlib.contextmanager
+def generated_inputs(spark: SparkSession, customers: int, seed: int) -> Iterator[dict[str, DataFrame]]:
+    """Generated customers, transactions and interactions, cached while the block runs."""
+    frames = {name: frame_df.cache() for name, frame_df in
+              generate_frames(spark, GenerateSettings(customers=customers, seed=seed)).items()
+              if name in ("customers", "transactions", "interactions")}
+    try:
+        yield frames
+    finally:
+        for frame_df in frames.values():
+            frame_df.unpersist()
