@@ -12,23 +12,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import run_isolated, write_report
+from common import ensure_generated, machine, python_peak_rss_mb, run_isolated, write_report
 
 HERE = Path(__file__).resolve().parent
 SNAPSHOT = dt.date(2024, 12, 31)
-
-
-def _rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _settings(inputs: Path, warehouse: Path):
@@ -53,7 +45,7 @@ def engine_segscale(inputs: Path, work: Path) -> dict:
     spark.stop()
     return {"wall_seconds": round(wall, 1), "stages": stages,
             "features_and_segmentation_seconds": round(stages["features"] + stages["segment"], 1),
-            "driver_python_peak_rss_mb": _rss_mb()}
+            "driver_python_peak_rss_mb": python_peak_rss_mb()}
 
 
 def engine_duckdb(inputs: Path, work: Path) -> dict:
@@ -71,7 +63,7 @@ def engine_duckdb(inputs: Path, work: Path) -> dict:
     start = time.perf_counter()
     con.execute(f"COPY ({query}) TO '{work / 'duckdb_features.parquet'}' (FORMAT parquet)", params)
     wall = time.perf_counter() - start
-    return {"wall_seconds": round(wall, 1), "driver_python_peak_rss_mb": _rss_mb()}
+    return {"wall_seconds": round(wall, 1), "driver_python_peak_rss_mb": python_peak_rss_mb()}
 
 
 def engine_plain_pyspark(inputs: Path, work: Path) -> dict:
@@ -171,7 +163,8 @@ def engine_plain_pyspark(inputs: Path, work: Path) -> dict:
     wall = time.perf_counter() - start
     scan = _scan_seconds(spark, store, inputs)
     spark.stop()
-    return {"wall_seconds": round(wall, 1), "input_scan_seconds": scan, "driver_python_peak_rss_mb": _rss_mb()}
+    return {"wall_seconds": round(wall, 1), "input_scan_seconds": scan,
+            "driver_python_peak_rss_mb": python_peak_rss_mb()}
 
 
 def engine_plain_pyspark_narrow(inputs: Path, work: Path) -> dict:
@@ -204,7 +197,7 @@ def engine_plain_pyspark_narrow(inputs: Path, work: Path) -> dict:
     scored.write.mode("overwrite").parquet(str(work / "plain_features"))
     wall = time.perf_counter() - start
     spark.stop()
-    return {"wall_seconds": round(wall, 1), "driver_python_peak_rss_mb": _rss_mb()}
+    return {"wall_seconds": round(wall, 1), "driver_python_peak_rss_mb": python_peak_rss_mb()}
 
 
 def _plain_session(inputs: Path, work: Path):
@@ -242,10 +235,7 @@ def main() -> int:
         print("RESULT " + json.dumps(ENGINES[args.engine](inputs, work)))
         return 0
 
-    if not (inputs / "transactions" / "_delta_log").exists():
-        print(f"generating {args.customers:,} customers into {inputs} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "segscale", "generate", "--customers", str(args.customers),
-                        "--seed", "1", "--out", str(inputs)], check=True, capture_output=True)
+    ensure_generated(inputs, args.customers)
     results = {}
     for engine in args.engines.split(","):
         shutil.rmtree(work, ignore_errors=True)
@@ -258,7 +248,7 @@ def main() -> int:
         "benchmark": "features + segmentation",
         "date": dt.date.today().isoformat(),
         "customers": args.customers,
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "results": results,
     }
     if {"segscale", "duckdb", "plain_pyspark"} <= results.keys():

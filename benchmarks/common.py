@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import platform
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +29,21 @@ def write_report(name: str, report: dict) -> Path:
     out.write_text(json.dumps(report, indent=2))
     print(f"written {out}")
     return out
+
+
+def python_peak_rss_mb() -> float:
+    """Peak resident memory of this Python process (the driver's Python side), in MB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def machine() -> dict:
+    return {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+def ensure_generated(inputs: Path, customers: int) -> None:
+    """Generate `customers` customers (seed 1) into `inputs` unless an earlier benchmark already did."""
+    if (inputs / "transactions" / "_delta_log").exists():
+        return
+    print(f"generating {customers:,} customers into {inputs} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "segscale", "generate", "--customers", str(customers), "--seed", "1",
+                    "--out", str(inputs)], check=True, capture_output=True)

@@ -7,14 +7,25 @@ import datetime as dt
 import numpy as np
 import pytest
 from frames import contract_schema, generated_inputs, ts
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from segscale.churn import CUTOFF, LABEL, capped_sample, labelled_cutoffs, labelled_rows, training_set
+from segscale.churn import (
+    CHURN_COLUMNS,
+    CUTOFF,
+    LABEL,
+    capped_sample,
+    labelled_cutoffs,
+    labelled_rows,
+    training_set,
+    with_churn_scores,
+)
 from segscale.churn_model import build_estimator, classification_metrics, evaluate, fit_model, predict_churn
-from segscale.config import ChurnSettings, Settings
+from segscale.config import ChurnSettings, RiskBands, Settings
+from segscale.errors import InputError
 from segscale.features import FEATURE_TYPES
+from segscale.tracking import ScoringModel
 
 CUTOFF_DATE = dt.date(2024, 6, 30)  # horizon 90 days: (2024-06-30, 2024-09-28]
 SETTINGS = Settings()
@@ -165,3 +176,50 @@ def test_configured_estimator_is_used():
     model = build_estimator(ChurnSettings(estimator="sklearn.linear_model.LogisticRegression",
                                           estimator_params={"C": 0.5}))
     assert type(model).__name__ == "LogisticRegression" and model.C == 0.5
+
+
+SCORING = ScoringModel("segscale_churn", 4, ("recency_days", "frequency"))
+
+
+def fake_predict(inputs: Column) -> Column:
+    """Stands in for the model's UDF: P(churned) = recency_days / 100, as [P(retained), P(churned)]."""
+    churned = inputs["recency_days"] / 100
+    return F.array(1 - churned, churned)
+
+
+def test_churn_scores_bands_and_model_columns(spark):
+    features = spark.createDataFrame(
+        [("low", 29, 3), ("medium_edge", 30, 1), ("high_edge", 50, 2), ("critical_edge", 70, 1), ("top", 99, 1),
+         ("prospect", None, 0)], "customer_id string, recency_days int, frequency long")
+    scored = features.transform(with_churn_scores, RiskBands(), SCORING, fake_predict).drop("recency_days",
+                                                                                             "frequency")
+    # Prospects get no probability and no band; the model columns name what scored the snapshot.
+    expected = spark.createDataFrame(
+        [("low", 0.29, "low"), ("medium_edge", 0.30, "medium"), ("high_edge", 0.50, "high"),
+         ("critical_edge", 0.70, "critical"), ("top", 0.99, "critical"), ("prospect", None, None)],
+        "customer_id string, churn_probability double, churn_risk_band string",
+    ).select("*", F.lit("segscale_churn").alias("model_name"), F.lit(4).alias("model_version"))
+    assertDataFrameEqual(scored, expected, rtol=1e-9)
+
+
+def test_risk_bands_come_from_config(spark):
+    features = spark.createDataFrame([("a", 29, 1), ("b", 12, 1)],
+                                     "customer_id string, recency_days int, frequency long")
+    bands = RiskBands(medium=0.1, high=0.2, critical=0.25)
+    scored = features.transform(with_churn_scores, bands, SCORING, fake_predict)
+    assert {r.customer_id: r.churn_risk_band for r in scored.collect()} == {"a": "critical", "b": "medium"}
+    with pytest.raises(ValueError, match="must ascend"):
+        RiskBands(medium=0.5, high=0.4, critical=0.9)
+
+
+def test_without_a_model_the_churn_columns_are_typed_nulls(spark):
+    features = spark.createDataFrame([("a", 29, 1)], "customer_id string, recency_days int, frequency long")
+    scored = features.transform(with_churn_scores, RiskBands()).select(*CHURN_COLUMNS)
+    assert scored.collect()[0].asDict() == dict.fromkeys(CHURN_COLUMNS)
+    assert [f.dataType.simpleString() for f in scored.schema] == ["double", "string", "string", "int"]
+
+
+def test_a_model_input_missing_from_the_features_is_named(spark):
+    features = spark.createDataFrame([("a", 29)], "customer_id string, recency_days int")
+    with pytest.raises(InputError, match=r"the features lack \['frequency'\], which model segscale_churn version 4"):
+        features.transform(with_churn_scores, RiskBands(), SCORING, fake_predict)

@@ -35,7 +35,7 @@ def settings_for(inputs, warehouse, **sections) -> Settings:
 
 @pytest.fixture(scope="module")
 def two_snapshots(spark, generated, tmp_path_factory):
-    warehouse = tmp_path_factory.mktemp("wh")
+    warehouse = tmp_path_factory.mktemp("pipeline") / "wh"  # its MLflow store sits beside it
     settings = settings_for(generated, warehouse)
     first = run_pipeline(spark, settings, D1)
     second = run_pipeline(spark, settings, D2)
@@ -130,8 +130,8 @@ def test_quarantine_and_summary_carry_counts_per_reason(two_snapshots):
 
 
 def test_rerunning_a_snapshot_yields_the_same_content(spark, generated, tmp_path):
-    settings = settings_for(generated, tmp_path)
-    warehouse = Warehouse(spark, str(tmp_path), settings.delta)
+    settings = settings_for(generated, tmp_path / "wh")
+    warehouse = Warehouse(spark, str(tmp_path / "wh"), settings.delta)
     run_pipeline(spark, settings, D1)
     before = {n: snapshot(warehouse, n, D1).drop("run_id") for n in ("customer_scores", "quarantine")}
     before = {n: spark.createDataFrame(df.collect(), df.schema) for n, df in before.items()}
@@ -156,21 +156,23 @@ def test_too_many_bad_rows_stop_the_run_before_anything_is_published(spark, tmp_
     assert run["status"] == "failed" and json.loads(run["summary_json"])["failed_stage"] == "validate"
 
 
-def test_stage_commands_run_their_stages(spark, generated, tmp_path, capsys):
-    common = ["--input", str(generated), "--warehouse", str(tmp_path), "--snapshot-date", D1.isoformat()]
+def test_stage_commands_run_their_stages(spark, generated, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SEGSCALE_CHURN__ENABLED", "false")  # scoring by stage: tests/test_score.py
+    warehouse = tmp_path / "wh"
+    common = ["--input", str(generated), "--warehouse", str(warehouse), "--snapshot-date", D1.isoformat()]
     assert main(["segment", *common[2:]], spark=spark) == 2  # nothing to segment yet
     assert "customer_features has no snapshot 2024-06-30" in capsys.readouterr().err
     assert main(["validate", *common], spark=spark) == 0
-    assert {p.name for p in tmp_path.iterdir()} == {"quarantine", "runs"}
+    assert {p.name for p in warehouse.iterdir()} == {"quarantine", "runs"}
     assert main(["features", *common], spark=spark) == 0
-    assert (tmp_path / "customer_features").exists() and not (tmp_path / "customer_scores").exists()
+    assert (warehouse / "customer_features").exists() and not (warehouse / "customer_scores").exists()
     assert main(["segment", *common[2:]], spark=spark) == 0
-    assert (tmp_path / "customer_scores").exists()
+    assert (warehouse / "customer_scores").exists()
     out = capsys.readouterr().out
     assert "segscale segment succeeded" in out and "value tier" in out
 
 
 def test_run_is_recorded_with_its_stages(spark, generated, tmp_path):
-    summary = run_pipeline(spark, settings_for(generated, tmp_path), D1, Run("run", settings_for(generated, tmp_path),
-                                                                            D1))
+    settings = settings_for(generated, tmp_path / "wh", churn={"enabled": False})
+    summary = run_pipeline(spark, settings, D1, Run("run", settings, D1))
     assert list(summary["stages"]) == ["ingest", "validate", "features", "segment", "migration"]

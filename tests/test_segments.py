@@ -121,14 +121,18 @@ def test_lifecycle_stage_first_match_wins(spark):
 
 
 def test_customer_scores_columns(spark):
-    features = spark.createDataFrame([("a", D, 1, 2, 10.0), ("p", D, None, 0, 0.0)], FEATURES)
+    features = spark.createDataFrame(
+        [("a", D, 1, 2, 10.0, 0.42, "medium", "segscale_churn", 3), ("p", D, None, 0, 0.0, None, None, None, None)],
+        FEATURES + ", churn_probability double, churn_risk_band string, model_name string, model_version int")
     cuts = CutPoints((1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0))
     scores = customer_scores(features, cuts, TierThresholds("monetary", 5.0, 1.0), Settings(), "run-9")
     expected = spark.createDataFrame(
-        [("a", D, 1, 2, 10.0, 5, 2, 5, "Potential Loyalists", "high_value", "repeat", "run-9"),
-         ("p", D, None, 0, 0.0, None, None, None, None, "regular", "prospect", "run-9")],
+        [("a", D, 1, 2, 10.0, 5, 2, 5, "Potential Loyalists", "high_value", "repeat", 0.42, "medium",
+          "segscale_churn", 3, "run-9"),
+         ("p", D, None, 0, 0.0, None, None, None, None, "regular", "prospect", None, None, None, None, "run-9")],
         "customer_id string, snapshot_date date, recency_days int, frequency long, monetary double, r_score int, "
-        "f_score int, m_score int, rfm_segment string, value_tier string, lifecycle_stage string, run_id string")
+        "f_score int, m_score int, rfm_segment string, value_tier string, lifecycle_stage string, "
+        "churn_probability double, churn_risk_band string, model_name string, model_version int, run_id string")
     assertDataFrameEqual(scores, expected)
 
 

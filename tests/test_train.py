@@ -13,7 +13,9 @@ import mlflow
 import pytest
 import skops.io
 import yaml
+from deltalake import DeltaTable
 from mlflow import MlflowClient
+from pyspark.sql import functions as F
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 
@@ -206,17 +208,22 @@ def tracking_server(tmp_path):
             server.kill()
 
 
-def test_train_register_and_load_through_a_real_tracking_server(spark, inputs, tmp_path, tracking_server,
-                                                                 monkeypatch):
+def test_train_register_and_score_through_a_real_tracking_server(spark, inputs, tmp_path, tracking_server,
+                                                                  monkeypatch):
     uri, artifacts = tracking_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     out = tmp_path / "summary.json"
-    assert train(spark, inputs, tmp_path / "wh", "--summary-json", str(out)) == 0
-    trained = json.loads(out.read_text())["stages"]["train"]
-    assert trained["tracking_uri"] == uri and trained["model_version"] == 1
+    # No champion on the server yet: `run` trains, registers and gates version 1, then scores with it.
+    assert main(["run", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"), "--snapshot-date", SNAPSHOT,
+                 "--summary-json", str(out)], spark=spark) == 0
+    stages = json.loads(out.read_text())["stages"]
+    assert stages["train"]["tracking_uri"] == uri and stages["train"]["model_version"] == 1
+    assert stages["segment"]["churn_model"] == {"name": NAME, "version": 1}
     client = MlflowClient(uri, uri)
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1
-    model = tracking.load_classifier(NAME, 1)
-    assert hasattr(model, "predict_proba")
     assert any(artifacts.rglob("MLmodel"))  # the server stored the model's artifacts
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the embedded store
+    scores = spark.read.parquet(*DeltaTable(str(tmp_path / "wh" / "customer_scores")).file_uris())
+    buyers = scores.where(F.col("recency_days").isNotNull())
+    assert buyers.where(F.col("churn_probability").between(0, 1) & (F.col("model_version") == 1)).count() \
+        == buyers.count() > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import logging
 import sys
@@ -17,7 +18,7 @@ from pyspark.sql import SparkSession
 from segscale import __version__, tracking
 from segscale.config import Settings, load_settings
 from segscale.errors import InputError, SegscaleError, describe_exception
-from segscale.pipeline import Run, generate_inputs, run_pipeline, train_churn
+from segscale.pipeline import Run, generate_inputs, run_pipeline, score_snapshot, train_churn
 from segscale.session import get_spark
 from segscale.tables import Warehouse
 
@@ -62,21 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(handler=_generate)
 
     snapshot_commands = {
-        "run": ("run the main job for one snapshot: validate, features, segment",
+        "run": ("run the main job for one snapshot: validate, [train], features, segment and score",
                 "Read the inputs, validate them (bad rows to quarantine), publish customer_features, then "
-                "customer_scores and segment_migration for the snapshot."),
+                "customer_scores (with churn scores from the champion model) and segment_migration for the "
+                "snapshot. Trains the churn model first with --train or when no champion exists."),
         "validate": ("validate the inputs and publish the snapshot's quarantine",
                      "Check every input row; bad rows go to the quarantine table with a reason code."),
         "features": ("validate, then publish customer_features for the snapshot",
                      "Validate the inputs and compute one row of features per customer as of the snapshot."),
         "segment": ("publish customer_scores and segment_migration from published features",
-                    "RFM scores and segments, value tiers and lifecycle stages from the snapshot's published "
-                    "customer_features, and migration from the previous snapshot."),
+                    "RFM scores and segments, value tiers, lifecycle stages and churn scores (champion model) "
+                    "from the snapshot's published customer_features, and migration from the previous "
+                    "snapshot."),
     }
     for name, (summary, description) in snapshot_commands.items():
         sub = commands.add_parser(name, parents=[common], help=summary, description=description)
         _add_snapshot_flags(sub, with_input=name != "segment")
+        if name == "run":
+            sub.add_argument("--train", action="store_true",
+                             help="train the churn model (and apply the promotion gate) before scoring")
         sub.set_defaults(handler=_run)
+
+    score = commands.add_parser(
+        "score", parents=[common], help="re-score churn for a published snapshot",
+        description="Score every customer of a published snapshot with the churn model's champion (or "
+                    "--model-version) on the executors, and replace the snapshot of customer_scores with the new "
+                    "churn_probability, churn_risk_band, model_name and model_version; other columns are kept.")
+    _add_snapshot_flags(score, with_input=False)
+    score.add_argument("--model-version", type=int, help="registered version to score with (default: champion)")
+    score.set_defaults(handler=_score)
 
     train = commands.add_parser(
         "train", parents=[common], help="train, track and register the churn model (MLflow)",
@@ -179,7 +194,15 @@ def _generate(spark: SparkSession, settings: Settings, args: argparse.Namespace)
 
 
 def _run(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> int:
-    summary = _snapshot_job(run_pipeline, spark, settings, args)
+    job = functools.partial(run_pipeline, train=getattr(args, "train", False))
+    summary = _snapshot_job(job, spark, settings, args)
+    print(format_summary(summary))
+    return 0
+
+
+def _score(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> int:
+    summary = _snapshot_job(functools.partial(score_snapshot, model_version=args.model_version), spark, settings,
+                            args)
     print(format_summary(summary))
     return 0
 
@@ -229,12 +252,12 @@ def _write_json(path: str, summary: dict[str, Any]) -> None:
 def _history(spark: SparkSession | None, settings: Settings, args: argparse.Namespace) -> int:
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     print(f"{'version':>7}  {'timestamp (UTC)':<19}  {'operation':<14}  {'stage':<20}  {'snapshot':<10}  "
-          f"{'run id':<26}  config")
+          f"{'run id':<26}  {'config':<16}  model")
     for entry in warehouse.history(args.table, args.limit):
         m = entry.metadata
         print(f"{entry.version:>7}  {entry.timestamp:%Y-%m-%d %H:%M:%S}  {entry.operation:<14}  "
               f"{m.get('stage', ''):<20}  {m.get('snapshot_date', ''):<10}  {m.get('run_id', ''):<26}  "
-              f"{m.get('config_hash', '')}")
+              f"{m.get('config_hash', ''):<16}  {m.get('model_version', '')}")
     return 0
 
 
@@ -286,6 +309,17 @@ def format_summary(summary: dict[str, Any]) -> str:
             counts = segment["tiers_by_stage"].get(tier, {})
             lines.append(f"  {tier:<11} {label:<6}  " + " ".join(f"{counts.get(s, 0):>9,}" for s in stage_names)
                          + f" {sum(counts.values()):>10,}")
+    scored = stages.get("score") or segment
+    if scored.get("churn_risk_bands"):
+        model = scored["churn_model"]
+        title = f"churn risk ({model['name']} v{model['version']})" if model else "churn risk (churn.enabled: false)"
+        lines += ["", title + "  " + ", ".join(f"{band} {n:,}" for band, n in scored["churn_risk_bands"].items())]
+    trained = stages.get("train")
+    if trained and "promotion" in trained:
+        lines += ["", f"trained {trained['model']} v{trained['model_version']}: holdout ROC-AUC "
+                      f"{trained['metrics']['roc_auc']:.4f}, "
+                      f"{'champion' if trained['promotion']['promoted'] else 'challenger'} "
+                      f"({trained['promotion']['reason']})"]
     migration = stages.get("migration")
     if migration is not None:
         previous = migration.get("previous_snapshot")

@@ -180,7 +180,24 @@ class LifecycleSettings(_Section):
         return self
 
 
+class RiskBands(_Section):
+    """Lower bounds (inclusive) of the churn risk bands; below `medium` is low."""
+
+    medium: float = Field(default=0.3, gt=0, lt=1)
+    high: float = Field(default=0.5, gt=0, lt=1)
+    critical: float = Field(default=0.7, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ascending(self) -> RiskBands:
+        if not self.medium < self.high < self.critical:
+            raise ValueError(f"bands must ascend: medium ({self.medium}) < high ({self.high}) < critical "
+                             f"({self.critical})")
+        return self
+
+
 class ChurnSettings(_Section):
+    # false: publish customer_scores without churn scores (the churn columns stay null) and never train.
+    enabled: bool = True
     # A buyer at a cutoff is churned when they make no purchase in the following horizon_days.
     horizon_days: int = Field(default=90, gt=0)
     # Labelled cutoffs D - h, D - 2h, ...: the most recent is the holdout, the earlier ones train.
@@ -199,6 +216,7 @@ class ChurnSettings(_Section):
     model_name: str = Field(default="segscale_churn", min_length=1)
     # A new version becomes champion unless its holdout ROC-AUC is worse than the champion's by more than this.
     promotion_tolerance: float = Field(default=0.005, ge=0, lt=1)
+    risk_bands: RiskBands = Field(default_factory=RiskBands)
 
     @field_validator("estimator")
     @classmethod

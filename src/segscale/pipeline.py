@@ -24,7 +24,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from segscale import __version__, tracking
-from segscale.churn import LABEL, TrainingSet, capped_sample, training_set, with_true_dropout
+from segscale.churn import (
+    CHURN_COLUMNS,
+    LABEL,
+    RISK_BANDS,
+    TrainingSet,
+    capped_sample,
+    require_inputs,
+    training_set,
+    with_churn_scores,
+    with_true_dropout,
+)
 from segscale.churn_model import (
     charts,
     classification_metrics,
@@ -36,12 +46,13 @@ from segscale.churn_model import (
 )
 from segscale.config import Settings
 from segscale.errors import InputError
-from segscale.features import customer_features, filter_signed_up_by
+from segscale.features import FEATURE_TYPES, customer_features, filter_signed_up_by
 from segscale.generate import as_csv_text, generate_frames
 from segscale.ingest import detect_format, input_versions, read_inputs
 from segscale.rfm import cut_points, quantile_sketch
 from segscale.segments import LIFECYCLE_STAGES, VALUE_TIERS, customer_scores, segment_migration, tier_thresholds
 from segscale.tables import CommitMetadata, DeltaStore, Warehouse
+from segscale.tracking import ScoringModel
 from segscale.validate import Validated, check_bad_ratios, reason_counts, validate_inputs
 
 log = logging.getLogger(__name__)
@@ -74,12 +85,13 @@ class Run:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     current_stage: str | None = None
 
-    def meta(self, stage: str, **extra: Any) -> CommitMetadata:
+    def meta(self, stage: str, model_version: str | None = None, **extra: Any) -> CommitMetadata:
         return CommitMetadata(
             run_id=self.run_id,
             stage=stage,
             config_hash=self.settings.config_hash(),
             snapshot_date=self.snapshot_date.isoformat() if self.snapshot_date else None,
+            model_version=model_version,
             extra=extra,
         )
 
@@ -120,20 +132,62 @@ STAGES = {
 }
 
 
-def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date, run: Run | None = None
-                 ) -> dict[str, Any]:
-    """The main job for one snapshot, or the stages of `run.command`: validate → features → segment.
-    Nothing is published when the input fails validation."""
+def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date, run: Run | None = None, *,
+                 train: bool = False) -> dict[str, Any]:
+    """The main job for one snapshot, or the stages of `run.command`: validate → [train] → features → segment.
+    With churn enabled the segment stage scores every customer with the champion model; `run` trains first when
+    `train` is set or no champion exists. Nothing is published when the input fails validation or the model to
+    score with cannot be used."""
     run = run or Run("run", settings, snapshot_date)
     stages = STAGES[run.command]
+    churn = settings.churn
+    if train and not (churn.enabled and "features" in stages):
+        raise InputError("--train needs churn.enabled: true and the run command")
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     with _recorded(warehouse, run) as cached:
+        model, client, needs_training = None, None, False
+        if "segment" in stages and churn.enabled:
+            # Checked before anything is published: MLflow reachable, a usable model (or training planned).
+            client = tracking.connect(settings.paths.warehouse, churn.experiment)
+            needs_training = "features" in stages and (
+                train or tracking.champion_version(client, churn.model_name) is None)
+            if not needs_training:
+                model = tracking.scoring_model(client, churn.model_name)
+                require_inputs(model, FEATURE_TYPES)
         if "validate" in stages:
             cached.append(_validate(warehouse, settings, snapshot_date, run))
+        if needs_training:  # before the features are published, so a failed training publishes none
+            _train(warehouse, settings, snapshot_date, run, cached[0])
+            model = tracking.scoring_model(client, churn.model_name)  # the champion the gate left
         if "features" in stages:
             _features(warehouse, settings, snapshot_date, run, cached[0])
         if "segment" in stages:
-            _segment(warehouse, settings, snapshot_date, run)
+            _segment(warehouse, settings, snapshot_date, run, model)
+    return run.summary("succeeded")
+
+
+def score_snapshot(spark: SparkSession, settings: Settings, snapshot_date: dt.date, run: Run | None = None, *,
+                   model_version: int | None = None) -> dict[str, Any]:
+    """Re-score churn for a published snapshot with the champion (or `model_version`): replaces the snapshot of
+    customer_scores with new churn columns and every other column kept."""
+    run = run or Run("score", settings, snapshot_date)
+    churn = settings.churn
+    if not churn.enabled:
+        raise InputError("churn.enabled is false, so there is no churn model to score with")
+    warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
+    with _recorded(warehouse, run):
+        client = tracking.connect(settings.paths.warehouse, churn.experiment)
+        model = tracking.scoring_model(client, churn.model_name, model_version)
+        with run.stage("score") as record:
+            scores_df = _snapshot_of(warehouse, "customer_scores", snapshot_date)
+            features_df = _snapshot_of(warehouse, "customer_features", snapshot_date)
+            churn_df = features_df.transform(with_churn_scores, churn.risk_bands, model,
+                                             tracking.churn_udf(spark, model))
+            rescored_df = (scores_df.drop(*CHURN_COLUMNS, "run_id")
+                           .join(churn_df.select("customer_id", *CHURN_COLUMNS), "customer_id", how="left")
+                           .select(*[F.lit(run.run_id).alias(c) if c == "run_id" else F.col(c)
+                                     for c in scores_df.columns]))
+            _write_scores(warehouse, rescored_df, snapshot_date, run, "score", record, model)
     return run.summary("succeeded")
 
 
@@ -157,40 +211,48 @@ def train_churn(spark: SparkSession, settings: Settings, snapshot_date: dt.date,
     """Train the churn model out of time as of `snapshot_date`, track it in MLflow, register it and apply the
     promotion gate. Reads the inputs; publishes no table (the `runs` table records the run)."""
     run = run or Run("train", settings, snapshot_date)
-    churn = settings.churn
+    if not settings.churn.enabled:
+        raise InputError("churn.enabled is false: set it to true to train the churn model")
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     with _recorded(warehouse, run) as cached:
-        validated = _validate(warehouse, settings, snapshot_date, run, publish_quarantine=False)
-        cached.append(validated)
-        with run.stage("training set") as record:
-            data = training_set(validated.customers, validated.transactions, validated.interactions,
-                                snapshot_date, settings)
-            holdout_df = data.holdout
-            truth = f"{settings.paths.input.rstrip('/')}/customer_truth"
-            if detect_format(truth) == "delta":
-                holdout_df = with_true_dropout(holdout_df, warehouse.store.read(truth), data.holdout_cutoff)
-            # Sampling counts the labels, then pulls the sample: keep the labelled rows for the second pass.
-            labelled = [data.train.persist(StorageLevel.MEMORY_AND_DISK),
-                        holdout_df.persist(StorageLevel.MEMORY_AND_DISK)]
-            try:
-                # The only rows pulled to the driver: at most churn.max_train_rows per side, one fraction per label.
-                train, holdout = [capped_sample(rows_df, churn.max_train_rows, churn.sample_seed)
-                                  .toPandas() for rows_df in labelled]  # small: capped
-            finally:
-                for rows_df in labelled:
-                    rows_df.unpersist()
-            record.update(holdout_cutoff=data.holdout_cutoff.isoformat(),
-                          train_cutoffs=[c.isoformat() for c in data.cutoffs[1:]],
-                          train_rows=len(train), holdout_rows=len(holdout))
-            for side, frame in (("training", train), ("holdout", holdout)):
-                if frame.empty or frame[LABEL].nunique() < 2:
-                    raise InputError(f"the {side} rows need both churned and retained buyers to train on, found "
-                                     f"{len(frame):,} rows with churned = {sorted(frame[LABEL].unique())}; use a "
-                                     f"later --snapshot-date or more history (churn.horizon_days "
-                                     f"{churn.horizon_days}, churn.labelled_cutoffs {churn.labelled_cutoffs})")
-        with run.stage("train") as record:
-            record.update(_train_and_register(settings, run, train, holdout, data))
+        cached.append(_validate(warehouse, settings, snapshot_date, run, publish_quarantine=False))
+        _train(warehouse, settings, snapshot_date, run, cached[0])
     return run.summary("succeeded")
+
+
+def _train(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run, validated: Validated
+           ) -> None:
+    """The training set from the validated inputs, then fit, evaluate, track, register and gate."""
+    churn = settings.churn
+    with run.stage("training set") as record:
+        data = training_set(validated.customers, validated.transactions, validated.interactions,
+                            snapshot_date, settings)
+        holdout_df = data.holdout
+        truth = f"{settings.paths.input.rstrip('/')}/customer_truth"
+        if detect_format(truth) == "delta":
+            holdout_df = with_true_dropout(holdout_df, warehouse.store.read(truth), data.holdout_cutoff)
+        # Sampling counts the labels, then pulls the sample: keep the labelled rows for the second pass.
+        labelled = [data.train.persist(StorageLevel.MEMORY_AND_DISK),
+                    holdout_df.persist(StorageLevel.MEMORY_AND_DISK)]
+        try:
+            # The only rows pulled to the driver: at most churn.max_train_rows per side, one fraction per label.
+            train, holdout = [capped_sample(rows_df, churn.max_train_rows, churn.sample_seed)
+                              .toPandas() for rows_df in labelled]  # small: capped
+        finally:
+            for rows_df in labelled:
+                rows_df.unpersist()
+        record.update(holdout_cutoff=data.holdout_cutoff.isoformat(),
+                      train_cutoffs=[c.isoformat() for c in data.cutoffs[1:]],
+                      train_rows=len(train), holdout_rows=len(holdout))
+        for side, frame in (("training", train), ("holdout", holdout)):
+            if frame.empty or frame[LABEL].nunique() < 2:
+                raise InputError(f"the {side} rows need both churned and retained buyers to train on, found "
+                                 f"{len(frame):,} rows with churned = {sorted(frame[LABEL].unique())}; use a "
+                                 f"later --snapshot-date or more history (churn.horizon_days "
+                                 f"{churn.horizon_days}, churn.labelled_cutoffs {churn.labelled_cutoffs}), or "
+                                 f"set churn.enabled: false to publish without churn scores")
+    with run.stage("train") as record:
+        record.update(_train_and_register(settings, run, train, holdout, data))
 
 
 def _train_and_register(settings: Settings, run: Run, train: pd.DataFrame, holdout: pd.DataFrame,
@@ -292,22 +354,24 @@ def _features(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, 
         _write_snapshot(warehouse, "customer_features", features_df, snapshot_date, run, "features", record)
 
 
-def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run) -> None:
+def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run,
+             model: ScoringModel | None) -> None:
     with run.stage("segment") as record:
         # Scores are computed from the published features, so this stage never re-reads the transactions.
         features_df = _snapshot_of(warehouse, "customer_features", snapshot_date)
         sketch = quantile_sketch(features_df, settings.rfm.quantile_relative_error)
         cuts = cut_points(sketch, settings.rfm)
         thresholds = tier_thresholds(sketch[settings.tiers.basis], settings.tiers)
-        scores_df = customer_scores(features_df, cuts, thresholds, settings, run.run_id)
+        predict = tracking.churn_udf(warehouse.store.spark, model) if model else None
+        scored_df = features_df.transform(with_churn_scores, settings.churn.risk_bands, model, predict)
+        scores_df = customer_scores(scored_df, cuts, thresholds, settings, run.run_id)
         record["rfm_cut_points"] = cuts.as_dict()
         record["tier_thresholds"] = {"high_value_above": thresholds.high_value_above,
                                      "potential_above": thresholds.potential_above}
-        # The tier x stage counts are gathered while the rows are written, not by reading them back.
+        # The counts are gathered while the rows are written, not by reading them back.
         counts = Observation("tiers_by_stage")
-        _write_snapshot(warehouse, "customer_scores", scores_df.observe(counts, *_tier_stage_counters()),
-                        snapshot_date, run, "segment", record,
-                        rfm_cut_points=cuts.as_dict(), tier_thresholds=record["tier_thresholds"])
+        _write_scores(warehouse, scores_df.observe(counts, *_tier_stage_counters()), snapshot_date, run, "segment",
+                      record, model, rfm_cut_points=cuts.as_dict(), tier_thresholds=record["tier_thresholds"])
         record["tiers_by_stage"] = _tier_stage_counts(counts.get)
     with run.stage("migration") as record:
         previous = [d for d in warehouse.partition_values("customer_scores", "snapshot_date")
@@ -321,6 +385,20 @@ def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, r
                                          previous_date, snapshot_date, run.run_id)
         record["previous_snapshot"] = previous_date.isoformat()
         _write_snapshot(warehouse, "segment_migration", migration_df, snapshot_date, run, "migration", record)
+
+
+def _write_scores(warehouse: Warehouse, scores_df: DataFrame, snapshot_date: dt.date, run: Run, stage: str,
+                  record: dict[str, Any], model: ScoringModel | None, **extra: Any) -> None:
+    """Publish the snapshot of customer_scores; the summary and the commit name the churn model, and the rows per
+    risk band are counted during the write."""
+    bands = Observation("churn_risk_bands")
+    band = F.col("churn_risk_band")
+    observed_df = scores_df.observe(bands, *[F.count_if(band == F.lit(b)).alias(b) for b in RISK_BANDS],
+                                    F.count_if(band.isNull()).alias("unscored"))
+    _write_snapshot(warehouse, "customer_scores", observed_df, snapshot_date, run, stage, record,
+                    model_version=model.uri if model else None, **extra)
+    record["churn_model"] = {"name": model.name, "version": model.version} if model else None
+    record["churn_risk_bands"] = dict(bands.get)
 
 
 def _snapshot_of(warehouse: Warehouse, name: str, snapshot_date: dt.date) -> DataFrame:

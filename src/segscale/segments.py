@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from segscale.churn import CHURN_COLUMNS
 from segscale.config import LifecycleSettings, Settings, TierSettings
 from segscale.rfm import SKETCH_POINTS, CutPoints, is_buyer, with_rfm_scores
 
@@ -16,9 +17,6 @@ VALUE_TIERS = (HIGH_VALUE, POTENTIAL, REGULAR)
 TIER_LABELS = {HIGH_VALUE: "高价值", POTENTIAL: "潜力", REGULAR: "普通"}
 PROSPECT, CHURNED, AT_RISK, NEW, LOYAL, REPEAT = "prospect", "churned", "at_risk", "new", "loyal", "repeat"
 LIFECYCLE_STAGES = (PROSPECT, NEW, REPEAT, LOYAL, AT_RISK, CHURNED)
-
-SCORE_COLUMNS = ("customer_id", "snapshot_date", "recency_days", "frequency", "monetary", "r_score", "f_score",
-                 "m_score", "rfm_segment", "value_tier", "lifecycle_stage", "run_id")
 
 
 @dataclass(frozen=True)
@@ -65,13 +63,15 @@ def lifecycle_stage(settings: LifecycleSettings) -> Column:
 
 def customer_scores(features_df: DataFrame, cuts: CutPoints, thresholds: TierThresholds, settings: Settings,
                     run_id: str) -> DataFrame:
-    """One row per customer of the snapshot with RFM scores, segment, value tier and lifecycle stage."""
+    """One row per customer of the snapshot with RFM scores, segment, value tier, lifecycle stage and the churn
+    columns that `segscale.churn.with_churn_scores` added to the features."""
     scored_df = features_df.transform(with_rfm_scores, cuts, settings.rfm)
     return scored_df.select(
         "customer_id", "snapshot_date", "recency_days", "frequency", "monetary", "r_score", "f_score", "m_score",
         "rfm_segment",
         value_tier(F.col(thresholds.basis), thresholds).alias("value_tier"),
         lifecycle_stage(settings.lifecycle).alias("lifecycle_stage"),
+        *CHURN_COLUMNS,
         F.lit(run_id).alias("run_id"),
     )
 

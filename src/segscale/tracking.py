@@ -16,6 +16,7 @@ import skops.io
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.models import infer_signature
+from pyspark.sql import Column, SparkSession
 
 from segscale.errors import DependencyError, InputError, SegscaleError
 
@@ -83,6 +84,47 @@ def log_classifier(model: object, name: str, example: pd.DataFrame) -> int:
         model, name="model", serialization_format="skops", skops_trusted_types=trusted_types_for(model),
         signature=signature, input_example=example, registered_model_name=name, pyfunc_predict_fn="predict_proba")
     return int(info.registered_model_version)
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """A registered version pinned for scoring: its URI names the version, so a moving alias cannot change it."""
+
+    name: str
+    version: int
+    inputs: tuple[str, ...]  # the signature's input columns
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def scoring_model(client: MlflowClient, name: str, version: int | None = None) -> ScoringModel:
+    """`version` of `name`, or its champion; InputError when the model, version or alias does not exist."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise InputError(f"no churn model {name} is registered at {client.tracking_uri}: run segscale train "
+                         f"first") from None
+    known = sorted(int(v.version) for v in _versions(client, name))
+    if version is None:
+        version = champion_version(client, name)
+        if version is None:
+            raise InputError(f"model {name} has no alias {CHAMPION} (registered versions: {known or 'none'}): run "
+                             f"segscale train, or segscale promote --version N --reason ...")
+    elif version not in known:
+        raise InputError(f"model {name} has no version {version}; registered versions: {known or 'none'}")
+    signature = mlflow.models.get_model_info(f"models:/{name}/{version}").signature
+    if signature is None or not signature.inputs.has_input_names():
+        raise InputError(f"model {name} version {version} has no signature naming its input columns, so segscale "
+                         f"cannot tell which features it needs; retrain it with segscale train")
+    return ScoringModel(name, version, tuple(signature.inputs.input_names()))
+
+
+def churn_udf(spark: SparkSession, model: ScoringModel) -> Callable[[Column], Column]:
+    """The model as a Spark UDF that predicts on the executors in Arrow batches: struct of the inputs in,
+    [P(retained), P(churned)] out. The driver downloads the model once and ships it to the executors."""
+    return mlflow.pyfunc.spark_udf(spark, model.uri, result_type="array<double>", env_manager="local")
 
 
 def load_classifier(name: str, version: int) -> object:

@@ -1,0 +1,198 @@
+"""Churn scoring of every customer: `segscale run` (training when there is no champion) and `segscale score`,
+with the errors that stop them before anything is written."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+from mlflow import MlflowClient
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+from sklearn.linear_model import LogisticRegression
+
+from segscale import tracking
+from segscale.churn import CHURN_COLUMNS
+from segscale.churn_model import predict_churn
+from segscale.cli import main
+from segscale.config import Settings
+from segscale.pipeline import generate_inputs
+
+SNAPSHOT = "2024-12-31"
+NAME = "segscale_churn"
+
+
+@pytest.fixture(autouse=True)
+def embedded_store(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def run(spark, root, *extra: str) -> dict:
+    out = root / "summary.json"
+    code = main(["run", "--input", str(root / "in"), "--warehouse", str(root / "wh"), "--snapshot-date", SNAPSHOT,
+                 "--summary-json", str(out), *extra], spark=spark)
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def score(spark, root, *extra: str) -> int:
+    return main(["score", "--warehouse", str(root / "wh"), "--snapshot-date", SNAPSHOT, *extra], spark=spark)
+
+
+def scores_of(spark, root):
+    return spark.read.parquet(*DeltaTable(str(root / "wh" / "customer_scores")).file_uris())
+
+
+@pytest.fixture(scope="module")
+def scored(spark, tmp_path_factory):
+    """A first `run` on a fresh warehouse: no champion yet, so it trains version 1 and scores with it."""
+    root = tmp_path_factory.mktemp("scored")
+    generate_inputs(spark, Settings.model_validate({"generate": {"customers": 2000, "seed": 8}}), str(root / "in"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        summary = run(spark, root)
+    return root, summary
+
+
+def test_first_run_trains_a_champion_then_scores_every_customer(spark, scored):
+    root, summary = scored
+    assert list(summary["stages"]) == ["ingest", "validate", "training set", "train", "features", "segment",
+                                       "migration"]
+    assert summary["stages"]["train"]["promotion"]["promoted"]
+    assert summary["stages"]["segment"]["churn_model"] == {"name": NAME, "version": 1}
+    scores = scores_of(spark, root)
+    buyers = scores.where(F.col("lifecycle_stage") != "prospect")
+    prospects = scores.where(F.col("lifecycle_stage") == "prospect")
+    assert buyers.count() > 1000 and prospects.count() > 100
+    assert buyers.where(F.col("churn_probability").isNull() | ~F.col("churn_probability").between(0, 1)).count() == 0
+    assert prospects.where(F.col("churn_probability").isNotNull() | F.col("churn_risk_band").isNotNull()).count() == 0
+    assert scores.where((F.col("model_name") != NAME) | (F.col("model_version") != 1)).count() == 0
+    # Churned customers are riskier than loyal ones on average.
+    mean = {r.lifecycle_stage: r.p for r in scores.groupBy("lifecycle_stage").agg(
+        F.avg("churn_probability").alias("p")).collect()}
+    assert mean["churned"] > mean["loyal"]
+    bands = summary["stages"]["segment"]["churn_risk_bands"]
+    assert bands["unscored"] == prospects.count()
+    assert sum(n for band, n in bands.items() if band != "unscored") == buyers.count()
+    meta = json.loads(DeltaTable(str(root / "wh" / "customer_scores")).history(1)[0]["userMetadata"])
+    assert meta["model_version"] == f"models:/{NAME}/1"
+
+
+def test_executors_score_exactly_what_the_model_predicts(spark, scored):
+    root, _ = scored
+    features = spark.read.parquet(*DeltaTable(str(root / "wh" / "customer_features")).file_uris())
+    buyers = features.where(F.col("recency_days").isNotNull()).toPandas()  # small test snapshot
+    expected = pd.Series(predict_churn(tracking.load_classifier(NAME, 1), buyers), index=buyers["customer_id"])
+    published = (scores_of(spark, root).where(F.col("churn_probability").isNotNull())
+                 .select("customer_id", "churn_probability").toPandas().set_index("customer_id")["churn_probability"])
+    assert len(published) == len(expected)
+    np.testing.assert_allclose(published.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=1e-12)
+
+
+def test_score_rescores_with_a_chosen_version_and_keeps_every_other_column(spark, scored):
+    root, _ = scored
+    before = scores_of(spark, root).drop("run_id", *CHURN_COLUMNS)
+    before = spark.createDataFrame(before.collect(), before.schema)
+    # Train version 2 on the same inputs with `run --train`; then score with version 1 again by hand.
+    summary = run(spark, root, "--train")
+    assert summary["stages"]["train"]["model_version"] == 2
+    trained_champion = summary["stages"]["train"]["promotion"]["promoted"]
+    assert summary["stages"]["segment"]["churn_model"]["version"] == (2 if trained_champion else 1)
+    assert score(spark, root, "--model-version", "1") == 0
+    after = scores_of(spark, root)
+    assert after.where(F.col("model_version") != 1).count() == 0
+    assertDataFrameEqual(after.drop("run_id", *CHURN_COLUMNS), before)
+    history = DeltaTable(str(root / "wh" / "customer_scores")).history(1)[0]
+    assert json.loads(history["userMetadata"])["stage"] == "score"
+
+
+def test_run_with_a_champion_scores_without_training(spark, scored):
+    root, _ = scored
+    summary = run(spark, root)
+    assert "train" not in summary["stages"]
+    champion = int(MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_model_version_by_alias(NAME, "champion")
+                   .version)
+    assert summary["stages"]["segment"]["churn_model"]["version"] == champion
+
+
+def register(uri: str, columns: list[str], champion: bool) -> None:
+    """A model version in the store at `uri` whose signature needs `columns`."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    mlflow.set_experiment("hand-registered")
+    example = pd.DataFrame({c: [0.0, 1.0, 2.0, 3.0] for c in columns})
+    model = LogisticRegression().fit(example, [0, 1, 0, 1])
+    with mlflow.start_run():
+        version = tracking.log_classifier(model, NAME, example)
+    if champion:
+        MlflowClient(uri).set_registered_model_alias(NAME, "champion", str(version))
+
+
+@pytest.mark.parametrize(("setup", "args", "message"), [
+    (None, [], f"no churn model {NAME} is registered at sqlite:///.*: run segscale train first"),
+    (["recency_days"], [], f"model {NAME} has no alias champion \\(registered versions: \\[1\\]\\)"),
+    (["recency_days"], ["--model-version", "5"], f"model {NAME} has no version 5; registered versions: \\[1\\]"),
+    (["recency_days", "loyalty_points"], ["--model-version", "1"], r"the features lack \['loyalty_points'\]"),
+])
+def test_score_errors_name_the_cause_and_write_nothing(spark, scored, tmp_path, monkeypatch, capsys, setup, args,
+                                                       message):
+    root, _ = scored
+    uri = f"sqlite:///{tmp_path / 'other.db'}"
+    if setup is not None:
+        register(uri, setup, champion=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    version = DeltaTable(str(root / "wh" / "customer_scores")).version()
+    assert score(spark, root, *args) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert DeltaTable(str(root / "wh" / "customer_scores")).version() == version
+
+
+def test_run_stops_before_publishing_when_mlflow_is_unreachable(spark, scored, tmp_path, monkeypatch, capsys):
+    root, _ = scored
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    code = main(["run", "--input", str(root / "in"), "--warehouse", str(tmp_path / "wh"), "--snapshot-date",
+                 SNAPSHOT], spark=spark)
+    assert code == 3
+    assert "is unreachable" in capsys.readouterr().err
+    assert {p.name for p in (tmp_path / "wh").iterdir()} == {"runs"}  # only the record of the failed run
+    assert score(spark, root) == 3
+
+
+def test_without_churn_the_scores_carry_null_churn_columns(spark, scored, tmp_path, monkeypatch):
+    root, _ = scored
+    monkeypatch.setenv("SEGSCALE_CHURN__ENABLED", "false")
+    code = main(["run", "--input", str(root / "in"), "--warehouse", str(tmp_path / "wh"), "--snapshot-date",
+                 SNAPSHOT], spark=spark)
+    assert code == 0
+    scores = spark.read.parquet(*DeltaTable(str(tmp_path / "wh" / "customer_scores")).file_uris())
+    assert scores.where(F.coalesce(*[F.col(c).cast("string") for c in CHURN_COLUMNS]).isNotNull()).count() == 0
+    assert not (tmp_path / "mlflow.db").exists()
+    assert main(["run", "--train", "--input", str(root / "in"), "--warehouse", str(tmp_path / "wh")], spark=spark) == 2
+
+
+def test_history_names_the_model_that_scored_each_commit(scored, capsys):
+    root, _ = scored
+    assert main(["history", "customer_scores", "--warehouse", str(root / "wh")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("model")
+    assert all(re.search(rf"models:/{NAME}/\d+$", line) for line in lines[1:])
+
+
+def test_a_run_whose_training_fails_publishes_no_scores_or_features(spark, scored, tmp_path, capsys):
+    root, _ = scored
+    code = main(["run", "--input", str(root / "in"), "--warehouse", str(tmp_path / "wh"), "--snapshot-date",
+                 "2022-03-01"], spark=spark)
+    assert code == 2
+    assert "churn.enabled: false" in capsys.readouterr().err  # the way out is named
+    assert {p.name for p in (tmp_path / "wh").iterdir()} == {"quarantine", "runs"}
