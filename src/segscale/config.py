@@ -228,6 +228,20 @@ class ChurnSettings(_Section):
         return value
 
 
+class ClvSettings(_Section):
+    # Days ahead that expected purchases and CLV cover, and the yearly rate future spend is discounted at.
+    horizon_days: int = Field(default=365, gt=0)
+    annual_discount_rate: float = Field(default=0.10, ge=0, lt=1)
+    # Recency and T are rounded to multiples of bin_days before the histogram (1: exact days); the models are
+    # fitted with time in units of time_unit_days (7: weeks, as the papers do).
+    bin_days: int = Field(default=7, ge=1, le=91)
+    time_unit_days: int = Field(default=7, ge=1, le=365)
+    # Mean spend is rounded on a log grid of this relative width before the Gamma-Gamma histogram (0: exact).
+    spend_bin_relative: float = Field(default=0.001, ge=0, lt=1)
+    max_iterations: int = Field(default=5000, ge=100)
+    model_name: str = Field(default="segscale_clv", min_length=1)
+
+
 class Settings(_Section):
     paths: PathSettings = Field(default_factory=PathSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
@@ -239,6 +253,7 @@ class Settings(_Section):
     tiers: TierSettings = Field(default_factory=TierSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     churn: ChurnSettings = Field(default_factory=ChurnSettings)
+    clv: ClvSettings = Field(default_factory=ClvSettings)
 
     def config_hash(self) -> str:
         """Hash of everything that changes what the pipeline computes (not where or on what it runs)."""
