@@ -40,11 +40,12 @@ test: check-java $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src jobs tests benchmarks
 
-# Not part of `make test`: about an hour on 2 cores. Results: benchmarks/results/, docs/benchmarks.md.
+# Not part of `make test`: over an hour on 2 cores. Results: benchmarks/results/, docs/benchmarks.md.
 bench: check-java $(STAMP)
 	$(PY) benchmarks/bench_foundation.py --sizes 1000000,6000000
 	$(PY) benchmarks/bench_features.py --customers 6000000
 	$(PY) benchmarks/bench_churn.py --customers 6000000
+	$(PY) benchmarks/bench_clv.py --sizes 1000000,6000000
 
 wheel: $(STAMP)
 	$(PY) -m pip wheel --no-deps --wheel-dir dist .

@@ -102,7 +102,7 @@ def test_gamma_gamma_fit_gives_the_published_parameters(cdnow_features):
 
 def test_binned_histograms_stay_small_and_fit_close_to_exact(cdnow_features):
     exact = fit_bgnbd(bgnbd_histogram(cdnow_features, EXACT), EXACT)
-    weekly = ClvSettings()  # default: 7-day bins, spend on a 0.1 % log grid
+    weekly = ClvSettings()  # default: 7-day bins, spend on a 1 % log grid
     histogram = bgnbd_histogram(cdnow_features, weekly)
     assert len(histogram) < 0.7 * len(bgnbd_histogram(cdnow_features, EXACT))
     binned = fit_bgnbd(histogram, weekly)

@@ -8,7 +8,7 @@ as weights. The histogram's size is bounded by the binning, not by the number of
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -68,9 +68,6 @@ class Fit:
     iterations: int
     converged: bool
     message: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def bgnbd_log_likelihood(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray,

@@ -237,7 +237,7 @@ class ClvSettings(_Section):
     bin_days: int = Field(default=7, ge=1, le=91)
     time_unit_days: int = Field(default=7, ge=1, le=365)
     # Mean spend is rounded on a log grid of this relative width before the Gamma-Gamma histogram (0: exact).
-    spend_bin_relative: float = Field(default=0.001, ge=0, lt=1)
+    spend_bin_relative: float = Field(default=0.01, ge=0, lt=1)
     max_iterations: int = Field(default=5000, ge=100)
     model_name: str = Field(default="segscale_clv", min_length=1)
 

@@ -1,0 +1,112 @@
+"""CLV benchmark: histogram build, fit time and prediction throughput of BG/NBD + Gamma-Gamma on the whole base.
+
+For each size, in a fresh process: the published customer_features of 2024-12-31 (computed once by `segscale
+features` into benchmarks/data/clv-N/ and reused), then the two Spark histograms, the two fits on the driver, and
+the predictions of every customer to a no-op sink (after a small warm-up), against reading the inputs alone.
+The fit time should not grow with the base once the histogram size is fixed by the binning.
+
+    python benchmarks/bench_clv.py --sizes 1000000,6000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import ensure_generated, machine, python_peak_rss_mb, run_isolated, write_report
+
+HERE = Path(__file__).resolve().parent
+SNAPSHOT = dt.date(2024, 12, 31)
+
+
+def measure(customers: int, data_dir: Path) -> dict:
+    from pyspark.sql import functions as F
+
+    from segscale.clv import bgnbd_histogram, fit_bgnbd, fit_gamma_gamma, spend_histogram, with_clv
+    from segscale.config import Settings
+    from segscale.session import get_spark
+    from segscale.tables import Warehouse
+
+    settings = Settings.model_validate({"paths": {"warehouse": str(data_dir / f"clv-{customers}")},
+                                        "spark": {"driver_memory": "12g"}, "delta": {"backend": "delta-rs"}})
+    spark = get_spark(settings)
+    warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
+    features_df = warehouse.read("customer_features").where(F.col("snapshot_date") == F.lit(SNAPSHOT))
+    timings = {}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        value = fn()
+        timings[name] = round(time.perf_counter() - start, 2)
+        return value
+
+    bgnbd_hist = timed("bgnbd_histogram_seconds", lambda: bgnbd_histogram(features_df, settings.clv))
+    spend_hist = timed("spend_histogram_seconds", lambda: spend_histogram(features_df, settings.clv))
+    bgnbd = timed("bgnbd_fit_seconds", lambda: fit_bgnbd(bgnbd_hist, settings.clv))
+    spend = timed("gamma_gamma_fit_seconds", lambda: fit_gamma_gamma(spend_hist, settings.clv))
+    inputs = ["customer_id", "bgnbd_frequency", "bgnbd_recency", "bgnbd_T", "bgnbd_monetary"]
+    predicted_df = features_df.select(*inputs).transform(with_clv, bgnbd, spend, settings.clv)
+    timed("warm_up_seconds", lambda: predicted_df.limit(20_000).write.format("noop").mode("overwrite").save())
+    timed("read_inputs_seconds", lambda: features_df.select(*inputs).write.format("noop").mode("overwrite").save())
+    timed("read_and_predict_seconds", lambda: predicted_df.write.format("noop").mode("overwrite").save())
+    rows = features_df.count()
+    spark.stop()
+    predict_seconds = timings["read_and_predict_seconds"] - timings["read_inputs_seconds"]
+    return {
+        "customers": rows, **timings,
+        "bgnbd_histogram_rows": bgnbd.histogram_rows, "spend_histogram_rows": spend.histogram_rows,
+        "bgnbd_iterations": bgnbd.iterations, "gamma_gamma_iterations": spend.iterations,
+        "bgnbd_params": bgnbd.params, "gamma_gamma_params": spend.params,
+        "prediction_seconds": round(predict_seconds, 2),
+        "prediction_rows_per_second": round(rows / predict_seconds) if predict_seconds > 0 else None,
+        "driver_python_peak_rss_mb": python_peak_rss_mb(),
+    }
+
+
+def ensure_features(customers: int, data_dir: Path) -> None:
+    inputs = data_dir / f"customers-{customers}"
+    warehouse = data_dir / f"clv-{customers}"
+    ensure_generated(inputs, customers)
+    if (warehouse / "customer_features" / "_delta_log").exists():
+        return
+    print(f"publishing customer_features of {customers:,} customers into {warehouse} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "segscale", "features", "--input", str(inputs), "--warehouse",
+                    str(warehouse), "--snapshot-date", SNAPSHOT.isoformat()], check=True, capture_output=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000000,6000000")
+    parser.add_argument("--data-dir", default=str(HERE / "data"))
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    data_dir = Path(args.data_dir)
+    if args.one:
+        print("RESULT " + json.dumps(measure(args.one, data_dir)))
+        return 0
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results = {}
+    for size in sizes:
+        ensure_features(size, data_dir)
+        print(f"measuring {size:,} customers ...", flush=True)
+        results[str(size)] = run_isolated(__file__, "--one", str(size), "--data-dir", str(data_dir))
+        print(f"  {json.dumps(results[str(size)])}", flush=True)
+    report = {"benchmark": "clv fit and prediction", "date": dt.date.today().isoformat(), "machine": machine(),
+              "results": results}
+    if len(sizes) == 2:
+        small, large = (results[str(s)] for s in sizes)
+        fit = ("bgnbd_fit_seconds", "gamma_gamma_fit_seconds")
+        report["ratios"] = {"customers": round(large["customers"] / small["customers"], 2),
+                            "fit_seconds": round(sum(large[k] for k in fit) / sum(small[k] for k in fit), 2)}
+        print("ratios:", report["ratios"])
+    write_report("clv", report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
