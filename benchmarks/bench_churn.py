@@ -1,9 +1,12 @@
-"""Churn benchmark: training time and driver memory at the default sample cap, scoring throughput, and the share
-of an end-to-end run spent in scoring.
+"""Model benchmark: churn training time and driver memory at the default sample cap, the CLV fit inside
+`segscale train`, scoring throughput, the share of an end-to-end run spent in churn scoring, and the retention
+plan's stage.
 
 Each step runs in a fresh process on the same generated inputs, one after the other (ratios within one run):
-1. `train`: `segscale train` as of the snapshot (default config: 3 cutoffs, 500,000 rows per side at most);
-2. `run`: the main job with the champion from step 1 (validate, features, segment with scoring, migration); then,
+1. `train`: `segscale train` as of the snapshot (default config: 3 cutoffs, 500,000 rows per side at most; then
+   the CLV fit on the whole base);
+2. `run`: the main job with the champions from step 1 (validate, features, segment with churn and CLV scoring,
+   migration, plan); then,
    in the same process, after a warm-up that lets each Python worker load the model, the published features are
    read to a no-op sink with and without the churn UDF, and the difference is the scoring time of every
    customer; then `segscale score` re-scores the published snapshot (read, join, score, write).
@@ -42,15 +45,17 @@ def _session(inputs: Path, work: Path):
 
 
 def step_train(inputs: Path, work: Path) -> dict:
-    from segscale.pipeline import train_churn
+    from segscale.pipeline import train_models
 
     spark, settings = _session(inputs, work)
     start = time.perf_counter()
-    summary = train_churn(spark, settings, SNAPSHOT)
+    summary = train_models(spark, settings, SNAPSHOT)
     wall = time.perf_counter() - start
     spark.stop()
     stages = summary["stages"]
     return {"wall_seconds": round(wall, 1), "stages": {n: r["seconds"] for n, r in stages.items()},
+            "clv_fit": {k: stages["clv fit"][k] for k in ("buyers", "repeat_buyers", "fit_seconds",
+                                                          "histogram_rows")},
             "train_rows": stages["training set"]["train_rows"], "holdout_rows": stages["training set"]["holdout_rows"],
             "holdout_roc_auc": round(stages["train"]["metrics"]["roc_auc"], 4),
             "driver_python_peak_rss_mb": python_peak_rss_mb()}
@@ -105,6 +110,8 @@ def step_run(inputs: Path, work: Path) -> dict:
         "scoring_rows_per_second": round(rows / scoring_seconds) if scoring_seconds > 0 else None,
         "scoring_share_of_run": round(scoring_seconds / run_wall, 3),
         "score_command_seconds": round(score_command_seconds, 1),
+        "retention_plan": {k: v for k, v in summary["stages"]["plan"]["retention"].items() if k != "tiers"}
+        | {"rows": summary["stages"]["plan"]["published"]["retention_plan"]["rows"]},
         "driver_python_peak_rss_mb": python_peak_rss_mb(),
     }
 

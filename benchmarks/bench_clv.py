@@ -27,7 +27,7 @@ SNAPSHOT = dt.date(2024, 12, 31)
 def measure(customers: int, data_dir: Path) -> dict:
     from pyspark.sql import functions as F
 
-    from segscale.clv import bgnbd_histogram, fit_bgnbd, fit_gamma_gamma, spend_histogram, with_clv
+    from segscale.clv import ClvParams, bgnbd_histogram, fit_bgnbd, fit_gamma_gamma, spend_histogram, with_clv
     from segscale.config import Settings
     from segscale.session import get_spark
     from segscale.tables import Warehouse
@@ -50,7 +50,8 @@ def measure(customers: int, data_dir: Path) -> dict:
     bgnbd = timed("bgnbd_fit_seconds", lambda: fit_bgnbd(bgnbd_hist, settings.clv))
     spend = timed("gamma_gamma_fit_seconds", lambda: fit_gamma_gamma(spend_hist, settings.clv))
     inputs = ["customer_id", "bgnbd_frequency", "bgnbd_recency", "bgnbd_T", "bgnbd_monetary"]
-    predicted_df = features_df.select(*inputs).transform(with_clv, bgnbd, spend, settings.clv)
+    predicted_df = features_df.select(*inputs).transform(
+        with_clv, ClvParams(bgnbd.params, spend.params, settings.clv.time_unit_days), settings.clv)
     timed("warm_up_seconds", lambda: predicted_df.limit(20_000).write.format("noop").mode("overwrite").save())
     timed("read_inputs_seconds", lambda: features_df.select(*inputs).write.format("noop").mode("overwrite").save())
     timed("read_and_predict_seconds", lambda: predicted_df.write.format("noop").mode("overwrite").save())

@@ -23,9 +23,11 @@ SNAPSHOT = "2024-06-30"
 
 
 @pytest.fixture(autouse=True)
-def without_churn(monkeypatch):
-    """These inputs are far too small to train a churn model on; churn scoring has its own tests."""
+def without_models(monkeypatch):
+    """These inputs are far too small to fit the churn or CLV models on; scoring has its own tests."""
     monkeypatch.setenv("SEGSCALE_CHURN__ENABLED", "false")
+    monkeypatch.setenv("SEGSCALE_CLV__ENABLED", "false")
+    monkeypatch.setenv("SEGSCALE_TIERS__BASIS", "monetary")
 
 
 def write_inputs(spark, root: Path, fmt: str) -> Path:

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from segscale.cli import main
 from segscale.clv import (
     CLV_COLUMNS,
-    Fit,
+    ClvParams,
     bgnbd_histogram,
     expected_avg_spend,
     expected_purchases,
@@ -24,6 +24,7 @@ from segscale.clv import (
     fit_gamma_gamma,
     lifetime_value,
     p_alive,
+    predict_clv,
     spend_histogram,
     with_clv,
 )
@@ -160,13 +161,31 @@ def test_with_clv_scores_buyers_on_the_executors_and_leaves_prospects_null(spark
     features = spark.createDataFrame(
         [("repeat", 3, 150, 250, 40.0), ("once", 0, 0, 200, None), ("prospect", None, None, None, None)],
         "customer_id string, bgnbd_frequency long, bgnbd_recency int, bgnbd_T int, bgnbd_monetary double")
-    fit = {name: Fit(params, 0.0, 1, 1, 1, True, "") for name, params in
-           (("bgnbd", PUBLISHED_BGNBD), ("gg", PUBLISHED_GG))}
     settings = ClvSettings()
-    scored = features.transform(with_clv, fit["bgnbd"], fit["gg"], settings).toPandas().set_index("customer_id")
+    params = ClvParams(PUBLISHED_BGNBD, PUBLISHED_GG, 7)
+    scored = features.transform(with_clv, params, settings, 3).toPandas().set_index("customer_id")
     expected = lifetime_value(PUBLISHED_BGNBD, PUBLISHED_GG, np.array([3.0, 0.0]), np.array([150.0, 0.0]),
                               np.array([250.0, 200.0]), np.array([40.0, np.nan]), settings)
     np.testing.assert_allclose(scored.loc[["repeat", "once"], list(CLV_COLUMNS)].to_numpy(), expected.to_numpy(),
                                rtol=1e-12)
     assert scored.loc["prospect", list(CLV_COLUMNS)].isna().all()
     assert scored.loc["once", "expected_avg_spend"] == pytest.approx(6.25 * 15.44 / 2.74)  # population mean
+    assert (scored["clv_model_version"] == 3).all()
+
+
+def test_predictions_are_never_nan_only_null():
+    """NaN or missing inputs and numerical overflow give NaN from predict_clv, which the table stores as null."""
+    inputs = pd.DataFrame({"bgnbd_frequency": [3.0, np.nan, 2.0, 5.0], "bgnbd_recency": [150.0, 10.0, np.nan, 1e6],
+                           "bgnbd_T": [250.0, 20.0, 30.0, 1e6], "bgnbd_monetary": [40.0, 5.0, 5.0, 1e308]})
+    predicted = predict_clv(ClvParams(PUBLISHED_BGNBD, PUBLISHED_GG, 7), inputs, ClvSettings())
+    assert predicted.iloc[0].notna().all()
+    assert predicted.iloc[1:3].isna().all(axis=None)  # a missing input: nothing is predicted
+    assert not np.isinf(predicted.to_numpy()).any()
+
+
+def test_a_single_customer_gets_a_clear_error():
+    one = pd.DataFrame({"x": [4.0], "t_x": [100.0], "T": [200.0], "customers": [1]})
+    with pytest.raises(InputError, match="at least 2 repeat buyers"):
+        fit_gamma_gamma(pd.DataFrame({"x": [4.0], "m": [25.0], "customers": [1]}), EXACT)
+    with pytest.raises(InputError, match="BG/NBD"):
+        fit_bgnbd(one, EXACT)

@@ -105,3 +105,22 @@ def test_config_hash_follows_what_changes_results_only():
     assert moved.config_hash() == base.config_hash()
     changed = Settings.model_validate({"delta": {"allow_schema_evolution": True}})
     assert changed.config_hash() != base.config_hash()
+
+
+def test_tiers_by_clv_need_clv_and_the_message_names_both_keys():
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"SEGSCALE_CLV__ENABLED": "false"})
+    message = str(caught.value)
+    assert "tiers.basis is clv but clv.enabled is false: set tiers.basis: monetary" in message
+    assert "environment SEGSCALE_CLV__ENABLED]" in message and "'paths'" not in message
+    settings = load_settings(environ={"SEGSCALE_CLV__ENABLED": "false", "SEGSCALE_TIERS__BASIS": "monetary"})
+    assert settings.tiers.basis == "monetary"
+
+
+def test_retention_treatments_are_checked_where_they_are_set():
+    variable = "SEGSCALE_RETENTION__TREATMENTS__POTENTIAL__UPLIFT"
+    with pytest.raises(ConfigError, match=rf"retention.treatments.potential.uplift: .*less than or equal to 1 "
+                                          rf"\(got 1.5\) \[from environment {variable}\]"):
+        load_settings(environ={"SEGSCALE_RETENTION__TREATMENTS__POTENTIAL__UPLIFT": "1.5"})
+    with pytest.raises(ConfigError, match="retention.budget: Input should be greater than or equal to 0"):
+        load_settings(environ={"SEGSCALE_RETENTION__BUDGET": "-1"})

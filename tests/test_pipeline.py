@@ -157,7 +157,8 @@ def test_too_many_bad_rows_stop_the_run_before_anything_is_published(spark, tmp_
 
 
 def test_stage_commands_run_their_stages(spark, generated, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("SEGSCALE_CHURN__ENABLED", "false")  # scoring by stage: tests/test_score.py
+    for key, value in (("CHURN__ENABLED", "false"), ("CLV__ENABLED", "false"), ("TIERS__BASIS", "monetary")):
+        monkeypatch.setenv(f"SEGSCALE_{key}", value)  # scoring by stage: tests/test_score.py
     warehouse = tmp_path / "wh"
     common = ["--input", str(generated), "--warehouse", str(warehouse), "--snapshot-date", D1.isoformat()]
     assert main(["segment", *common[2:]], spark=spark) == 2  # nothing to segment yet
@@ -170,9 +171,14 @@ def test_stage_commands_run_their_stages(spark, generated, tmp_path, capsys, mon
     assert (warehouse / "customer_scores").exists()
     out = capsys.readouterr().out
     assert "segscale segment succeeded" in out and "value tier" in out
+    assert main(["plan", *common[2:]], spark=spark) == 2  # no churn or CLV to plan with
+    assert "the retention plan needs churn probabilities and CLV" in capsys.readouterr().err
+    assert not (warehouse / "retention_plan").exists()
 
 
 def test_run_is_recorded_with_its_stages(spark, generated, tmp_path):
     settings = settings_for(generated, tmp_path / "wh", churn={"enabled": False})
     summary = run_pipeline(spark, settings, D1, Run("run", settings, D1))
-    assert list(summary["stages"]) == ["ingest", "validate", "features", "segment", "migration"]
+    assert list(summary["stages"]) == ["ingest", "validate", "clv fit", "features", "segment", "migration", "plan"]
+    assert summary["stages"]["plan"] == {"skipped": "needs churn.enabled and clv.enabled",
+                                         "seconds": summary["stages"]["plan"]["seconds"]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -21,6 +22,8 @@ from segscale import tracking
 from segscale.churn import CHURN_COLUMNS
 from segscale.churn_model import predict_churn
 from segscale.cli import main
+from segscale.clv import CLV_COLUMNS
+from segscale.clv import INPUT_COLUMNS as CLV_INPUTS
 from segscale.config import Settings
 from segscale.pipeline import generate_inputs
 
@@ -45,8 +48,12 @@ def score(spark, root, *extra: str) -> int:
     return main(["score", "--warehouse", str(root / "wh"), "--snapshot-date", SNAPSHOT, *extra], spark=spark)
 
 
+def table_of(spark, root, name: str):
+    return spark.read.parquet(*DeltaTable(str(root / "wh" / name)).file_uris())
+
+
 def scores_of(spark, root):
-    return spark.read.parquet(*DeltaTable(str(root / "wh" / "customer_scores")).file_uris())
+    return table_of(spark, root, "customer_scores")
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +69,8 @@ def scored(spark, tmp_path_factory):
 
 def test_first_run_trains_a_champion_then_scores_every_customer(spark, scored):
     root, summary = scored
-    assert list(summary["stages"]) == ["ingest", "validate", "training set", "train", "features", "segment",
-                                       "migration"]
+    assert list(summary["stages"]) == ["ingest", "validate", "training set", "train", "clv fit", "features",
+                                       "segment", "migration", "plan"]
     assert summary["stages"]["train"]["promotion"]["promoted"]
     assert summary["stages"]["segment"]["churn_model"] == {"name": NAME, "version": 1}
     scores = scores_of(spark, root)
@@ -82,6 +89,72 @@ def test_first_run_trains_a_champion_then_scores_every_customer(spark, scored):
     assert sum(n for band, n in bands.items() if band != "unscored") == buyers.count()
     meta = json.loads(DeltaTable(str(root / "wh" / "customer_scores")).history(1)[0]["userMetadata"])
     assert meta["model_version"] == f"models:/{NAME}/1"
+    assert meta["extra"]["clv_model"] == "models:/segscale_clv/1"
+
+
+def test_first_run_fits_and_registers_clv_and_values_every_buyer(spark, scored):
+    root, summary = scored
+    fitted = summary["stages"]["clv fit"]
+    assert fitted["model_version"] == 1 and fitted["buyers"] > 1000 and fitted["repeat_buyers"] > 500
+    assert summary["stages"]["segment"]["clv_model"] == {"name": "segscale_clv", "version": 1}
+    scores = scores_of(spark, root)
+    buyers = scores.where(F.col("lifecycle_stage") != "prospect")
+    assert buyers.where(F.coalesce(*[F.col(c).isNull() for c in CLV_COLUMNS])
+                        | ~F.col("p_alive").between(0, 1) | (F.col("clv") < 0)
+                        | (F.col("clv_model_version") != 1)).count() == 0
+    prospects = scores.where(F.col("lifecycle_stage") == "prospect")
+    assert prospects.where(F.coalesce(*[F.col(c) for c in CLV_COLUMNS]).isNotNull()).count() == 0
+    # Tiers follow predicted value: every high_value buyer is worth more than every potential one.
+    by_tier = {r.value_tier: r for r in buyers.groupBy("value_tier").agg(F.min("clv").alias("low"),
+                                                                           F.max("clv").alias("high")).collect()}
+    assert by_tier["high_value"].low >= by_tier["potential"].high >= by_tier["regular"].high
+    # The registered pyfunc predicts what the executors published, from the four inputs.
+    features = spark.read.parquet(*DeltaTable(str(root / "wh" / "customer_features")).file_uris())
+    rows = features.where(F.col("bgnbd_frequency").isNotNull()).orderBy("customer_id").limit(200).toPandas()
+    predicted = mlflow.pyfunc.load_model("models:/segscale_clv/1").predict(rows[list(CLV_INPUTS)])
+    published = (buyers.select("customer_id", *CLV_COLUMNS).toPandas().set_index("customer_id")
+                 .loc[rows["customer_id"]])
+    np.testing.assert_allclose(published.to_numpy(), predicted.to_numpy(), rtol=1e-12)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert int(client.get_model_version_by_alias("segscale_clv", "champion").version) == 1
+    run = client.get_run(fitted["mlflow_run_id"])
+    assert {"bgnbd.r", "gamma_gamma.p", "bin_days"} <= set(run.data.params)
+    assert run.data.metrics["bgnbd_log_likelihood"] == pytest.approx(fitted["log_likelihood"]["bgnbd"])
+    artifacts = Path(client.download_artifacts(fitted["mlflow_run_id"], "fit.json", str(root / "dl")))
+    assert json.loads(artifacts.read_text())["bgnbd"]["converged"] is True
+
+
+def test_the_plan_spends_within_budget_and_its_summary_adds_up(spark, scored, monkeypatch):
+    """A budget too small for every candidate: the plan is the top of the ranking that fits it."""
+    root, _ = scored
+    monkeypatch.setenv("SEGSCALE_RETENTION__BUDGET", "300")
+    out = root / "plan.json"
+    assert main(["plan", "--warehouse", str(root / "wh"), "--snapshot-date", SNAPSHOT, "--summary-json", str(out)],
+                spark=spark) == 0
+    retention = json.loads(out.read_text())["stages"]["plan"]["retention"]
+    plan = table_of(spark, root, "retention_plan").toPandas().sort_values("priority_rank")
+    assert plan["priority_rank"].tolist() == list(range(1, len(plan) + 1))
+    chosen = plan[plan["selected"]]
+    assert 0 < len(chosen) < len(plan) and plan["selected"].iloc[: len(chosen)].all()
+    assert chosen["cost"].sum() == pytest.approx(retention["spend"]) and retention["spend"] <= 300
+    assert plan["cumulative_cost"].iloc[len(chosen)] > 300  # the next customer would break the budget
+    ratio = plan["expected_saved_value"] / plan["cost"]
+    assert (ratio.diff().dropna() <= 1e-12).all()  # ranked by saved value per unit cost
+    np.testing.assert_allclose(plan["value_at_risk"], plan["churn_probability"] * plan["clv"], rtol=1e-12)
+    assert (plan["expected_saved_value"] > 0).all()
+    summary = table_of(spark, root, "retention_summary").toPandas().set_index("value_tier")
+    totals = chosen.groupby("value_tier").agg(n=("customer_id", "size"), spend=("cost", "sum"),
+                                              saved=("expected_saved_value", "sum"))
+    for tier, row in summary.iterrows():
+        expected = totals.loc[tier] if tier in totals.index else pd.Series({"n": 0, "spend": 0.0, "saved": 0.0})
+        assert row["customers_targeted"] == expected["n"]
+        assert row["spend"] == pytest.approx(expected["spend"])
+        assert row["expected_saved_value"] == pytest.approx(expected["saved"])
+        assert row["share_of_budget"] == pytest.approx(expected["spend"] / 300)
+        assert row["candidates"] == (plan["value_tier"] == tier).sum() <= row["scored_customers"]
+        if row["spend"] > 0:
+            assert row["roi"] == pytest.approx(expected["saved"] / expected["spend"])
+    assert set(summary.index) == {"high_value", "potential", "regular"}
 
 
 def test_executors_score_exactly_what_the_model_predicts(spark, scored):
@@ -97,14 +170,17 @@ def test_executors_score_exactly_what_the_model_predicts(spark, scored):
 
 def test_score_rescores_with_a_chosen_version_and_keeps_every_other_column(spark, scored):
     root, _ = scored
-    before = scores_of(spark, root).drop("run_id", *CHURN_COLUMNS)
-    before = spark.createDataFrame(before.collect(), before.schema)
     # Train version 2 on the same inputs with `run --train`; then score with version 1 again by hand.
     summary = run(spark, root, "--train")
     assert summary["stages"]["train"]["model_version"] == 2
+    assert summary["stages"]["clv fit"]["model_version"] == 2
     trained_champion = summary["stages"]["train"]["promotion"]["promoted"]
     assert summary["stages"]["segment"]["churn_model"]["version"] == (2 if trained_champion else 1)
+    before = scores_of(spark, root).drop("run_id", *CHURN_COLUMNS)
+    before = spark.createDataFrame(before.collect(), before.schema)
+    plan_version = DeltaTable(str(root / "wh" / "retention_plan")).version()
     assert score(spark, root, "--model-version", "1") == 0
+    assert DeltaTable(str(root / "wh" / "retention_plan")).version() == plan_version + 1  # re-planned
     after = scores_of(spark, root)
     assert after.where(F.col("model_version") != 1).count() == 0
     assertDataFrameEqual(after.drop("run_id", *CHURN_COLUMNS), before)
@@ -135,7 +211,7 @@ def register(uri: str, columns: list[str], champion: bool) -> None:
 
 
 @pytest.mark.parametrize(("setup", "args", "message"), [
-    (None, [], f"no churn model {NAME} is registered at sqlite:///.*: run segscale train first"),
+    (None, [], f"no model {NAME} is registered at sqlite:///.*: run segscale train first"),
     (["recency_days"], [], f"model {NAME} has no alias champion \\(registered versions: \\[1\\]\\)"),
     (["recency_days"], ["--model-version", "5"], f"model {NAME} has no version 5; registered versions: \\[1\\]"),
     (["recency_days", "loyalty_points"], ["--model-version", "1"], r"the features lack \['loyalty_points'\]"),
@@ -169,15 +245,18 @@ def test_run_stops_before_publishing_when_mlflow_is_unreachable(spark, scored, t
     assert score(spark, root) == 3
 
 
-def test_without_churn_the_scores_carry_null_churn_columns(spark, scored, tmp_path, monkeypatch):
+def test_without_models_the_scores_carry_null_model_columns(spark, scored, tmp_path, monkeypatch):
     root, _ = scored
-    monkeypatch.setenv("SEGSCALE_CHURN__ENABLED", "false")
+    for key, value in (("CHURN__ENABLED", "false"), ("CLV__ENABLED", "false"), ("TIERS__BASIS", "monetary")):
+        monkeypatch.setenv(f"SEGSCALE_{key}", value)
     code = main(["run", "--input", str(root / "in"), "--warehouse", str(tmp_path / "wh"), "--snapshot-date",
                  SNAPSHOT], spark=spark)
     assert code == 0
     scores = spark.read.parquet(*DeltaTable(str(tmp_path / "wh" / "customer_scores")).file_uris())
-    assert scores.where(F.coalesce(*[F.col(c).cast("string") for c in CHURN_COLUMNS]).isNotNull()).count() == 0
+    model_columns = [*CHURN_COLUMNS, *CLV_COLUMNS, "clv_model_version"]
+    assert scores.where(F.coalesce(*[F.col(c).cast("string") for c in model_columns]).isNotNull()).count() == 0
     assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "wh" / "retention_plan").exists()
     assert main(["run", "--train", "--input", str(root / "in"), "--warehouse", str(tmp_path / "wh")], spark=spark) == 2
 
 
@@ -185,8 +264,9 @@ def test_history_names_the_model_that_scored_each_commit(scored, capsys):
     root, _ = scored
     assert main(["history", "customer_scores", "--warehouse", str(root / "wh")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].endswith("model")
-    assert all(re.search(rf"models:/{NAME}/\d+$", line) for line in lines[1:])
+    assert lines[0].endswith("models")
+    assert all(re.search(rf"models:/{NAME}/\d+", line) for line in lines[1:])
+    assert re.search(r"models:/segscale_clv/\d+$", lines[-1])  # the first run scored CLV with version 1
 
 
 def test_a_run_whose_training_fails_publishes_no_scores_or_features(spark, scored, tmp_path, capsys):

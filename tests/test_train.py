@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -138,6 +139,34 @@ def test_promote_by_hand_records_why(registry, capsys, monkeypatch):
     assert "has no version 9; registered versions: [1, 2, 3]" in capsys.readouterr().err
     assert main(["promote", "--warehouse", str(root / "wh"), "--version", "1", "--reason", " "]) == 2
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
+    # The CLV model: each training fitted a version and made it champion; roll back to the first.
+    assert int(client.get_model_version_by_alias("segscale_clv", "champion").version) == 3
+    assert main(["promote", "--model", "clv", "--warehouse", str(root / "wh"), "--version", "1", "--reason",
+                 "compare"]) == 0
+    assert int(client.get_model_version_by_alias("segscale_clv", "champion").version) == 1
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
+
+
+def test_the_clv_model_is_logged_as_code_with_its_parameters_in_the_config(registry):
+    """No pickle in the artifact: the pyfunc is segscale's own code, the fit lives in the model config."""
+    root, client, summaries = registry
+    fitted = summaries[0]["stages"]["clv fit"]
+    info = mlflow.models.get_model_info("models:/segscale_clv/1")
+    pyfunc = info.flavors["python_function"]
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert pyfunc["model_code_path"].endswith("clv_model.py")
+    assert pyfunc["config"]["bgnbd"] == pytest.approx(fitted["params"]["bgnbd"])
+    assert info.signature.inputs.input_names() == ["bgnbd_frequency", "bgnbd_recency", "bgnbd_T", "bgnbd_monetary"]
+    local = Path(mlflow.artifacts.download_artifacts("models:/segscale_clv/1", dst_path=str(root / "clv")))
+    assert not [f.name for f in local.rglob("*") if f.suffix in (".pkl", ".pickle")]
+    assert client.get_model_version("segscale_clv", "2").tags["promotion_decision"] == "promoted"
+
+
+def test_each_warehouse_uses_its_own_embedded_store(tmp_path):
+    for name in ("a", "b"):
+        tracking.connect(str(tmp_path / name / "wh"), "segscale")
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / name / 'mlflow.db'}"
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # MLflow's export does not pass for the user's setting
 
 
 class HandWrittenClassifier(BaseEstimator, ClassifierMixin):

@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 from segscale import __version__, tracking
 from segscale.config import Settings, load_settings
 from segscale.errors import InputError, SegscaleError, describe_exception
-from segscale.pipeline import Run, generate_inputs, run_pipeline, score_snapshot, train_churn
+from segscale.pipeline import Run, generate_inputs, run_pipeline, score_snapshot, train_models
 from segscale.session import get_spark
 from segscale.tables import Warehouse
 
@@ -63,46 +63,56 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(handler=_generate)
 
     snapshot_commands = {
-        "run": ("run the main job for one snapshot: validate, [train], features, segment and score",
+        "run": ("run the main job for one snapshot: validate, [train], features, segment and score, plan",
                 "Read the inputs, validate them (bad rows to quarantine), publish customer_features, then "
-                "customer_scores (with churn scores from the champion model) and segment_migration for the "
-                "snapshot. Trains the churn model first with --train or when no champion exists."),
+                "customer_scores (churn and CLV from the champion models) and segment_migration, then "
+                "retention_plan and retention_summary for the snapshot. Trains a model first with --train or "
+                "when it has no champion."),
         "validate": ("validate the inputs and publish the snapshot's quarantine",
                      "Check every input row; bad rows go to the quarantine table with a reason code."),
         "features": ("validate, then publish customer_features for the snapshot",
                      "Validate the inputs and compute one row of features per customer as of the snapshot."),
         "segment": ("publish customer_scores and segment_migration from published features",
-                    "RFM scores and segments, value tiers, lifecycle stages and churn scores (champion model) "
-                    "from the snapshot's published customer_features, and migration from the previous "
+                    "RFM scores and segments, value tiers, lifecycle stages, churn scores and CLV (champion "
+                    "models) from the snapshot's published customer_features, and migration from the previous "
                     "snapshot."),
+        "plan": ("publish the retention plan from published customer_scores",
+                 "Rank the snapshot's scored customers by expected saved value per unit cost of their tier's "
+                 "treatment, select them within retention.budget, and publish retention_plan and "
+                 "retention_summary."),
     }
     for name, (summary, description) in snapshot_commands.items():
         sub = commands.add_parser(name, parents=[common], help=summary, description=description)
-        _add_snapshot_flags(sub, with_input=name != "segment")
+        _add_snapshot_flags(sub, with_input=name not in ("segment", "plan"))
         if name == "run":
             sub.add_argument("--train", action="store_true",
-                             help="train the churn model (and apply the promotion gate) before scoring")
+                             help="train the churn model (with the promotion gate) and fit the CLV model before "
+                                  "scoring")
         sub.set_defaults(handler=_run)
 
     score = commands.add_parser(
         "score", parents=[common], help="re-score churn for a published snapshot",
         description="Score every customer of a published snapshot with the churn model's champion (or "
                     "--model-version) on the executors, and replace the snapshot of customer_scores with the new "
-                    "churn_probability, churn_risk_band, model_name and model_version; other columns are kept.")
+                    "churn_probability, churn_risk_band, model_name and model_version; other columns are kept. "
+                    "The retention plan is then rebuilt from the new scores.")
     _add_snapshot_flags(score, with_input=False)
     score.add_argument("--model-version", type=int, help="registered version to score with (default: champion)")
     score.set_defaults(handler=_score)
 
     train = commands.add_parser(
-        "train", parents=[common], help="train, track and register the churn model (MLflow)",
-        description="Build the out-of-time training set from the inputs, fit and calibrate the churn model, "
+        "train", parents=[common], help="train, track and register the churn and CLV models (MLflow)",
+        description="Churn: build the out-of-time training set from the inputs, fit and calibrate the model, "
                     "evaluate it and two baselines on the holdout, log everything to MLflow, register a new "
-                    "version as challenger and move champion to it when the promotion gate allows.")
+                    "version as challenger and move champion to it when the promotion gate allows. CLV: fit "
+                    "BG/NBD and Gamma-Gamma on the whole base as of the snapshot, log and register a new version "
+                    "as champion.")
     _add_snapshot_flags(train, with_input=True)
     train.set_defaults(handler=_train)
 
-    prom = commands.add_parser("promote", parents=[common], help="move the churn model's champion alias by hand",
+    prom = commands.add_parser("promote", parents=[common], help="move a model's champion alias by hand",
                                description="Point alias champion at a registered version and record why.")
+    prom.add_argument("--model", choices=["churn", "clv"], default="churn", help="which model (default: churn)")
     prom.add_argument("--warehouse", help="warehouse directory; the default MLflow store sits beside it")
     prom.add_argument("--version", type=int, required=True, dest="model_version", help="model version to promote")
     prom.add_argument("--reason", required=True, help="why (recorded on the model version)")
@@ -208,15 +218,16 @@ def _score(spark: SparkSession, settings: Settings, args: argparse.Namespace) ->
 
 
 def _train(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> int:
-    summary = _snapshot_job(train_churn, spark, settings, args)
-    trained = summary["stages"]["train"]
-    promotion = trained["promotion"]
+    summary = _snapshot_job(train_models, spark, settings, args)
     print(format_summary(summary))
-    print(f"\nmodel {trained['model']} version {trained['model_version']} "
-          f"({'champion' if promotion['promoted'] else 'challenger'}: {promotion['reason']})")
-    print("holdout " + ", ".join(f"{k} {v:.4f}" for k, v in trained["metrics"].items()))
-    print("baselines ROC-AUC " + ", ".join(f"{k} {v:.4f}" for k, v in trained["baselines_roc_auc"].items()))
-    print(f"MLflow run {trained['mlflow_run_id']} at {trained['tracking_uri']}")
+    trained = summary["stages"].get("train")
+    if trained:
+        promotion = trained["promotion"]
+        print(f"\nmodel {trained['model']} version {trained['model_version']} "
+              f"({'champion' if promotion['promoted'] else 'challenger'}: {promotion['reason']})")
+        print("holdout " + ", ".join(f"{k} {v:.4f}" for k, v in trained["metrics"].items()))
+        print("baselines ROC-AUC " + ", ".join(f"{k} {v:.4f}" for k, v in trained["baselines_roc_auc"].items()))
+        print(f"MLflow run {trained['mlflow_run_id']} at {trained['tracking_uri']}")
     return 0
 
 
@@ -238,8 +249,9 @@ def _snapshot_job(job: Callable[..., dict[str, Any]], spark: SparkSession, setti
 
 def _promote(spark: SparkSession | None, settings: Settings, args: argparse.Namespace) -> int:
     client = tracking.connect(settings.paths.warehouse, settings.churn.experiment)
-    previous = tracking.promote(client, settings.churn.model_name, args.model_version, args.reason)
-    print(f"{settings.churn.model_name}: champion is now version {args.model_version} "
+    name = settings.churn.model_name if args.model == "churn" else settings.clv.model_name
+    previous = tracking.promote(client, name, args.model_version, args.reason)
+    print(f"{name}: champion is now version {args.model_version} "
           f"(was {previous if previous is not None else 'none'}); reason recorded")
     return 0
 
@@ -252,12 +264,13 @@ def _write_json(path: str, summary: dict[str, Any]) -> None:
 def _history(spark: SparkSession | None, settings: Settings, args: argparse.Namespace) -> int:
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     print(f"{'version':>7}  {'timestamp (UTC)':<19}  {'operation':<14}  {'stage':<20}  {'snapshot':<10}  "
-          f"{'run id':<26}  {'config':<16}  model")
+          f"{'run id':<26}  {'config':<16}  models")
     for entry in warehouse.history(args.table, args.limit):
         m = entry.metadata
         print(f"{entry.version:>7}  {entry.timestamp:%Y-%m-%d %H:%M:%S}  {entry.operation:<14}  "
               f"{m.get('stage', ''):<20}  {m.get('snapshot_date', ''):<10}  {m.get('run_id', ''):<26}  "
-              f"{m.get('config_hash', ''):<16}  {m.get('model_version', '')}")
+              f"{m.get('config_hash', ''):<16}  "
+              + " ".join(filter(None, (m.get("model_version"), m.get("extra", {}).get("clv_model")))))
     return 0
 
 
@@ -314,6 +327,28 @@ def format_summary(summary: dict[str, Any]) -> str:
         model = scored["churn_model"]
         title = f"churn risk ({model['name']} v{model['version']})" if model else "churn risk (churn.enabled: false)"
         lines += ["", title + "  " + ", ".join(f"{band} {n:,}" for band, n in scored["churn_risk_bands"].items())]
+    if segment.get("clv_by_tier"):
+        model, value = segment["clv_model"], segment["clv_by_tier"]
+        total = sum(value.values()) or 1.0
+        lines += ["", f"predicted value, next {segment['clv_horizon_days']} days ({model['name']} "
+                      f"v{model['version']})  " + ", ".join(f"{tier} {v:,.0f} ({v / total:.0%})"
+                                                          for tier, v in value.items())]
+    fitted = stages.get("clv fit")
+    if fitted:
+        lines += ["", f"fitted {fitted['model']} v{fitted['model_version']} on {fitted['buyers']:,} buyers "
+                      f"({fitted['repeat_buyers']:,} repeat) in {fitted['fit_seconds']:.1f} s: "
+                      + ", ".join(f"{k} {v:.4g}" for part in fitted["params"].values() for k, v in part.items())]
+    plan = stages.get("plan", {}).get("retention")
+    if plan:
+        lines += ["", f"retention plan: {plan['customers_targeted']:,} customers, spend {plan['spend']:,.2f} of "
+                      f"budget {plan['budget']:,.2f}, expected saved value {plan['expected_saved_value']:,.2f}",
+                  "  value tier   treatment                   candidates   targeted        spend  "
+                  "budget share  expected saved     ROI"]
+        for tier, t in plan["tiers"].items():
+            share = f"{t['share_of_budget']:.1%}" if t["share_of_budget"] is not None else "-"
+            roi = f"{t['roi']:.2f}" if t["roi"] is not None else "-"
+            lines.append(f"  {tier:<12} {t['treatment']:<26} {t['candidates']:>11,} {t['customers_targeted']:>10,} "
+                         f"{t['spend']:>12,.2f} {share:>13} {t['expected_saved_value']:>15,.2f} {roi:>7}")
     trained = stages.get("train")
     if trained and "promotion" in trained:
         lines += ["", f"trained {trained['model']} v{trained['model_version']}: holdout ROC-AUC "

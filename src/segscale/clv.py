@@ -23,6 +23,8 @@ from segscale.errors import InputError
 HISTOGRAM_WEIGHT = "customers"
 # What CLV scoring adds to customer_scores.
 CLV_COLUMNS = ("p_alive", "expected_purchases", "expected_avg_spend", "clv")
+# What the models read from customer_features: x, t_x and T in days, mean spend per repeat purchase day.
+INPUT_COLUMNS = ("bgnbd_frequency", "bgnbd_recency", "bgnbd_T", "bgnbd_monetary")
 DISCOUNT_STEP_DAYS = 30  # future purchases are discounted month by month
 
 
@@ -202,23 +204,53 @@ def lifetime_value(bgnbd: dict[str, float], gamma_gamma: dict[str, float], x: np
     })
 
 
-def with_clv(features_df: DataFrame, bgnbd: Fit, gamma_gamma: Fit, settings: ClvSettings) -> DataFrame:
-    """Adds p_alive, expected_purchases, expected_avg_spend and clv, computed on the executors in Arrow batches;
-    null for prospects."""
-    bgnbd_params, spend_params = dict(bgnbd.params), dict(gamma_gamma.params)
+@dataclass(frozen=True)
+class ClvParams:
+    """A fitted CLV model: both models' parameters and the time unit (days) they were fitted in."""
+
+    bgnbd: dict[str, float]
+    gamma_gamma: dict[str, float]
+    time_unit_days: int
+
+    def as_config(self) -> dict[str, object]:
+        return {"bgnbd": dict(self.bgnbd), "gamma_gamma": dict(self.gamma_gamma),
+                "time_unit_days": self.time_unit_days}
+
+    @classmethod
+    def from_config(cls, config: dict) -> ClvParams:
+        return cls({k: float(v) for k, v in config["bgnbd"].items()},
+                   {k: float(v) for k, v in config["gamma_gamma"].items()}, int(config["time_unit_days"]))
+
+
+def predict_clv(params: ClvParams, inputs: pd.DataFrame, settings: ClvSettings) -> pd.DataFrame:
+    """CLV_COLUMNS for rows of the four inputs (INPUT_COLUMNS, days and money), with settings' horizon and
+    discount rate: NaN for prospects (no frequency) and wherever a value is not a finite number."""
+    x, t_x, T, m = (pd.to_numeric(inputs[c], errors="coerce").to_numpy(float, na_value=np.nan)
+                    for c in INPUT_COLUMNS)
+    known = np.isfinite(x) & np.isfinite(t_x) & np.isfinite(T)
+    with np.errstate(all="ignore"):
+        predicted = lifetime_value(params.bgnbd, params.gamma_gamma, np.where(known, x, 0.0),
+                                   np.where(known, t_x, 0.0), np.where(known, T, 0.0), m,
+                                   settings.model_copy(update={"time_unit_days": params.time_unit_days}))
+    return predicted.where(known[:, None] & np.isfinite(predicted.to_numpy()))
+
+
+def with_clv(features_df: DataFrame, params: ClvParams | None, settings: ClvSettings,
+             model_version: int | None = None) -> DataFrame:
+    """Adds CLV_COLUMNS, predicted on the executors in Arrow batches (null for prospects and for any value that
+    is not a finite number); all null without a model (clv.enabled: false)."""
+    if params is None:
+        return features_df.select("*", *[F.lit(None).cast("double").alias(c) for c in CLV_COLUMNS],
+                                  F.lit(None).cast("int").alias("clv_model_version"))
     schema = ", ".join(f"{name} double" for name in CLV_COLUMNS)
 
     @F.pandas_udf(schema)
     def predict(x: pd.Series, t_x: pd.Series, T: pd.Series, m: pd.Series) -> pd.DataFrame:
-        return lifetime_value(bgnbd_params, spend_params, x.to_numpy(float), t_x.to_numpy(float),
-                              T.to_numpy(float), m.to_numpy(float, na_value=np.nan), settings)
+        return predict_clv(params, pd.DataFrame(dict(zip(INPUT_COLUMNS, (x, t_x, T, m), strict=True))), settings)
 
-    is_buyer = F.col("bgnbd_frequency").isNotNull()
-    inputs = [F.coalesce(F.col(c).cast("double"), F.lit(0.0)) for c in ("bgnbd_frequency", "bgnbd_recency",
-                                                                       "bgnbd_T")]
-    predicted_df = features_df.select("*", predict(*inputs, F.col("bgnbd_monetary").cast("double")).alias("_clv"))
-    # A prediction that is not a finite number (numerical overflow on extreme inputs) is published as null.
+    inputs = [F.col(c).cast("double") for c in INPUT_COLUMNS]
+    predicted_df = features_df.select("*", predict(*inputs).alias("_clv"))
+    # Arrow brings NaN back as NaN, not null: the table holds null.
     return predicted_df.select(*features_df.columns, *[
-        F.when(is_buyer & ~F.isnan(F.col("_clv")[name]) & (F.abs(F.col("_clv")[name]) < float("inf")),
-               F.col("_clv")[name]).alias(name)
-        for name in CLV_COLUMNS])
+        F.when(~F.isnan(F.col("_clv")[name]), F.col("_clv")[name]).alias(name) for name in CLV_COLUMNS],
+        F.lit(model_version).cast("int").alias("clv_model_version"))

@@ -157,7 +157,8 @@ class RfmSettings(_Section):
 
 
 class TierSettings(_Section):
-    basis: Literal["monetary", "clv"] = "monetary"
+    # clv: tiers by predicted future value (needs clv.enabled); monetary: by spend so far.
+    basis: Literal["monetary", "clv"] = "clv"
     high_value_share: float = Field(default=0.2, gt=0, lt=1)
     potential_share: float = Field(default=0.3, ge=0, lt=1)
 
@@ -229,6 +230,8 @@ class ChurnSettings(_Section):
 
 
 class ClvSettings(_Section):
+    # false: no fitting or CLV scoring; the CLV columns of customer_scores stay null (needs tiers.basis: monetary).
+    enabled: bool = True
     # Days ahead that expected purchases and CLV cover, and the yearly rate future spend is discounted at.
     horizon_days: int = Field(default=365, gt=0)
     annual_discount_rate: float = Field(default=0.10, ge=0, lt=1)
@@ -240,6 +243,27 @@ class ClvSettings(_Section):
     spend_bin_relative: float = Field(default=0.01, ge=0, lt=1)
     max_iterations: int = Field(default=5000, ge=100)
     model_name: str = Field(default="segscale_clv", min_length=1)
+
+
+class Treatment(_Section):
+    """What the retention plan offers a value tier: its cost per customer per planning period and the expected
+    relative reduction of the customer's churn probability."""
+
+    name: str = Field(min_length=1)
+    cost: float = Field(ge=0)
+    uplift: float = Field(gt=0, le=1)
+
+
+class Treatments(_Section):
+    high_value: Treatment = Treatment(name="dedicated_account_manager", cost=25.0, uplift=0.30)
+    potential: Treatment = Treatment(name="email_sms_cadence", cost=1.5, uplift=0.10)
+    regular: Treatment = Treatment(name="automated_service", cost=0.05, uplift=0.03)
+
+
+class RetentionSettings(_Section):
+    # Money to spend per planning period, in the currency of the transactions' amounts.
+    budget: float = Field(default=50_000.0, ge=0)
+    treatments: Treatments = Field(default_factory=Treatments)
 
 
 class Settings(_Section):
@@ -254,6 +278,13 @@ class Settings(_Section):
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
     churn: ChurnSettings = Field(default_factory=ChurnSettings)
     clv: ClvSettings = Field(default_factory=ClvSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+
+    @model_validator(mode="after")
+    def _clv_basis_needs_clv(self) -> Settings:
+        if self.tiers.basis == "clv" and not self.clv.enabled:
+            raise ValueError("tiers.basis is clv but clv.enabled is false: set tiers.basis: monetary, or enable clv")
+        return self
 
     def config_hash(self) -> str:
         """Hash of everything that changes what the pipeline computes (not where or on what it runs)."""
@@ -345,6 +376,11 @@ def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
+        if not loc:  # a rule across sections: its message names the keys; say which layers set them
+            message = err["msg"].removeprefix("Value error, ")
+            origin = ", ".join(sorted({v for k, v in sources.items() if k in message})) or "defaults"
+            lines.append(f"{message} [from {origin}]")
+            continue
         key = ".".join(loc)
         origin = next((sources[".".join(loc[:n])] for n in range(len(loc), 0, -1)
                        if ".".join(loc[:n]) in sources), None)

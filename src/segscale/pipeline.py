@@ -44,11 +44,30 @@ from segscale.churn_model import (
     model_inputs,
     predict_churn,
 )
-from segscale.config import Settings
+from segscale.clv import INPUT_COLUMNS as CLV_INPUTS
+from segscale.clv import (
+    ClvParams,
+    bgnbd_histogram,
+    fit_bgnbd,
+    fit_gamma_gamma,
+    spend_histogram,
+    with_clv,
+)
+from segscale.config import ChurnSettings, ClvSettings, Settings
 from segscale.errors import InputError
 from segscale.features import FEATURE_TYPES, customer_features, filter_signed_up_by
 from segscale.generate import as_csv_text, generate_frames
 from segscale.ingest import detect_format, input_versions, read_inputs
+from segscale.retention import (
+    PLAN_METRICS,
+    SUMMARY_SCHEMA,
+    candidates,
+    plan_counters,
+    ranked,
+    retention_plan,
+    scored_by_tier,
+    summary_rows,
+)
 from segscale.rfm import cut_points, quantile_sketch
 from segscale.segments import LIFECYCLE_STAGES, VALUE_TIERS, customer_scores, segment_migration, tier_thresholds
 from segscale.tables import CommitMetadata, DeltaStore, Warehouse
@@ -123,47 +142,70 @@ class Run:
 
 
 SNAPSHOT_PARTITION = {"partition_by": ["snapshot_date"], "mode": "replace_partition"}
-# What each command runs; features need validated inputs, segmentation reads only published features.
+# What each command runs; features need validated inputs, segmentation reads only published features and the plan
+# only published scores.
 STAGES = {
     "validate": ("validate",),
     "features": ("validate", "features"),
     "segment": ("segment",),
-    "run": ("validate", "features", "segment"),
+    "plan": ("plan",),
+    "run": ("validate", "features", "segment", "plan"),
 }
+CHURN, CLV = "churn", "clv"
 
 
 def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date, run: Run | None = None, *,
                  train: bool = False) -> dict[str, Any]:
-    """The main job for one snapshot, or the stages of `run.command`: validate → [train] → features → segment.
-    With churn enabled the segment stage scores every customer with the champion model; `run` trains first when
-    `train` is set or no champion exists. Nothing is published when the input fails validation or the model to
-    score with cannot be used."""
+    """The main job for one snapshot, or the stages of `run.command`: validate → [train] → features → segment →
+    plan. The segment stage scores every customer with the champion churn and CLV models; `run` trains a model
+    first when `train` is set or it has no champion. Nothing is published when the input fails validation or a
+    model to score with cannot be used or trained."""
     run = run or Run("run", settings, snapshot_date)
     stages = STAGES[run.command]
-    churn = settings.churn
-    if train and not (churn.enabled and "features" in stages):
-        raise InputError("--train needs churn.enabled: true and the run command")
+    enabled = _enabled_models(settings)
+    if train and not (enabled and "features" in stages):
+        raise InputError("--train needs the run command and churn.enabled or clv.enabled: true")
+    if run.command == "plan":
+        _require_plan_models(settings)
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     with _recorded(warehouse, run) as cached:
-        model, client, needs_training = None, None, False
-        if "segment" in stages and churn.enabled:
-            # Checked before anything is published: MLflow reachable, a usable model (or training planned).
-            client = tracking.connect(settings.paths.warehouse, churn.experiment)
-            needs_training = "features" in stages and (
-                train or tracking.champion_version(client, churn.model_name) is None)
-            if not needs_training:
-                model = tracking.scoring_model(client, churn.model_name)
-                require_inputs(model, FEATURE_TYPES)
+        models: dict[str, ScoringModel] = {}
+        to_train: list[str] = []
+        if "segment" in stages and enabled:
+            # Checked before anything is published: MLflow reachable, usable models (or training planned).
+            client = tracking.connect(settings.paths.warehouse, settings.churn.experiment)
+            for kind, section in enabled.items():
+                if "features" in stages and (train or tracking.champion_version(client, section.model_name) is None):
+                    to_train.append(kind)
+                else:
+                    models[kind] = tracking.scoring_model(client, section.model_name)
+                    require_inputs(models[kind], FEATURE_TYPES)
         if "validate" in stages:
             cached.append(_validate(warehouse, settings, snapshot_date, run))
-        if needs_training:  # before the features are published, so a failed training publishes none
-            _train(warehouse, settings, snapshot_date, run, cached[0])
-            model = tracking.scoring_model(client, churn.model_name)  # the champion the gate left
+        # Before the features are published, so a failed training publishes none.
+        if CHURN in to_train:
+            _train_churn(warehouse, settings, snapshot_date, run, cached[0])
+        if CLV in to_train:
+            _fit_clv(settings, snapshot_date, run, cached[0])
+        for kind in to_train:
+            models[kind] = tracking.scoring_model(client, enabled[kind].model_name)  # the champion left
         if "features" in stages:
             _features(warehouse, settings, snapshot_date, run, cached[0])
         if "segment" in stages:
-            _segment(warehouse, settings, snapshot_date, run, model)
+            _segment(warehouse, settings, snapshot_date, run, models.get(CHURN), models.get(CLV))
+        if "plan" in stages:
+            _plan(warehouse, settings, snapshot_date, run)
     return run.summary("succeeded")
+
+
+def _enabled_models(settings: Settings) -> dict[str, ChurnSettings | ClvSettings]:
+    return {kind: section for kind, section in ((CHURN, settings.churn), (CLV, settings.clv)) if section.enabled}
+
+
+def _require_plan_models(settings: Settings) -> None:
+    if not (settings.churn.enabled and settings.clv.enabled):
+        raise InputError("the retention plan needs churn probabilities and CLV: set churn.enabled and "
+                         "clv.enabled to true")
 
 
 def score_snapshot(spark: SparkSession, settings: Settings, snapshot_date: dt.date, run: Run | None = None, *,
@@ -188,6 +230,8 @@ def score_snapshot(spark: SparkSession, settings: Settings, snapshot_date: dt.da
                            .select(*[F.lit(run.run_id).alias(c) if c == "run_id" else F.col(c)
                                      for c in scores_df.columns]))
             _write_scores(warehouse, rescored_df, snapshot_date, run, "score", record, model)
+        if settings.clv.enabled:  # the plan ranks by churn probability: it follows the new scores
+            _plan(warehouse, settings, snapshot_date, run)
     return run.summary("succeeded")
 
 
@@ -206,21 +250,27 @@ def _recorded(warehouse: Warehouse, run: Run) -> Iterator[list[Validated]]:
     _record_run(warehouse, run, "succeeded")
 
 
-def train_churn(spark: SparkSession, settings: Settings, snapshot_date: dt.date, run: Run | None = None
-                ) -> dict[str, Any]:
-    """Train the churn model out of time as of `snapshot_date`, track it in MLflow, register it and apply the
-    promotion gate. Reads the inputs; publishes no table (the `runs` table records the run)."""
+def train_models(spark: SparkSession, settings: Settings, snapshot_date: dt.date, run: Run | None = None
+                 ) -> dict[str, Any]:
+    """Train the enabled models as of `snapshot_date` and register them in MLflow: the churn model out of time
+    (with the promotion gate), the CLV models on the whole base. Reads the inputs; publishes no table (the
+    `runs` table records the run)."""
     run = run or Run("train", settings, snapshot_date)
-    if not settings.churn.enabled:
-        raise InputError("churn.enabled is false: set it to true to train the churn model")
+    enabled = _enabled_models(settings)
+    if not enabled:
+        raise InputError("churn.enabled and clv.enabled are both false: there is no model to train")
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     with _recorded(warehouse, run) as cached:
+        tracking.connect(settings.paths.warehouse, settings.churn.experiment)
         cached.append(_validate(warehouse, settings, snapshot_date, run, publish_quarantine=False))
-        _train(warehouse, settings, snapshot_date, run, cached[0])
+        if CHURN in enabled:
+            _train_churn(warehouse, settings, snapshot_date, run, cached[0])
+        if CLV in enabled:
+            _fit_clv(settings, snapshot_date, run, cached[0])
     return run.summary("succeeded")
 
 
-def _train(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run, validated: Validated
+def _train_churn(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run, validated: Validated
            ) -> None:
     """The training set from the validated inputs, then fit, evaluate, track, register and gate."""
     churn = settings.churn
@@ -277,13 +327,7 @@ def _train_and_register(settings: Settings, run: Run, train: pd.DataFrame, holdo
             "train_cutoffs": ",".join(c.isoformat() for c in data.cutoffs[1:]),
             "train_rows": len(train), "holdout_rows": len(holdout),
         })
-        mlflow.set_tags({
-            "segscale.run_id": run.run_id, "segscale.config_hash": settings.config_hash(),
-            "segscale.snapshot_date": run.snapshot_date.isoformat(), "segscale.version": __version__,
-            "segscale.input": settings.paths.input,
-            **{f"lineage.{name}.delta_version": str(version)
-               for name, version in run.stages["ingest"]["input_versions"].items()},
-        })
+        mlflow.set_tags(_lineage_tags(settings, run))
         mlflow.log_metrics({k: v for k, v in flat_metrics(evaluation).items() if v == v})  # NaN is not loggable
         mlflow.log_dict(evaluation, "evaluation.json")
         with tempfile.TemporaryDirectory() as charts_dir:
@@ -305,6 +349,16 @@ def _train_and_register(settings: Settings, run: Run, train: pd.DataFrame, holdo
         "model": churn.model_name, "model_version": version, "metrics": evaluation["model"],
         "baselines_roc_auc": {name: m["roc_auc"] for name, m in evaluation["baselines"].items()},
         "beats_baselines": evaluation["beats_baselines"], "promotion": dataclasses.asdict(promotion),
+    }
+
+
+def _lineage_tags(settings: Settings, run: Run) -> dict[str, str]:
+    return {
+        "segscale.run_id": run.run_id, "segscale.config_hash": settings.config_hash(),
+        "segscale.snapshot_date": run.snapshot_date.isoformat(), "segscale.version": __version__,
+        "segscale.input": settings.paths.input,
+        **{f"lineage.{name}.delta_version": str(version)
+           for name, version in run.stages["ingest"]["input_versions"].items()},
     }
 
 
@@ -345,34 +399,94 @@ def _release(validated: Validated | None) -> None:
         flagged_df.unpersist()
 
 
+def _features_of(settings: Settings, snapshot_date: dt.date, validated: Validated) -> DataFrame:
+    customers_df = validated.customers.transform(filter_signed_up_by, snapshot_date)
+    return customer_features(customers_df, validated.transactions, validated.interactions, snapshot_date,
+                             settings.features, settings.rfm.lookback_days)
+
+
 def _features(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run,
               validated: Validated) -> None:
     with run.stage("features") as record:
-        customers_df = validated.customers.transform(filter_signed_up_by, snapshot_date)
-        features_df = customer_features(customers_df, validated.transactions, validated.interactions,
-                                        snapshot_date, settings.features, settings.rfm.lookback_days)
-        _write_snapshot(warehouse, "customer_features", features_df, snapshot_date, run, "features", record)
+        _write_snapshot(warehouse, "customer_features", _features_of(settings, snapshot_date, validated),
+                        snapshot_date, run, "features", record)
+
+
+def _fit_clv(settings: Settings, snapshot_date: dt.date, run: Run, validated: Validated) -> None:
+    """Fit BG/NBD and Gamma-Gamma on the whole base as of the snapshot, log and register segscale_clv in MLflow
+    and make the new version champion (CLV has no labelled holdout to gate on)."""
+    clv = settings.clv
+    with run.stage("clv fit") as record:
+        # The two histograms read the same inputs: compute the features once, keep only the model's columns.
+        inputs_df = (_features_of(settings, snapshot_date, validated).select(*CLV_INPUTS)
+                     .persist(StorageLevel.MEMORY_AND_DISK))
+        try:
+            histograms = bgnbd_histogram(inputs_df, clv), spend_histogram(inputs_df, clv)
+            example = inputs_df.where(F.col("bgnbd_frequency") > 0).limit(5).toPandas()  # small: 5 rows
+        finally:
+            inputs_df.unpersist()
+        start = time.perf_counter()
+        bgnbd, spend = fit_bgnbd(histograms[0], clv), fit_gamma_gamma(histograms[1], clv)
+        fit_seconds = round(time.perf_counter() - start, 3)
+        params = ClvParams(bgnbd.params, spend.params, clv.time_unit_days)
+        client = tracking.connect(settings.paths.warehouse, settings.churn.experiment)
+        with mlflow.start_run(run_name=f"clv {run.run_id}") as ml_run:
+            mlflow.log_params({
+                **{f"bgnbd.{k}": v for k, v in bgnbd.params.items()},
+                **{f"gamma_gamma.{k}": v for k, v in spend.params.items()},
+                **{k: getattr(clv, k) for k in ("bin_days", "time_unit_days", "spend_bin_relative",
+                                                  "max_iterations", "horizon_days", "annual_discount_rate")},
+            })
+            mlflow.log_metrics({
+                "bgnbd_log_likelihood": bgnbd.log_likelihood, "gamma_gamma_log_likelihood": spend.log_likelihood,
+                "buyers": bgnbd.customers, "repeat_buyers": spend.customers,
+                "bgnbd_histogram_rows": bgnbd.histogram_rows, "spend_histogram_rows": spend.histogram_rows,
+                "bgnbd_iterations": bgnbd.iterations, "gamma_gamma_iterations": spend.iterations,
+                "fit_seconds": fit_seconds,
+            })
+            mlflow.log_dict({"bgnbd": dataclasses.asdict(bgnbd), "gamma_gamma": dataclasses.asdict(spend)},
+                            "fit.json")
+            mlflow.set_tags(_lineage_tags(settings, run))
+            version = tracking.log_clv(params, clv, example)
+            tracking.set_champion(client, clv.model_name, version,
+                                  f"fitted on all {bgnbd.customers:,} buyers as of {snapshot_date}")
+        record.update(mlflow_run_id=ml_run.info.run_id, model=clv.model_name, model_version=version,
+                      buyers=bgnbd.customers, repeat_buyers=spend.customers, fit_seconds=fit_seconds,
+                      histogram_rows={"bgnbd": bgnbd.histogram_rows, "gamma_gamma": spend.histogram_rows},
+                      params={"bgnbd": bgnbd.params, "gamma_gamma": spend.params},
+                      log_likelihood={"bgnbd": bgnbd.log_likelihood, "gamma_gamma": spend.log_likelihood})
 
 
 def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run,
-             model: ScoringModel | None) -> None:
+             churn_model: ScoringModel | None, clv_model: ScoringModel | None) -> None:
     with run.stage("segment") as record:
         # Scores are computed from the published features, so this stage never re-reads the transactions.
         features_df = _snapshot_of(warehouse, "customer_features", snapshot_date)
-        sketch = quantile_sketch(features_df, settings.rfm.quantile_relative_error)
+        clv_params = tracking.clv_params(clv_model) if clv_model else None
+        valued_df = features_df.transform(with_clv, clv_params, settings.clv,
+                                          clv_model.version if clv_model else None)
+        # The tiers' basis joins the RFM dimensions in one sketch (CLV is predicted for it, and again when written).
+        basis = settings.tiers.basis
+        sketch = quantile_sketch(valued_df, settings.rfm.quantile_relative_error,
+                                 extra=(basis,) if basis == "clv" else ())
         cuts = cut_points(sketch, settings.rfm)
-        thresholds = tier_thresholds(sketch[settings.tiers.basis], settings.tiers)
-        predict = tracking.churn_udf(warehouse.store.spark, model) if model else None
-        scored_df = features_df.transform(with_churn_scores, settings.churn.risk_bands, model, predict)
+        thresholds = tier_thresholds(sketch[basis], settings.tiers)
+        predict = tracking.churn_udf(warehouse.store.spark, churn_model) if churn_model else None
+        scored_df = valued_df.transform(with_churn_scores, settings.churn.risk_bands, churn_model, predict)
         scores_df = customer_scores(scored_df, cuts, thresholds, settings, run.run_id)
         record["rfm_cut_points"] = cuts.as_dict()
-        record["tier_thresholds"] = {"high_value_above": thresholds.high_value_above,
+        record["tier_thresholds"] = {"basis": basis, "high_value_above": thresholds.high_value_above,
                                      "potential_above": thresholds.potential_above}
         # The counts are gathered while the rows are written, not by reading them back.
-        counts = Observation("tiers_by_stage")
-        _write_scores(warehouse, scores_df.observe(counts, *_tier_stage_counters()), snapshot_date, run, "segment",
-                      record, model, rfm_cut_points=cuts.as_dict(), tier_thresholds=record["tier_thresholds"])
+        counts, value = Observation("tiers_by_stage"), Observation("clv_by_tier")
+        observed_df = scores_df.observe(counts, *_tier_stage_counters()).observe(value, *_clv_by_tier())
+        _write_scores(warehouse, observed_df, snapshot_date, run, "segment", record, churn_model,
+                      rfm_cut_points=cuts.as_dict(), tier_thresholds=record["tier_thresholds"],
+                      clv_model=clv_model.uri if clv_model else None)
         record["tiers_by_stage"] = _tier_stage_counts(counts.get)
+        record["clv_model"] = {"name": clv_model.name, "version": clv_model.version} if clv_model else None
+        record["clv_by_tier"] = dict(value.get) if clv_model else None
+        record["clv_horizon_days"] = settings.clv.horizon_days
     with run.stage("migration") as record:
         previous = [d for d in warehouse.partition_values("customer_scores", "snapshot_date")
                     if d < snapshot_date.isoformat()]
@@ -413,6 +527,40 @@ def _tier_stage_counters() -> list[Column]:
     tier, stage = F.col("value_tier"), F.col("lifecycle_stage")
     return [F.count_if((tier == F.lit(t)) & (stage == F.lit(s))).alias(f"{t}/{s}")
             for t in VALUE_TIERS for s in LIFECYCLE_STAGES]
+
+
+def _clv_by_tier() -> list[Column]:
+    tier = F.col("value_tier")
+    return [F.coalesce(F.sum(F.when(tier == F.lit(t), F.col("clv"))), F.lit(0.0)).alias(t) for t in VALUE_TIERS]
+
+
+def _plan(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run) -> None:
+    """Publish retention_plan and retention_summary from the snapshot's published customer_scores."""
+    with run.stage("plan") as record:
+        if not (settings.churn.enabled and settings.clv.enabled):
+            record["skipped"] = "needs churn.enabled and clv.enabled"
+            return
+        retention = settings.retention
+        scores_df = _snapshot_of(warehouse, "customer_scores", snapshot_date)
+        scored = scored_by_tier(scores_df)
+        with ranked(candidates(scores_df, retention), retention.budget) as ranked_df:
+            plan = Observation("plan_by_tier")
+            _write_snapshot(warehouse, "retention_plan",
+                            retention_plan(ranked_df, run.run_id).observe(plan, *plan_counters()),
+                            snapshot_date, run, "plan", record, budget=retention.budget)
+            rows = summary_rows(plan.get, scored, retention)
+        summary_df = warehouse.store.spark.createDataFrame(
+            [{**row, "snapshot_date": snapshot_date, "run_id": run.run_id} for row in rows], SUMMARY_SCHEMA)
+        _write_snapshot(warehouse, "retention_summary", summary_df, snapshot_date, run, "plan", record,
+                        budget=retention.budget)
+        spend = sum(row["spend"] for row in rows)
+        record["retention"] = {
+            "budget": retention.budget, "spend": spend,
+            "customers_targeted": sum(row["customers_targeted"] for row in rows),
+            "expected_saved_value": sum(row["expected_saved_value"] for row in rows),
+            "tiers": {row["value_tier"]: {k: row[k] for k in ("treatment", "scored_customers", *PLAN_METRICS,
+                                                               "share_of_budget", "roi")} for row in rows},
+        }
 
 
 def _tier_stage_counts(observed: dict[str, int]) -> dict[str, dict[str, int]]:

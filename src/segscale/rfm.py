@@ -41,12 +41,16 @@ def is_buyer() -> Column:
     return F.col("recency_days").isNotNull()
 
 
-def quantile_sketch(features_df: DataFrame, relative_error: float) -> dict[str, list[float]]:
-    """One pass over buyers: SKETCH_POINTS + 1 quantiles (0 .. 1) of each RFM dimension."""
+def quantile_sketch(features_df: DataFrame, relative_error: float, extra: tuple[str, ...] = ()
+                    ) -> dict[str, list[float]]:
+    """One pass over buyers: SKETCH_POINTS + 1 quantiles (0 .. 1) of each RFM dimension and of the `extra`
+    columns (keyed by their names; nulls are left out, and a column with none but nulls gets no quantiles)."""
     probabilities = [i / SKETCH_POINTS for i in range(SKETCH_POINTS + 1)]
-    buyers_df = features_df.where(is_buyer()).select(*[F.col(COLUMNS[d]).cast("double") for d in DIMENSIONS])
-    sketch = buyers_df.approxQuantile(list(buyers_df.columns), probabilities, relative_error)  # small: quantiles
-    return {d: values for d, values in zip(DIMENSIONS, sketch, strict=True)}
+    columns = {**{d: COLUMNS[d] for d in DIMENSIONS}, **{c: c for c in extra}}
+    buyers_df = features_df.where(is_buyer()).select(*[F.col(c).cast("double").alias(key)
+                                                       for key, c in columns.items()])
+    sketch = buyers_df.approxQuantile(list(columns), probabilities, relative_error)  # small: quantiles
+    return dict(zip(columns, sketch, strict=True))
 
 
 def cut_points(sketch: dict[str, list[float]], settings: RfmSettings) -> CutPoints:

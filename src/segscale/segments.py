@@ -9,6 +9,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segscale.churn import CHURN_COLUMNS
+from segscale.clv import CLV_COLUMNS
 from segscale.config import LifecycleSettings, Settings, TierSettings
 from segscale.rfm import SKETCH_POINTS, CutPoints, is_buyer, with_rfm_scores
 
@@ -63,8 +64,8 @@ def lifecycle_stage(settings: LifecycleSettings) -> Column:
 
 def customer_scores(features_df: DataFrame, cuts: CutPoints, thresholds: TierThresholds, settings: Settings,
                     run_id: str) -> DataFrame:
-    """One row per customer of the snapshot with RFM scores, segment, value tier, lifecycle stage and the churn
-    columns that `segscale.churn.with_churn_scores` added to the features."""
+    """One row per customer of the snapshot with RFM scores, segment, value tier, lifecycle stage, and the churn
+    and CLV columns that `segscale.churn.with_churn_scores` and `segscale.clv.with_clv` added to the features."""
     scored_df = features_df.transform(with_rfm_scores, cuts, settings.rfm)
     return scored_df.select(
         "customer_id", "snapshot_date", "recency_days", "frequency", "monetary", "r_score", "f_score", "m_score",
@@ -72,6 +73,7 @@ def customer_scores(features_df: DataFrame, cuts: CutPoints, thresholds: TierThr
         value_tier(F.col(thresholds.basis), thresholds).alias("value_tier"),
         lifecycle_stage(settings.lifecycle).alias("lifecycle_stage"),
         *CHURN_COLUMNS,
+        *CLV_COLUMNS, "clv_model_version",
         F.lit(run_id).alias("run_id"),
     )
 

@@ -4,11 +4,13 @@ champion / challenger aliases with the promotion gate. Decisions: docs/models.md
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -18,11 +20,15 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.models import infer_signature
 from pyspark.sql import Column, SparkSession
 
+from segscale.clv import ClvParams, predict_clv
+from segscale.config import ClvSettings
 from segscale.errors import DependencyError, InputError, SegscaleError
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+# The code MLflow logs for the CLV model (models from code).
+CLV_MODEL_CODE = Path(__file__).with_name("clv_model.py")
 # The only types outside skops' own safe set that segscale's models may contain. A model needing anything else
 # is refused when it is saved (and skops refuses it when it is loaded), whatever its origin.
 TRUSTED_TYPES = frozenset({
@@ -50,8 +56,16 @@ def _beside(warehouse: str) -> Path:
 def connect(warehouse: str, experiment: str) -> MlflowClient:
     """Point MLflow at the tracking store and make sure the experiment exists; DependencyError if unreachable."""
     uri = tracking_uri(warehouse)
+    # MLflow also exports the URIs as environment variables; segscale's own choice must not pass for the
+    # user's MLFLOW_TRACKING_URI when the next warehouse in this process picks its store.
+    exported = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for name, value in exported.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     client = MlflowClient(uri, uri)
     try:
         found = client.get_experiment_by_name(experiment)
@@ -104,7 +118,7 @@ def scoring_model(client: MlflowClient, name: str, version: int | None = None) -
     try:
         client.get_registered_model(name)
     except MlflowException:
-        raise InputError(f"no churn model {name} is registered at {client.tracking_uri}: run segscale train "
+        raise InputError(f"no model {name} is registered at {client.tracking_uri}: run segscale train "
                          f"first") from None
     known = sorted(int(v.version) for v in _versions(client, name))
     if version is None:
@@ -125,6 +139,52 @@ def churn_udf(spark: SparkSession, model: ScoringModel) -> Callable[[Column], Co
     """The model as a Spark UDF that predicts on the executors in Arrow batches: struct of the inputs in,
     [P(retained), P(churned)] out. The driver downloads the model once and ships it to the executors."""
     return mlflow.pyfunc.spark_udf(spark, model.uri, result_type="array<double>", env_manager="local")
+
+
+class ClvModel(mlflow.pyfunc.PythonModel):
+    """segscale_clv as an MLflow pyfunc: the four CLV inputs of customer_features in, CLV_COLUMNS out (NaN for
+    prospects). Logged as code (segscale/clv_model.py) with the fitted parameters in the model config, so the
+    artifact holds no pickle; `params` may override the horizon and discount rate it was logged with."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        config = context.model_config
+        self.params = ClvParams.from_config(config)
+        self.settings = ClvSettings(horizon_days=config["horizon_days"],
+                                    annual_discount_rate=config["annual_discount_rate"],
+                                    time_unit_days=self.params.time_unit_days)
+
+    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        settings = self.settings.model_copy(update=params or {})
+        return predict_clv(self.params, pd.DataFrame(model_input), settings)
+
+
+def log_clv(params: ClvParams, settings: ClvSettings, example: pd.DataFrame) -> int:
+    """Log the CLV model to the active run (models from code), register it under clv.model_name and return the
+    new version."""
+    config = {**params.as_config(), "horizon_days": settings.horizon_days,
+              "annual_discount_rate": settings.annual_discount_rate}
+    signature = infer_signature(example, predict_clv(params, example, settings),
+                                params={"horizon_days": settings.horizon_days,
+                                        "annual_discount_rate": settings.annual_discount_rate})
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(CLV_MODEL_CODE), model_config=config, signature=signature,
+        input_example=example, registered_model_name=settings.model_name,
+        pip_requirements=[f"{package}=={importlib.metadata.version(package)}"
+                          for package in ("mlflow", "numpy", "pandas", "pydantic", "pyspark", "scipy")])
+    return int(info.registered_model_version)
+
+
+def clv_params(model: ScoringModel) -> ClvParams:
+    """The fitted parameters of a registered CLV version, read through its pyfunc wrapper."""
+    return mlflow.pyfunc.load_model(model.uri).unwrap_python_model().params
+
+
+def set_champion(client: MlflowClient, name: str, version: int, reason: str) -> None:
+    """Point champion at `version` and record why on the version (models without a gate, such as CLV)."""
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    for key, value in (("promotion_decision", "promoted"), ("promotion_reason", reason)):
+        client.set_model_version_tag(name, str(version), key, value)
 
 
 def load_classifier(name: str, version: int) -> object:
