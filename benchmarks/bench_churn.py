@@ -141,7 +141,7 @@ def main() -> int:
                                      "--data-dir", args.data_dir)
         print(f"  {json.dumps(results[step])}", flush=True)
     report = {
-        "benchmark": "churn training and scoring",
+        "benchmark": "model training, scoring and the retention plan",
         "date": dt.date.today().isoformat(),
         "customers": args.customers,
         "machine": machine(),
