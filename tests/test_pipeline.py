@@ -127,13 +127,16 @@ def test_quarantine_and_summary_carry_counts_per_reason(two_snapshots):
     assert meta["extra"]["quarantined"] == json.loads(json.dumps(tables))
     text = format_summary(first)
     assert "duplicate_transaction_id" in text and "RFM cut points" in text and "高价值" in text
+    assert "fitted segscale_clv v1" in text and "predicted value, next 365 days (segscale_clv v1)" in text
+    assert "retention plan:" in text and "dedicated_account_manager" in text
 
 
 def test_rerunning_a_snapshot_yields_the_same_content(spark, generated, tmp_path):
     settings = settings_for(generated, tmp_path / "wh")
     warehouse = Warehouse(spark, str(tmp_path / "wh"), settings.delta)
     run_pipeline(spark, settings, D1)
-    before = {n: snapshot(warehouse, n, D1).drop("run_id") for n in ("customer_scores", "quarantine")}
+    before = {n: snapshot(warehouse, n, D1).drop("run_id") for n in ("customer_scores", "quarantine",
+                                                                      "retention_plan", "retention_summary")}
     before = {n: spark.createDataFrame(df.collect(), df.schema) for n, df in before.items()}
     features_before = spark.createDataFrame(snapshot(warehouse, "customer_features", D1).collect(),
                                             snapshot(warehouse, "customer_features", D1).schema)
