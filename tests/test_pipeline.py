@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -15,6 +17,7 @@ from segscale.cli import format_summary, main
 from segscale.config import Settings
 from segscale.errors import InputError
 from segscale.pipeline import Run, generate_inputs, run_pipeline
+from segscale.query import run_query
 from segscale.tables import Warehouse
 
 D1, D2 = dt.date(2024, 6, 30), dt.date(2024, 9, 30)
@@ -36,7 +39,7 @@ def settings_for(inputs, warehouse, **sections) -> Settings:
 @pytest.fixture(scope="module")
 def two_snapshots(spark, generated, tmp_path_factory):
     warehouse = tmp_path_factory.mktemp("pipeline") / "wh"  # its MLflow store sits beside it
-    settings = settings_for(generated, warehouse)
+    settings = settings_for(generated, warehouse, retention={"budget": 2000.0})  # a budget that binds
     first = run_pipeline(spark, settings, D1)
     second = run_pipeline(spark, settings, D2)
     return settings, Warehouse(spark, str(warehouse), settings.delta), first, second
@@ -185,3 +188,16 @@ def test_run_is_recorded_with_its_stages(spark, generated, tmp_path):
     assert list(summary["stages"]) == ["ingest", "validate", "clv fit", "features", "segment", "migration", "plan"]
     assert summary["stages"]["plan"] == {"skipped": "needs churn.enabled and clv.enabled",
                                          "seconds": summary["stages"]["plan"]["seconds"]}
+
+
+def test_every_example_query_in_the_docs_runs_on_a_published_warehouse(two_snapshots):
+    settings, _, _, _ = two_snapshots
+    text = (Path(__file__).resolve().parents[1] / "docs" / "querying.md").read_text()
+    queries = re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)
+    assert len(queries) == 10
+    for query in queries:
+        result = run_query(settings.paths.warehouse, query)
+        assert result.num_rows > 0, query
+    python = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)[0]
+    exec(python.replace('"warehouse/', f'"{settings.paths.warehouse}/').replace(  # noqa: S102 (the doc's code)
+        "pl.date(2024, 12, 31)", f"pl.date({D2.year}, {D2.month}, {D2.day})"), {})

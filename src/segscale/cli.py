@@ -8,6 +8,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from segscale import __version__, tracking
 from segscale.config import Settings, load_settings
 from segscale.errors import InputError, SegscaleError, describe_exception
 from segscale.pipeline import Run, generate_inputs, run_pipeline, score_snapshot, train_models
+from segscale.query import FORMATS, run_query, write_result
 from segscale.session import get_spark
 from segscale.tables import Warehouse
 
@@ -30,6 +32,14 @@ def _date(text: str) -> dt.date:
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date in YYYY-MM-DD form") from None
+
+
+def _timestamp(text: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time like 2024-12-31T08:00:00") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _yesterday() -> dt.date:
@@ -123,6 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--warehouse", help="warehouse directory (default from config)")
     hist.add_argument("--limit", type=int, help="show only the newest N versions")
     hist.set_defaults(handler=_history, needs_spark=False)
+
+    sql = commands.add_parser(
+        "sql", parents=[common], help="query the published tables with SQL (read-only, DuckDB)",
+        description="Run one SELECT over the published Delta tables, each visible under its own name "
+                    "(customer_scores, customer_features, retention_plan, ...). Statements that would write are "
+                    "refused. See docs/querying.md.")
+    sql.add_argument("query", help="one SELECT (or EXPLAIN) statement")
+    sql.add_argument("--warehouse", help="warehouse directory (default from config)")
+    travel = sql.add_mutually_exclusive_group()
+    travel.add_argument("--version", type=int, dest="table_version", help="read version N of every table named")
+    travel.add_argument("--as-of", type=_timestamp, help="read the tables as of this time (ISO 8601; UTC if no "
+                                                         "offset is given)")
+    sql.add_argument("--snapshot", type=_date, help="show only this snapshot_date of the partitioned tables")
+    sql.add_argument("--format", choices=FORMATS, default="table", dest="output_format",
+                     help="output: an aligned table (default), csv, json, or parquet (needs --out)")
+    sql.add_argument("--out", help="write the result to this file instead of standard output")
+    sql.set_defaults(handler=_sql, needs_spark=False)
 
     vac = commands.add_parser("vacuum", parents=[common], help="delete files no retained version needs",
                               description="Delete data files that no version inside the retention window "
@@ -271,6 +298,16 @@ def _history(spark: SparkSession | None, settings: Settings, args: argparse.Name
               f"{m.get('stage', ''):<20}  {m.get('snapshot_date', ''):<10}  {m.get('run_id', ''):<26}  "
               f"{m.get('config_hash', ''):<16}  "
               + " ".join(filter(None, (m.get("model_version"), m.get("extra", {}).get("clv_model")))))
+    return 0
+
+
+def _sql(spark: SparkSession | None, settings: Settings, args: argparse.Namespace) -> int:
+    result = run_query(settings.paths.warehouse, args.query, version=args.table_version, as_of=args.as_of,
+                       snapshot=args.snapshot)
+    try:
+        write_result(result, args.output_format, args.out)
+    except BrokenPipeError:  # the reader (head, less) stopped early: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python's documented way to leave quietly)
     return 0
 
 

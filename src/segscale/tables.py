@@ -117,7 +117,7 @@ class DeltaStore:
         return DeltaTable.is_deltatable(absolute_uri(uri))
 
     def version(self, uri: str) -> int:
-        return _open(absolute_uri(uri)).version()
+        return open_table(absolute_uri(uri)).version()
 
     def read(self, uri: str, version: int | None = None,
              timestamp: str | dt.datetime | None = None) -> DataFrame:
@@ -130,12 +130,12 @@ class DeltaStore:
             elif timestamp is not None:
                 reader = reader.option("timestampAsOf", str(timestamp))
             return reader.load(uri)
-        table = _open(uri, version, timestamp)
+        table = open_table(uri, version, timestamp)
         return _read_snapshot(self.spark, table, uri)
 
     def partition_values(self, uri: str, column: str) -> list[str]:
         """The values of a partition column present in the current version, from the log (no data read)."""
-        return sorted({p[column] for p in _open(absolute_uri(uri)).partitions() if p.get(column) is not None})
+        return sorted({p[column] for p in open_table(absolute_uri(uri)).partitions() if p.get(column) is not None})
 
     def history(self, uri: str, limit: int | None = None) -> list[TableVersion]:
         return [
@@ -145,7 +145,7 @@ class DeltaStore:
                 operation=entry.get("operation", ""),
                 metadata=_parse_user_metadata(entry.get("userMetadata")),
             )
-            for entry in _open(absolute_uri(uri)).history(limit)
+            for entry in open_table(absolute_uri(uri)).history(limit)
         ]
 
     # ---- writes ------------------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ class DeltaStore:
                 f"another writer changed {uri} while this write ran ({exc}); this write's files were not "
                 f"committed and the table holds the other writer's version. Re-run to retry."
             ) from exc
-        version = _open(uri).version()
+        version = open_table(uri).version()
         rows = sum(row.num_records for row in files)
         log.info("committed %s version %d: %d files, %d rows (%s)", uri, version, len(adds), rows, meta.stage)
         return WriteResult(version=version, files=len(adds), rows=rows)
@@ -266,7 +266,7 @@ class DeltaStore:
             state = f"unchanged at version {previous}" if previous is not None else "not created"
             raise WriteFailedError(f"writing {uri} failed, so the table is {state}. Cause: {describe_exception(exc)}") \
                 from exc
-        version = _open(uri).version()
+        version = open_table(uri).version()
         log.info("committed %s version %d (%s, delta-spark)", uri, version, meta.stage)
         return WriteResult(version=version, files=-1, rows=-1)
 
@@ -274,7 +274,7 @@ class DeltaStore:
     def vacuum(self, uri: str, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
         """Delete data files no version within the retention window needs, including orphans of failed writes."""
         hours = self.settings.vacuum_retention_hours if retention_hours is None else retention_hours
-        table = _open(absolute_uri(uri))
+        table = open_table(absolute_uri(uri))
         # full=True also lists files never committed (those of failed writes), not only removed ones; the
         # retention window protects files that an in-flight write has not committed yet.
         return table.vacuum(retention_hours=math.ceil(hours), dry_run=dry_run, enforce_retention_duration=False,
@@ -327,7 +327,7 @@ def _choose_backend(spark: SparkSession | None, settings: DeltaSettings) -> Back
     return "delta-spark" if spark is not None and has_delta_extension(spark) else "delta-rs"
 
 
-def _open(uri: str, version: int | None = None, timestamp: str | dt.datetime | None = None) -> DeltaTable:
+def open_table(uri: str, version: int | None = None, timestamp: str | dt.datetime | None = None) -> DeltaTable:
     try:
         table = DeltaTable(uri, version=version)
     except DeltaTableNotFound:
@@ -343,7 +343,7 @@ def _open(uri: str, version: int | None = None, timestamp: str | dt.datetime | N
 
 
 def _open_if_exists(uri: str) -> DeltaTable | None:
-    return _open(uri) if DeltaTable.is_deltatable(uri) else None
+    return open_table(uri) if DeltaTable.is_deltatable(uri) else None
 
 
 def _spark_schema(table: DeltaTable) -> T.StructType:

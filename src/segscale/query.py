@@ -1,0 +1,134 @@
+"""Read-only SQL over the published tables (`segscale sql`, docs/querying.md).
+
+DuckDB scans each Delta table the query names through delta-rs as an Arrow dataset, so projections and filters
+are pushed down: a query on one snapshot reads only that partition's files. Nothing here writes: only SELECT
+(and EXPLAIN) statements run, on an in-memory connection that cannot reach other files once the tables are in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from typing import IO
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
+from pyarrow import fs as pafs
+
+from segscale.errors import InputError
+from segscale.tables import absolute_uri, open_table
+
+READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def published_tables(root: str) -> dict[str, str]:
+    """Name → URI of every Delta table directly under the warehouse root."""
+    base = absolute_uri(root)
+    filesystem, path = pafs.FileSystem.from_uri(base)
+    try:
+        entries = filesystem.get_file_info(pafs.FileSelector(path))
+    except FileNotFoundError:
+        raise InputError(f"warehouse {root} does not exist") from None
+    tables = {e.base_name: f"{base}/{e.base_name}" for e in entries if e.type == pafs.FileType.Directory}
+    return {name: uri for name, uri in sorted(tables.items()) if DeltaTable.is_deltatable(uri)}
+
+
+def check_read_only(sql: str) -> None:
+    """InputError unless `sql` is exactly one SELECT or EXPLAIN statement."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise InputError(f"{_first_line(exc)}\nquery: {sql}") from None
+    if len(statements) != 1:
+        raise InputError(f"segscale sql runs one statement at a time, got {len(statements)}")
+    kind = statements[0].type
+    if kind not in READ_ONLY:
+        raise InputError(f"segscale sql is read-only: {kind.name} statements are refused (only SELECT and "
+                         f"EXPLAIN run); query: {sql}")
+
+
+def run_query(root: str, sql: str, *, version: int | None = None, as_of: dt.datetime | None = None,
+              snapshot: dt.date | None = None) -> pa.Table:
+    """The query's result. Every published table is visible under its own name, at `version` or as of `as_of`
+    when given; with `snapshot`, tables partitioned by snapshot_date show only that snapshot."""
+    check_read_only(sql)
+    tables = published_tables(root)
+    # The tables the query names (a name inside a string literal only costs an extra registration).
+    named = [name for name in tables if re.search(rf"\b{name}\b", sql, flags=re.IGNORECASE)]
+    con = duckdb.connect()
+    for name in named:
+        dataset = open_table(tables[name], version, as_of).to_pyarrow_dataset()
+        con.register(f"{name}__delta", dataset)
+        where = ""
+        if snapshot is not None and "snapshot_date" in dataset.schema.names:
+            where = f" WHERE snapshot_date = DATE '{snapshot.isoformat()}'"
+        con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "{name}__delta"{where}')
+    con.execute("SET enable_external_access = false")  # no file reads or writes beyond the tables above
+    con.execute("SET lock_configuration = true")
+    try:
+        return con.sql(sql).to_arrow_table()
+    except duckdb.Error as exc:
+        known = f" (published tables: {', '.join(tables) or 'none'})" if isinstance(exc, duckdb.CatalogException) \
+            else ""
+        raise InputError(f"{_first_line(exc)}{known}\nquery: {sql}") from None
+    finally:
+        con.close()
+
+
+def write_result(result: pa.Table, fmt: str, out: str | None = None, stream: IO[str] | None = None) -> None:
+    """The result as an aligned text table, CSV, JSON (an array of objects) or Parquet (needs `out`)."""
+    if fmt == "parquet":
+        if not out:
+            raise InputError("--format parquet needs --out FILE")
+        pq.write_table(result, out)
+        return
+    if out:
+        with open(out, "w", encoding="utf-8", newline="") as handle:
+            write_result(result, fmt, None, handle)
+        return
+    stream = stream or sys.stdout
+    if fmt == "csv":
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(result, sink)
+        stream.write(sink.getvalue().to_pybytes().decode("utf-8"))
+    elif fmt == "json":
+        json.dump(result.to_pylist(), stream, default=str, ensure_ascii=False, indent=1)
+        stream.write("\n")
+    else:
+        stream.write(aligned(result) + "\n")
+
+
+def aligned(result: pa.Table) -> str:
+    """Columns padded to their widest value; numbers right-aligned, nulls shown as NULL."""
+    rows = result.to_pylist()
+    numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)
+               for f in result.schema]
+
+    def text(value: object) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, float):
+            return f"{value:.6g}"
+        return str(value)
+
+    cells = [[text(row[name]) for name in result.column_names] for row in rows]
+    widths = [max([len(name), *(len(r[i]) for r in cells)]) for i, name in enumerate(result.column_names)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
+
+    lines = [line(result.column_names), "  ".join("-" * w for w in widths)]
+    lines += [line(r) for r in cells]
+    lines.append(f"({len(rows):,} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(lines)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
