@@ -80,8 +80,9 @@ def ranked(candidates_df: DataFrame, budget: float) -> Iterator[DataFrame]:
     ranged_df = (candidates_df.repartitionByRange(*order).withColumn("_part", F.spark_partition_id())
                  .persist(StorageLevel.MEMORY_AND_DISK))
     try:
-        totals = ranged_df.groupBy("_part").agg(F.count(F.lit(1)).alias("n"), F.sum("cost").alias("cost")).collect()
-        offsets, rows_before, cost_before = [], 0, 0.0  # small: one row per partition
+        per_part_df = ranged_df.groupBy("_part").agg(F.count(F.lit(1)).alias("n"), F.sum("cost").alias("cost"))
+        totals = per_part_df.collect()  # small: one row per partition
+        offsets, rows_before, cost_before = [], 0, 0.0
         for total in sorted(totals, key=lambda t: t["_part"]):
             offsets.append((total["_part"], rows_before, cost_before))
             rows_before += total["n"]
