@@ -33,12 +33,13 @@ demo: check-java $(STAMP)
 	$(VENV)/bin/segscale run --input $(DEMO_DATA) --warehouse $(DEMO_WAREHOUSE) --snapshot-date $(DEMO_PREVIOUS)
 	$(VENV)/bin/segscale run --input $(DEMO_DATA) --warehouse $(DEMO_WAREHOUSE) --snapshot-date $(DEMO_SNAPSHOT)
 	$(VENV)/bin/segscale history customer_scores --warehouse $(DEMO_WAREHOUSE)
+	$(VENV)/bin/segscale report --warehouse $(DEMO_WAREHOUSE) --snapshot $(DEMO_SNAPSHOT) --out report.html
 
 test: check-java $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src jobs tests benchmarks
+	$(VENV)/bin/ruff check src jobs tests benchmarks notebooks
 
 # Not part of `make test`: over an hour on 2 cores. Results: benchmarks/results/, docs/benchmarks.md.
 bench: check-java $(STAMP)
@@ -51,5 +52,5 @@ wheel: $(STAMP)
 	$(PY) -m pip wheel --no-deps --wheel-dir dist .
 
 clean:
-	rm -rf $(VENV) build dist data warehouse spark-warehouse mlruns mlflow.db .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist data warehouse spark-warehouse mlruns mlartifacts mlflow.db report.html .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -9,9 +9,18 @@ from collections.abc import Iterator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from segscale.config import GenerateSettings
+from segscale.config import GenerateSettings, Settings
 from segscale.generate import generate_frames
 from segscale.ingest import CONTRACT
+
+# The snapshots of the warehouse the pipeline publishes once per test session (conftest.two_snapshots).
+D1, D2 = dt.date(2024, 6, 30), dt.date(2024, 9, 30)
+
+
+def settings_for(inputs: object, warehouse: object, **sections: object) -> Settings:
+    """Settings for a pipeline run on the embedded backend, with `sections` overriding the defaults."""
+    return Settings.model_validate({"paths": {"input": str(inputs), "warehouse": str(warehouse)},
+                                    "delta": {"backend": "delta-rs"}, **sections})
 
 
 def ts(text: str) -> dt.datetime:

@@ -21,7 +21,14 @@ from segscale.churn import (
     training_set,
     with_churn_scores,
 )
-from segscale.churn_model import build_estimator, classification_metrics, evaluate, fit_model, predict_churn
+from segscale.churn_model import (
+    build_estimator,
+    classification_metrics,
+    evaluate,
+    fit_model,
+    lift_table,
+    predict_churn,
+)
 from segscale.config import ChurnSettings, RiskBands, Settings
 from segscale.errors import InputError
 from segscale.features import FEATURE_TYPES
@@ -223,3 +230,14 @@ def test_a_model_input_missing_from_the_features_is_named(spark):
     features = spark.createDataFrame([("a", 29)], "customer_id string, recency_days int")
     with pytest.raises(InputError, match=r"the features lack \['frequency'\], which model segscale_churn version 4"):
         features.transform(with_churn_scores, RiskBands(), SCORING, fake_predict)
+
+
+def test_the_lift_table_ranks_deciles_by_predicted_risk():
+    y = np.array([1] * 10 + [0] * 90)
+    perfect = lift_table(y, np.linspace(1, 0, 100))  # the ten churners have the ten highest scores
+    assert [row["decile"] for row in perfect] == list(range(1, 11))
+    assert perfect[0]["churn_rate"] == 1.0 and perfect[0]["lift"] == pytest.approx(10.0)
+    assert perfect[0]["cumulative_capture"] == 1.0 and perfect[-1]["cumulative_share"] == pytest.approx(1.0)
+    reversed_ = lift_table(y, np.linspace(0, 1, 100))  # the churners score lowest
+    assert reversed_[0]["lift"] == 0.0 and reversed_[-1]["lift"] == pytest.approx(10.0)
+    assert [row["cumulative_capture"] for row in reversed_][-2:] == [0.0, 1.0]

@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from deltalake import DeltaTable
+from frames import D1, D2, settings_for
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -19,30 +20,6 @@ from segscale.errors import InputError
 from segscale.pipeline import Run, generate_inputs, run_pipeline
 from segscale.query import run_query
 from segscale.tables import Warehouse
-
-D1, D2 = dt.date(2024, 6, 30), dt.date(2024, 9, 30)
-
-
-@pytest.fixture(scope="module")
-def generated(spark, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gen")
-    settings = Settings.model_validate({"generate": {"customers": 2500, "seed": 11, "dirty_rate": 0.01}})
-    generate_inputs(spark, settings, str(out))
-    return out
-
-
-def settings_for(inputs, warehouse, **sections) -> Settings:
-    return Settings.model_validate({"paths": {"input": str(inputs), "warehouse": str(warehouse)},
-                                    "delta": {"backend": "delta-rs"}, **sections})
-
-
-@pytest.fixture(scope="module")
-def two_snapshots(spark, generated, tmp_path_factory):
-    warehouse = tmp_path_factory.mktemp("pipeline") / "wh"  # its MLflow store sits beside it
-    settings = settings_for(generated, warehouse, retention={"budget": 2000.0})  # a budget that binds
-    first = run_pipeline(spark, settings, D1)
-    second = run_pipeline(spark, settings, D2)
-    return settings, Warehouse(spark, str(warehouse), settings.delta), first, second
 
 
 def snapshot(warehouse: Warehouse, name: str, day: dt.date):

@@ -122,6 +122,25 @@ def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS
             for b, row in grouped.iterrows()]
 
 
+def lift_table(y: np.ndarray, p: np.ndarray, groups: int = 10) -> list[dict[str, float]]:
+    """Holdout rows in deciles of predicted risk, highest first: churn rate, lift over the base rate and the
+    cumulative share of churners captured (the lift chart and cumulative gains curve)."""
+    y = np.asarray(y, dtype=float)
+    order = np.argsort(-np.asarray(p, dtype=float), kind="stable")
+    base_rate, churners = y.mean(), max(y.sum(), 1.0)
+    rows, captured = [], 0.0
+    for decile, members in enumerate(np.array_split(order, groups), start=1):
+        if not len(members):
+            continue
+        captured += y[members].sum()
+        rate = float(y[members].mean())
+        rows.append({"decile": decile, "rows": int(len(members)), "churn_rate": rate,
+                     "lift": rate / base_rate if base_rate > 0 else float("nan"),
+                     "cumulative_share": float(sum(r["rows"] for r in rows) + len(members)) / len(y),
+                     "cumulative_capture": float(captured / churners)})
+    return rows
+
+
 def evaluate(model: ClassifierMixin, train: pd.DataFrame, holdout: pd.DataFrame, lifecycle: LifecycleSettings
              ) -> dict[str, Any]:
     """The model's holdout metrics and calibration table, the same metrics for both baselines, and whether the
@@ -129,6 +148,7 @@ def evaluate(model: ClassifierMixin, train: pd.DataFrame, holdout: pd.DataFrame,
     y = holdout[LABEL].astype(int).to_numpy()
     p = predict_churn(model, holdout)
     result: dict[str, Any] = {"model": classification_metrics(y, p), "calibration": calibration_table(y, p),
+                              "lift": lift_table(y, p),
                               "holdout_rows": int(len(holdout)), "train_rows": int(len(train))}
     baselines = baseline_scores(train, holdout, lifecycle)
     result["baselines"] = {name: classification_metrics(y, scores) for name, scores in baselines.items()}

@@ -21,6 +21,7 @@ from segscale.config import Settings, load_settings
 from segscale.errors import InputError, SegscaleError, describe_exception
 from segscale.pipeline import Run, generate_inputs, run_pipeline, score_snapshot, train_models
 from segscale.query import FORMATS, run_query, write_result
+from segscale.report import write_report
 from segscale.session import get_spark
 from segscale.tables import Warehouse
 
@@ -150,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output: an aligned table (default), csv, json, or parquet (needs --out)")
     sql.add_argument("--out", help="write the result to this file instead of standard output")
     sql.set_defaults(handler=_sql, needs_spark=False)
+
+    rep = commands.add_parser(
+        "report", parents=[common], help="write a self-contained HTML report about a snapshot",
+        description="One HTML file with charts (images embedded, opens offline) about a published snapshot: "
+                    "headline numbers, value tiers, RFM, lifecycle, churn, CLV, migration, the retention plan, "
+                    "data quality and lineage. Built from small DuckDB aggregates; see docs/report.md.")
+    rep.add_argument("--warehouse", help="warehouse directory (default from config)")
+    rep.add_argument("--snapshot", type=_date, help="snapshot date (default: the latest published)")
+    rep.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
+    rep.set_defaults(handler=_report, needs_spark=False)
 
     vac = commands.add_parser("vacuum", parents=[common], help="delete files no retained version needs",
                               description="Delete data files that no version inside the retention window "
@@ -308,6 +319,12 @@ def _sql(spark: SparkSession | None, settings: Settings, args: argparse.Namespac
         write_result(result, args.output_format, args.out)
     except BrokenPipeError:  # the reader (head, less) stopped early: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python's documented way to leave quietly)
+    return 0
+
+
+def _report(spark: SparkSession | None, settings: Settings, args: argparse.Namespace) -> int:
+    written = write_report(settings.paths.warehouse, args.out, args.snapshot)
+    print(f"wrote {written['out']} ({written['bytes'] / 1e6:.1f} MB)")
     return 0
 
 

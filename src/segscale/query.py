@@ -39,6 +39,13 @@ def published_tables(root: str) -> dict[str, str]:
     return {name: uri for name, uri in sorted(tables.items()) if DeltaTable.is_deltatable(uri)}
 
 
+def published_snapshots(root: str, table: str = "customer_scores") -> list[dt.date]:
+    """The snapshot dates of `table`, oldest first; InputError when the table is not published."""
+    if table not in published_tables(root):
+        raise InputError(f"warehouse {root} has no {table} table: run segscale run first")
+    return run_query(root, f"SELECT DISTINCT snapshot_date FROM {table} ORDER BY 1").column(0).to_pylist()
+
+
 def check_read_only(sql: str) -> None:
     """InputError unless `sql` is exactly one SELECT or EXPLAIN statement."""
     try:

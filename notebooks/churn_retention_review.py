@@ -1,0 +1,145 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Churn and retention review
+#
+# Is the churn model that scored the latest snapshot any good, did its earlier predictions come true, and is the
+# retention budget spent where it saves the most value?
+#
+# Reads the published Delta tables with `segscale.query.run_query` (DuckDB over delta-rs) and the model registry
+# from the MLflow store that segscale uses (`MLFLOW_TRACKING_URI`, or `mlflow.db` beside the warehouse); it writes
+# nothing. Set `SEGSCALE_WAREHOUSE` to your warehouse directory (default: the `make demo` warehouse).
+
+# %%
+import os
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from mlflow import MlflowClient
+
+from segscale.query import published_snapshots, run_query
+from segscale.segments import VALUE_TIERS
+from segscale.tracking import tracking_uri
+
+WAREHOUSE = os.environ.get("SEGSCALE_WAREHOUSE", "../warehouse")
+
+
+def sql(query: str, **options) -> pd.DataFrame:
+    """A read-only query over the published tables, as a pandas frame (keep results small)."""
+    return run_query(WAREHOUSE, query, **options).to_pandas()
+
+
+snapshots = published_snapshots(WAREHOUSE)
+SNAPSHOT = snapshots[-1]
+PREVIOUS = snapshots[-2] if len(snapshots) > 1 else None
+print(f"reviewing {SNAPSHOT}; previous snapshot {PREVIOUS}")
+
+# %% [markdown]
+# ## The model that scored the snapshot
+# `customer_scores` names the registered version; its MLflow run holds the holdout metrics and the baselines.
+
+# %%
+scored_by = sql("""SELECT model_name, model_version, count(*) AS customers FROM customer_scores
+                   WHERE churn_probability IS NOT NULL GROUP BY ALL""", snapshot=SNAPSHOT)
+assert not scored_by.empty, "this snapshot has no churn scores (churn.enabled: false?)"
+name, version = scored_by["model_name"].iloc[0], int(scored_by["model_version"].iloc[0])
+client = MlflowClient(tracking_uri(WAREHOUSE))
+model_version = client.get_model_version(name, str(version))
+metrics = client.get_run(model_version.run_id).data.metrics
+aliases = client.get_registered_model(name).aliases  # e.g. champion → the version scoring now
+print(f"models:/{name}/{version}; aliases now: {aliases}")
+pd.Series({key: metrics[key] for key in sorted(metrics) if key.endswith("roc_auc")}, name="holdout ROC-AUC")
+
+# %% [markdown]
+# ## Churn risk by tier and lifecycle stage
+
+# %%
+risk = sql("""
+    SELECT value_tier, lifecycle_stage, count(*) AS customers, avg(churn_probability) AS mean_churn_probability,
+           sum(churn_probability * clv) AS value_at_risk
+    FROM customer_scores WHERE churn_probability IS NOT NULL GROUP BY ALL ORDER BY value_at_risk DESC""",
+           snapshot=SNAPSHOT)
+risk.round(3)
+
+# %%
+bands = sql("""SELECT value_tier, churn_risk_band, count(*) AS customers FROM customer_scores
+               WHERE churn_risk_band IS NOT NULL GROUP BY ALL""", snapshot=SNAPSHOT)
+bands = bands.pivot(index="value_tier", columns="churn_risk_band", values="customers").fillna(0)
+bands = bands.reindex(index=[t for t in VALUE_TIERS if t in bands.index],
+                      columns=[b for b in ("low", "medium", "high", "critical") if b in bands.columns])
+bands.div(bands.sum(axis=1), axis=0).plot.barh(stacked=True, figsize=(7, 2.5), title="Risk bands per tier")
+plt.gca().invert_yaxis()
+plt.show()
+
+# %% [markdown]
+# ## Did the previous snapshot's predictions come true?
+# A customer scored at the previous snapshot counts as churned when they made no purchase between the two
+# snapshots (recency at the later snapshot at least the gap). The gap is the snapshots' distance, not exactly the
+# model's `churn.horizon_days`, so read this as a check of ranking and rough calibration.
+
+# %%
+if PREVIOUS is None:
+    print("Only one snapshot is published: nothing to check yet.")
+else:
+    gap = (SNAPSHOT - PREVIOUS).days
+    realised = sql(f"""
+        WITH joined AS (
+            SELECT before.churn_probability AS predicted,
+                   (now.recency_days IS NULL OR now.recency_days >= {gap})::INT AS churned
+            FROM customer_scores before JOIN customer_scores now USING (customer_id)
+            WHERE before.snapshot_date = DATE '{PREVIOUS}' AND now.snapshot_date = DATE '{SNAPSHOT}'
+              AND before.churn_probability IS NOT NULL)
+        SELECT decile, count(*) AS customers, avg(predicted) AS mean_predicted, avg(churned) AS observed
+        FROM (SELECT *, ntile(10) OVER (ORDER BY predicted DESC) AS decile FROM joined)
+        GROUP BY ALL ORDER BY decile""")
+    print(f"gap between snapshots: {gap} days")
+    ax = realised.plot(x="mean_predicted", y="observed", marker="o", figsize=(4, 4), legend=False,
+                       title="Predicted vs observed, by decile")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
+    plt.show()
+    display(realised.round(3))
+
+# %% [markdown]
+# ## The retention plan
+# Spend and expected saved value per tier, as published in `retention_summary`.
+
+# %%
+summary = sql("SELECT * FROM retention_summary", snapshot=SNAPSHOT)
+assert not summary.empty, "no retention plan for this snapshot"
+summary[["value_tier", "treatment", "scored_customers", "candidates", "customers_targeted", "spend",
+         "share_of_budget", "expected_saved_value", "roi"]].round(2)
+
+# %% [markdown]
+# ### What a different budget would buy
+# The plan ranks every candidate, so the saved value at any budget is a prefix of the same ranking.
+
+# %%
+budget = float(summary["budget"].iloc[0])
+budgets = sorted({budget * f for f in (0.25, 0.5, 1, 2, 4)})
+curve = pd.concat([sql(f"""
+    SELECT {b} AS budget, count(*) AS customers, coalesce(sum(cost), 0) AS spend,
+           coalesce(sum(expected_saved_value), 0) AS expected_saved_value
+    FROM retention_plan WHERE cumulative_cost <= {b}""", snapshot=SNAPSHOT) for b in budgets])
+curve.plot(x="budget", y="expected_saved_value", marker="o", figsize=(5, 3), legend=False,
+           title="Expected saved value by budget")
+plt.show()
+curve.round(0)
+
+# %% [markdown]
+# ### The top targets
+
+# %%
+sql("""SELECT priority_rank, customer_id, value_tier, lifecycle_stage, treatment, cost, churn_probability, clv,
+              expected_saved_value FROM retention_plan WHERE selected ORDER BY priority_rank LIMIT 15""",
+    snapshot=SNAPSHOT).round(3)

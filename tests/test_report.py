@@ -1,0 +1,150 @@
+"""`segscale report`: the HTML page is rendered in headless Chromium (Debian's chromium package) and checked for
+its charts, console errors and requests beyond the file itself."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from frames import D1, D2
+
+from segscale.cli import main
+from segscale.query import run_query
+
+ALL_CHARTS = {"tier-pyramid", "rfm-heatmap", "rfm-segments", "lifecycle-funnel", "churn-distribution",
+              "churn-risk-by-tier", "churn-calibration", "churn-lift", "clv-distribution", "clv-by-tier",
+              "migration-matrix", "retention-plan", "quarantine-reasons"}
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"]
+
+
+@dataclass
+class Rendered:
+    charts: dict[str, int]  # data-chart name → the image's natural width in the browser (0: not decoded)
+    missing: list[str]  # data-missing of the notes saying an input is not there
+    console_errors: list[str]
+    requests: list[str]  # every URL the page asked for besides itself and its data: images
+    text: str
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        message = "Debian's chromium is not installed (apt-get install chromium); the report is not rendered"
+        if os.environ.get("SEGSCALE_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+def render(browser, page_file: Path, screenshot: Path | None = None) -> Rendered:
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    errors: list[str] = []
+    requests: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    url = page_file.resolve().as_uri()
+    page.on("request", lambda r: requests.append(r.url) if r.url != url and not r.url.startswith("data:") else None)
+    page.goto(url, wait_until="load")
+    charts = page.evaluate("""Object.fromEntries([...document.querySelectorAll('figure[data-chart]')].map(
+        f => [f.dataset.chart, f.querySelector('img') ? f.querySelector('img').naturalWidth : 0]))""")
+    missing = page.evaluate("[...document.querySelectorAll('[data-missing]')].map(e => e.dataset.missing)")
+    text = page.inner_text("body")
+    if screenshot is not None:
+        page.screenshot(path=str(screenshot), full_page=True)
+    page.close()
+    return Rendered(charts, missing, errors, requests, text)
+
+
+def problems(rendered: Rendered, expected_charts: set[str]) -> list[str]:
+    """What is wrong with a rendered report: a chart absent or not decoded, a console error, a network request."""
+    found = [f"chart {name} is missing" for name in sorted(expected_charts - set(rendered.charts))]
+    found += [f"chart {name} did not render" for name, width in rendered.charts.items() if width == 0]
+    found += [f"console error: {message}" for message in rendered.console_errors]
+    found += [f"request outside the file: {url}" for url in rendered.requests]
+    return found
+
+
+def report(warehouse: str, out: Path, *extra: str) -> int:
+    return main(["report", "--warehouse", warehouse, "--out", str(out), *extra])
+
+
+def test_the_report_renders_every_chart_offline(two_snapshots, browser, tmp_path, capsys):
+    settings, _, _, _ = two_snapshots
+    out = tmp_path / "report.html"
+    assert report(settings.paths.warehouse, out, "--snapshot", D2.isoformat()) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    rendered = render(browser, out, tmp_path / "report.png")
+    assert problems(rendered, ALL_CHARTS) == []
+    assert set(rendered.charts) == ALL_CHARTS and rendered.missing == []
+    assert (tmp_path / "report.png").stat().st_size > 100_000  # a full page, not a blank one
+    # The figures are the warehouse's: headline customers, the tiers with their labels, the models, the budget.
+    customers = run_query(settings.paths.warehouse, "SELECT count(*) AS n FROM customer_scores",
+                          snapshot=D2).column("n")[0].as_py()
+    assert f"{customers:,}\ncustomers" in rendered.text
+    for tier, label in (("high_value", "高价值"), ("potential", "潜力"), ("regular", "普通")):
+        assert f"{tier} {label}" in rendered.text
+    assert "models:/segscale_churn/1" in rendered.text and "models:/segscale_clv/1" in rendered.text
+    assert "Budget 2,000" in rendered.text and f"value tier on {D1}" not in rendered.text  # the chart is an image
+    assert rendered.text.count(D2.isoformat()) >= 2
+
+
+def test_the_default_snapshot_is_the_latest(two_snapshots, tmp_path):
+    settings, _, _, _ = two_snapshots
+    assert report(settings.paths.warehouse, tmp_path / "r.html") == 0
+    assert f"Customer base on {D2}" in (tmp_path / "r.html").read_text()
+
+
+def test_sections_without_their_input_say_so(two_snapshots, browser, tmp_path):
+    settings, _, _, _ = two_snapshots
+    # The first snapshot has no previous one; a copy of the warehouse without the plan tables and without the
+    # MLflow store beside it has no retention plan and no holdout evaluation to show.
+    copy = tmp_path / "copy" / "wh"
+    shutil.copytree(settings.paths.warehouse, copy)
+    for name in ("retention_plan", "retention_summary"):
+        shutil.rmtree(copy / name)
+    out = tmp_path / "first.html"
+    assert report(str(copy), out, "--snapshot", D1.isoformat()) == 0
+    rendered = render(browser, out)
+    assert sorted(rendered.missing) == ["churn-holdout", "migration", "retention"]
+    assert problems(rendered, ALL_CHARTS - {"migration-matrix", "retention-plan", "churn-calibration",
+                                            "churn-lift"}) == []
+    assert f"no previous snapshot before {D1}" in rendered.text
+    assert "table retention_summary is not published" in rendered.text
+    assert "no MLflow store at" in rendered.text
+    assert not (tmp_path / "copy" / "mlflow.db").exists()  # the report created nothing
+
+
+def test_the_browser_check_catches_a_broken_chart_and_a_console_error(two_snapshots, browser, tmp_path):
+    settings, _, _, _ = two_snapshots
+    out = tmp_path / "report.html"
+    assert report(settings.paths.warehouse, out, "--snapshot", D2.isoformat()) == 0
+    page = out.read_text()
+    broken = base64.b64encode(b"not a png").decode()
+    page = re.sub(r'(data-chart="clv-by-tier"><img [^>]*src="data:image/png;base64,)[^"]+', rf"\g<1>{broken}", page)
+    page = page.replace("</body>", "<script>console.error('boom')</script></body>")
+    out.write_text(page)
+    found = problems(render(browser, out), ALL_CHARTS)
+    assert "chart clv-by-tier did not render" in found and "console error: boom" in found
+
+
+def test_an_unpublished_snapshot_is_refused_and_nothing_is_written(two_snapshots, tmp_path, capsys):
+    settings, _, _, _ = two_snapshots
+    out = tmp_path / "report.html"
+    assert report(settings.paths.warehouse, out, "--snapshot", "2023-01-31") == 2
+    err = capsys.readouterr().err
+    assert "snapshot 2023-01-31 is not published" in err and f"{D1}, {D2}" in err
+    assert list(tmp_path.iterdir()) == []
+    assert report(str(tmp_path / "nowhere"), out) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()
