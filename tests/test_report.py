@@ -37,7 +37,7 @@ def browser():
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
         message = "Debian's chromium is not installed (apt-get install chromium); the report is not rendered"
-        if os.environ.get("SEGSCALE_REQUIRE_BROWSER"):
+        if os.environ.get("REQUIRE_CHROMIUM"):
             pytest.fail(message)
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
