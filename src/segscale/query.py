@@ -67,17 +67,8 @@ def run_query(root: str, sql: str, *, version: int | None = None, as_of: dt.date
     check_read_only(sql)
     tables = published_tables(root)
     # The tables the query names (a name inside a string literal only costs an extra registration).
-    named = [name for name in tables if re.search(rf"\b{name}\b", sql, flags=re.IGNORECASE)]
-    con = duckdb.connect()
-    for name in named:
-        dataset = open_table(tables[name], version, as_of).to_pyarrow_dataset()
-        con.register(f"{name}__delta", dataset)
-        where = ""
-        if snapshot is not None and "snapshot_date" in dataset.schema.names:
-            where = f" WHERE snapshot_date = DATE '{snapshot.isoformat()}'"
-        con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "{name}__delta"{where}')
-    con.execute("SET enable_external_access = false")  # no file reads or writes beyond the tables above
-    con.execute("SET lock_configuration = true")
+    named = {name: uri for name, uri in tables.items() if re.search(rf"\b{name}\b", sql, flags=re.IGNORECASE)}
+    con = connect(named, version=version, as_of=as_of, snapshot=snapshot)
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as exc:
@@ -86,6 +77,24 @@ def run_query(root: str, sql: str, *, version: int | None = None, as_of: dt.date
         raise InputError(f"{_first_line(exc)}{known}\nquery: {sql}") from None
     finally:
         con.close()
+
+
+def connect(tables: dict[str, str], *, version: int | None = None, as_of: dt.datetime | None = None,
+            snapshot: dt.date | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with each of `tables` (name → URI) as a view over its Delta files, at
+    `version` / `as_of`, and only `snapshot` of the partitioned ones when given. It cannot read or write any
+    other file. The caller closes it."""
+    con = duckdb.connect()
+    for name, uri in tables.items():
+        dataset = open_table(uri, version, as_of).to_pyarrow_dataset()
+        con.register(f"{name}__delta", dataset)
+        where = ""
+        if snapshot is not None and "snapshot_date" in dataset.schema.names:
+            where = f" WHERE snapshot_date = DATE '{snapshot.isoformat()}'"
+        con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "{name}__delta"{where}')
+    con.execute("SET enable_external_access = false")  # no file reads or writes beyond the tables above
+    con.execute("SET lock_configuration = true")
+    return con
 
 
 def write_result(result: pa.Table, fmt: str, out: str | None = None, stream: IO[str] | None = None) -> None:

@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 
 from segscale import __version__
+from segscale.config import DeltaSettings
 from segscale.errors import InputError
-from segscale.query import published_snapshots, published_tables, run_query
+from segscale.query import connect, published_snapshots, published_tables
 from segscale.segments import LIFECYCLE_STAGES, TIER_LABELS, VALUE_TIERS
-from segscale.tables import absolute_uri, open_table
+from segscale.tables import DeltaStore, absolute_uri
 
 TIER_COLOURS = {"high_value": "#c8871a", "potential": "#3f7fbf", "regular": "#9a9a9a"}
 STAGE_COLOURS = {"prospect": "#c9d6e3", "new": "#8fb3d9", "repeat": "#4f86c6", "loyal": "#1f4e8c",
@@ -54,13 +56,14 @@ class Context:
     root: str
     snapshot: dt.date
     tables: dict[str, str]
+    con: duckdb.DuckDBPyConnection  # every published table, registered once, showing only the snapshot
 
     def query(self, sql: str, *needs: str) -> pd.DataFrame:
         """The (small) result of `sql` over the snapshot's rows; Missing when a table it needs is not published."""
         absent = [name for name in needs if name not in self.tables]
         if absent:
             raise Missing(f"table {', '.join(absent)} is not published in this warehouse")
-        return run_query(self.root, sql, snapshot=self.snapshot).to_pandas()  # small: aggregates only
+        return self.con.sql(sql).to_arrow_table().to_pandas()  # small: aggregates only
 
 
 def build_report(root: str, snapshot: dt.date | None = None) -> str:
@@ -73,8 +76,12 @@ def build_report(root: str, snapshot: dt.date | None = None) -> str:
     elif snapshot not in known:
         raise InputError(f"snapshot {snapshot} is not published in {root}; customer_scores has "
                          f"{', '.join(str(d) for d in known)}")
-    ctx = Context(root, snapshot, published_tables(root))
-    sections = [_section(key, title, build, ctx) for key, title, build in SECTIONS]
+    tables = published_tables(root)
+    ctx = Context(root, snapshot, tables, connect(tables, snapshot=snapshot))
+    try:
+        sections = [_section(key, title, build, ctx) for key, title, build in SECTIONS]
+    finally:
+        ctx.con.close()
     return _page(ctx, sections)
 
 
@@ -103,7 +110,7 @@ def _section(key: str, title: str, build: Callable[[Context, Section], None], ct
 def _headline(ctx: Context, s: Section) -> None:
     row = ctx.query("""
         SELECT count(*) AS customers,
-               count(*) FILTER (WHERE frequency > 0) AS buyers,
+               count(*) FILTER (WHERE recency_days IS NOT NULL) AS buyers,
                sum(monetary) AS revenue,
                sum(monetary) FILTER (WHERE value_tier = 'high_value') AS high_value_revenue,
                count(*) FILTER (WHERE lifecycle_stage IN ('new', 'repeat', 'loyal')) AS active,
@@ -407,45 +414,37 @@ def _quality(ctx: Context, s: Section) -> None:
 
 def _lineage(ctx: Context, s: Section) -> None:
     day = ctx.snapshot.isoformat()
+    store = DeltaStore(None, DeltaSettings())
     rows, segment_meta, scores_meta = [], {}, {}
     for name, uri in ctx.tables.items():
-        commits = [(entry, _meta(entry)) for entry in open_table(uri).history()]
-        commits = [(entry, meta) for entry, meta in commits if meta.get("snapshot_date") == day]
+        commits = [c for c in store.history(uri) if c.metadata.get("snapshot_date") == day]  # newest first
         if not commits:
             continue
-        commit, meta = commits[0]  # the newest
+        newest = commits[0]
         if name == "customer_scores":
-            scores_meta = meta
+            scores_meta = newest.metadata
             # `segscale score` re-writes the partition without the segment stage's details: find those.
-            segment_meta = next((m for _, m in commits if m.get("stage") == "segment"), {})
-        when = dt.datetime.fromtimestamp(commit["timestamp"] / 1000, tz=dt.UTC)
-        rows.append([name, str(commit["version"]), f"{when:%Y-%m-%d %H:%M:%S} UTC", meta.get("stage", ""),
-                     meta.get("run_id", ""), meta.get("config_hash", "")])
+            segment_meta = next((c.metadata for c in commits if c.metadata.get("stage") == "segment"), {})
+        rows.append([name, str(newest.version), f"{newest.timestamp:%Y-%m-%d %H:%M:%S} UTC",
+                     newest.metadata.get("stage", ""), newest.metadata.get("run_id", ""),
+                     newest.metadata.get("config_hash", "")])
     s.body.append("<p>The latest commit of each table for this snapshot (read them again with "
                   "<code>segscale sql --version N</code>):</p>")
     s.body.append(_table(["table", "version", "committed", "stage", "run id", "config hash"], rows))
     models = ctx.query("""
         SELECT any_value(model_name) AS churn_name, max(model_version) AS churn_version,
                max(clv_model_version) AS clv_version FROM customer_scores""", "customer_scores").iloc[0]
-    thresholds = segment_meta.get("extra", {}).get("tier_thresholds")
+    extra = segment_meta.get("extra", {})
     s.body.append(_table(["lineage", "value"], [
         ["churn model", "none" if _absent(models.churn_version)
          else f"models:/{models.churn_name}/{int(models.churn_version)}"],
         ["CLV model", "none" if _absent(models.clv_version)
-         else segment_meta.get("extra", {}).get("clv_model") or f"version {int(models.clv_version)}"],
-        ["tier thresholds", json.dumps(thresholds) if thresholds else "—"],
+         else extra.get("clv_model") or f"version {int(models.clv_version)}"],
+        ["tier thresholds", json.dumps(extra["tier_thresholds"]) if extra.get("tier_thresholds") else "—"],
         ["run id (customer_scores)", scores_meta.get("run_id", "—")],
         ["config hash", scores_meta.get("config_hash", "—")],
         ["segscale version", scores_meta.get("package_version", "—")],
     ]))
-
-
-def _meta(entry: dict[str, Any]) -> dict[str, Any]:
-    raw = entry.get("userMetadata")
-    try:
-        return json.loads(raw) if isinstance(raw, str) else dict(raw or {})
-    except ValueError:
-        return {}
 
 
 SECTIONS: Sequence[tuple[str, str, Callable[[Context, Section], None]]] = (
