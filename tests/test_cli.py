@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -233,3 +234,114 @@ def test_generated_csv_holds_unparseable_timestamps_that_ingest_reads_as_null(sp
     inputs = read_inputs(DeltaStore(spark, DeltaSettings(backend="delta-rs")), str(out))
     assert inputs.transactions.where(F.col("ts").isNull()).count() > 0
     assert inputs.transactions.where(F.col("ts").isNotNull()).count() > 25_000
+
+
+def partitions(warehouse: Path, table: str) -> list[str]:
+    return sorted(p["snapshot_date"] for p in DeltaTable(str(warehouse / table)).partitions())
+
+
+def test_backfill_runs_snapshots_in_order_and_skips_what_is_already_published(spark, tmp_path, capsys,
+                                                                               monkeypatch):
+    inputs, warehouse = write_inputs(spark, tmp_path / "in", "parquet"), tmp_path / "wh"
+    days = ["2024-06-16", "2024-06-23", "2024-06-30"]
+
+    def backfill(first: str, last: str, *extra: str) -> dict:
+        assert main(["backfill", "--input", str(inputs), "--warehouse", str(warehouse), "--from", first, "--to",
+                     last, "--every", "7d", "--summary-json", str(tmp_path / "b.json"), *extra], spark=spark) == 0
+        return {s["snapshot_date"]: s["status"] for s in json.loads((tmp_path / "b.json").read_text())["snapshots"]}
+
+    assert backfill(days[0], days[-1]) == dict.fromkeys(days, "published")
+    assert partitions(warehouse, "customer_scores") == days
+    migration = DeltaTable(str(warehouse / "segment_migration")).to_pyarrow_table().to_pylist()
+    assert {(str(r["previous_snapshot_date"]), str(r["snapshot_date"])) for r in migration} == {
+        (days[0], days[1]), (days[1], days[2])}  # in order: each snapshot compared with the one before
+    runs = sorted(DeltaTable(str(warehouse / "runs")).to_pyarrow_table().to_pylist(), key=lambda r: r["started_at"])
+    assert [str(r["snapshot_date"]) for r in runs] == days and {r["command"] for r in runs} == {"run"}
+
+    assert backfill(days[0], days[-1]) == dict.fromkeys(days, "skipped")
+    assert "already published with config" in capsys.readouterr().out
+    # A later stage command on one snapshot, a config change or --force make it run again.
+    assert main(["segment", "--warehouse", str(warehouse), "--snapshot-date", days[1]], spark=spark) == 0
+    assert backfill(days[0], days[-1]) == {days[0]: "skipped", days[1]: "published", days[2]: "skipped"}
+    monkeypatch.setenv("SEGSCALE_RFM__BINS", "4")
+    assert backfill(days[2], days[2]) == {days[2]: "published"}
+    assert backfill(days[2], days[2]) == {days[2]: "skipped"}
+    assert backfill(days[2], days[2], "--force") == {days[2]: "published"}
+    assert DeltaTable(str(warehouse / "customer_scores")).to_pyarrow_table().num_rows == 9  # 3 per snapshot
+
+
+def test_backfill_stops_at_the_first_failure_with_its_exit_code(spark, tmp_path, capsys, monkeypatch):
+    from segscale import pipeline
+    from segscale.errors import InputError
+
+    inputs = write_inputs(spark, tmp_path / "in", "parquet")
+    real = pipeline.run_pipeline
+
+    def failing_on_the_second(spark, settings, day, *args, **kwargs):
+        if day == dt.date(2024, 6, 23):
+            raise InputError("transactions are unreadable for this day")
+        return real(spark, settings, day, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_pipeline", failing_on_the_second)
+    code = main(["backfill", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"), "--from", "2024-06-16",
+                 "--to", "2024-06-30", "--every", "1w", "--summary-json", str(tmp_path / "b.json")], spark=spark)
+    assert code == 2
+    assert "transactions are unreadable for this day" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "b.json").read_text())["snapshots"]
+    assert [(s["snapshot_date"], s["status"]) for s in summary] == [
+        ("2024-06-16", "published"), ("2024-06-23", "failed"), ("2024-06-30", "not run")]
+    assert "unreadable" in summary[1]["error"]
+    assert partitions(tmp_path / "wh", "customer_scores") == ["2024-06-16"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--every", "0d"], "is not an interval"),
+    (["--every", "weekly"], "is not an interval"),
+    (["--from", "2024-06-30", "--to", "2024-06-01"], "is before --from"),
+])
+def test_backfill_refuses_a_bad_range(tmp_path, capsys, args, message):
+    base = {"--from": "2024-06-01", "--to": "2024-06-30"}
+    pairs = dict(zip(args[::2], args[1::2], strict=True))
+    argv = ["backfill", "--input", str(tmp_path), "--warehouse", str(tmp_path / "wh")]
+    for flag, value in {**base, **pairs}.items():
+        argv += [flag, value]
+    with pytest.raises(SystemExit) if "interval" in message else contextlib.nullcontext():
+        assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "wh").exists()
+
+
+def run_on(spark, inputs: Path, tmp_path: Path) -> int:
+    return main(["run", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"), "--snapshot-date", SNAPSHOT],
+                spark=spark)
+
+
+def test_a_truncated_parquet_input_names_the_file_and_publishes_nothing(spark, tmp_path, capsys):
+    inputs = write_inputs(spark, tmp_path / "in", "parquet")
+    victim = sorted((inputs / "transactions").glob("*.parquet"))[-1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    assert run_on(spark, inputs, tmp_path) in (1, 2)
+    err = capsys.readouterr().err
+    assert victim.name in err and "Traceback" not in err
+    assert not (tmp_path / "wh" / "customer_features").exists()
+
+
+def test_a_csv_input_with_another_delimiter_names_the_file(spark, tmp_path, capsys):
+    inputs = write_inputs(spark, tmp_path / "in", "csv")
+    for part in (inputs / "customers").glob("*.csv"):
+        part.write_text(part.read_text().replace(",", ";"))
+    assert run_on(spark, inputs, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "is not comma-separated" in err and "semicolons" in err and "customers/part-" in err
+    assert not (tmp_path / "wh").exists() or not (tmp_path / "wh" / "customer_features").exists()
+
+
+def test_a_csv_input_that_is_not_utf8_names_the_file(spark, tmp_path, capsys):
+    inputs = write_inputs(spark, tmp_path / "in", "csv")
+    part = next(p for p in sorted((inputs / "customers").glob("*.csv")) if p.read_text().count("\n") > 1)
+    text = part.read_text().replace("north", "Zürich", 1)
+    part.write_bytes(text.encode("latin-1"))
+    assert run_on(spark, inputs, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "is not UTF-8 text" in err and part.name in err
+    assert not (tmp_path / "wh" / "customer_features").exists()

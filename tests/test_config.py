@@ -124,3 +124,11 @@ def test_retention_treatments_are_checked_where_they_are_set():
         load_settings(environ={"SEGSCALE_RETENTION__TREATMENTS__POTENTIAL__UPLIFT": "1.5"})
     with pytest.raises(ConfigError, match="retention.budget: Input should be greater than or equal to 0"):
         load_settings(environ={"SEGSCALE_RETENTION__BUDGET": "-1"})
+
+
+def test_only_variables_naming_a_section_are_config():
+    environ = {"SEGSCALE_WAREHOUSE": "/notebooks/read/this", "SEGSCALE_FAULT": "kill-worker:x",
+               "SEGSCALE_REQUIRE_BROWSER": "1", "SEGSCALE_RFM__BINS": "4"}
+    assert load_settings(environ=environ).rfm.bins == 4
+    with pytest.raises(ConfigError, match="churn_enabled: unknown key"):  # a typo of SEGSCALE_CHURN__ENABLED
+        load_settings(environ={"SEGSCALE_CHURN_ENABLED": "false"})

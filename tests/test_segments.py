@@ -11,7 +11,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from segscale.config import RfmSettings, Settings
 from segscale.errors import ConfigError
-from segscale.rfm import CutPoints, cut_points, quantile_sketch, tie_aware_cuts, with_rfm_scores
+from segscale.rfm import CutPoints, cut_points, quantile_sketch, rounded_up, tie_aware_cuts, with_rfm_scores
 from segscale.segments import (
     TierThresholds,
     customer_scores,
@@ -69,7 +69,7 @@ def test_sketch_over_buyers_with_80_percent_single_purchases_uses_all_scores(spa
     rows = [(f"c{i}", D, i % 300, 1 if i < 4000 else 2 + i % 17, float(i % 997)) for i in range(5000)]
     rows += [(f"p{i}", D, None, 0, 0.0) for i in range(500)]
     features = spark.createDataFrame(rows, FEATURES)
-    cuts = cut_points(quantile_sketch(features, 0.001), RfmSettings())
+    cuts = cut_points(quantile_sketch(features), RfmSettings())
     assert cuts.frequency[0] == 1.0 and len(cuts.frequency) == 4
     scored = features.transform(with_rfm_scores, cuts, RfmSettings())
     f_scores = {r.f_score for r in scored.where(F.col("f_score").isNotNull()).select("f_score").distinct().collect()}
@@ -98,7 +98,7 @@ def test_rfm_config_errors(rfm):
 def test_value_tiers_take_the_top_shares_of_buyers_and_prospects_are_regular(spark):
     rows = [(f"c{i}", D, 5, 1, float(i)) for i in range(1, 1001)] + [("p", D, None, 0, 0.0)]
     features = spark.createDataFrame(rows, FEATURES)
-    sketch = quantile_sketch(features, 0.0001)
+    sketch = quantile_sketch(features)
     thresholds = tier_thresholds(sketch["monetary"], Settings().tiers)
     tiers = features.select("customer_id", value_tier(F.col("monetary"), thresholds).alias("tier"))
     counts = {r.tier: r["count"] for r in tiers.groupBy("tier").count().collect()}
@@ -162,3 +162,28 @@ def test_segment_migration_counts_moves_including_arrivals_and_departures(spark)
         "snapshot_date date, previous_snapshot_date date, from_value_tier string, from_lifecycle_stage string, "
         "to_value_tier string, to_lifecycle_stage string, customers long, run_id string")
     assertDataFrameEqual(migration, expected)
+
+
+def test_values_are_counted_rounded_up_to_four_significant_digits(spark):
+    values = [25.37, 25.371, 1106.41, -3.21, -3.2159, 0.0, 123456.0, 7.0, 9999.0, 0.000123456, None]
+    df = spark.createDataFrame([(v,) for v in values], "x double")
+    got = [r.r for r in df.select(rounded_up(F.col("x")).alias("r")).collect()]
+    assert got == [25.37, 25.38, 1107.0, -3.21, -3.215, 0.0, 123500.0, 7.0, 9999.0, 0.0001235, None]
+    rng = np.random.default_rng(3)
+    many = [float(v) for v in rng.lognormal(4, 2, 2000) * rng.choice([-1, 1], 2000)]
+    df = spark.createDataFrame([(v,) for v in many], "x double")
+    assert df.where(rounded_up(F.col("x")) < F.col("x")).count() == 0  # never below the value it stands for
+
+
+def test_the_quantiles_do_not_depend_on_partitioning_or_row_order(spark):
+    rng = np.random.default_rng(5)
+    rows = [(f"c{i}", D, int(rng.integers(0, 900)), int(rng.geometric(0.3)), float(rng.lognormal(5, 1.2)))
+            for i in range(20_000)]
+    features = spark.createDataFrame(rows, FEATURES)
+    one = quantile_sketch(features.coalesce(1))
+    many = quantile_sketch(features.repartition(13).sortWithinPartitions(F.rand(seed=9)))
+    assert one == many
+    monetary = np.sort([r[4] for r in rows])
+    for p in (0.2, 0.5, 0.8):  # each quantile is the k-th smallest value, rounded up
+        exact = monetary[int(np.ceil(p * len(monetary))) - 1]
+        assert exact <= one["monetary"][round(p * 1000)] <= exact * 1.001

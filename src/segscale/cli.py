@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,7 +20,15 @@ from pyspark.sql import SparkSession
 from segscale import __version__, tracking
 from segscale.config import Settings, load_settings
 from segscale.errors import InputError, SegscaleError, describe_exception
-from segscale.pipeline import Run, generate_inputs, run_pipeline, score_snapshot, train_models
+from segscale.pipeline import (
+    Run,
+    backfill,
+    generate_inputs,
+    run_pipeline,
+    score_snapshot,
+    snapshot_dates,
+    train_models,
+)
 from segscale.query import FORMATS, run_query, write_result
 from segscale.report import write_report
 from segscale.session import get_spark
@@ -41,6 +50,13 @@ def _timestamp(text: str) -> dt.datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time like 2024-12-31T08:00:00") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _days(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([dw])", text.strip())
+    if not match or int(match.group(1)) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an interval like 1d, 7d or 2w")
+    return int(match.group(1)) * (7 if match.group(2) == "w" else 1)
 
 
 def _yesterday() -> dt.date:
@@ -100,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
                              help="train the churn model (with the promotion gate) and fit the CLV model before "
                                   "scoring")
         sub.set_defaults(handler=_run)
+
+    back = commands.add_parser(
+        "backfill", parents=[common], help="run the main job for a range of snapshots, in order",
+        description="Run the main job (like segscale run) for every snapshot from --from to --to, --every days "
+                    "apart, oldest first, so each snapshot's migration compares with the one before. A snapshot "
+                    "whose newest publishing run is a successful run with the same config hash is skipped, "
+                    "unless --force. Stops at the first failure with its exit code.")
+    back.add_argument("--input", help="directory holding customers/, transactions/, interactions/")
+    back.add_argument("--warehouse", help="directory (or URI) of the published Delta tables")
+    back.add_argument("--from", dest="first", type=_date, required=True, help="first snapshot date (YYYY-MM-DD)")
+    back.add_argument("--to", dest="last", type=_date, required=True, help="last snapshot date, inclusive")
+    back.add_argument("--every", type=_days, default=1, help="days between snapshots: 1d (default), 7d, 2w ...")
+    back.add_argument("--force", action="store_true", help="re-run snapshots that are already published")
+    back.add_argument("--summary-json", help="write each snapshot's outcome to this file, also on failure")
+    back.set_defaults(handler=_backfill)
 
     score = commands.add_parser(
         "score", parents=[common], help="re-score churn for a published snapshot",
@@ -190,7 +221,8 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
-    owns_session = spark is None
+    # A session that was already running (a notebook, a test) belongs to its owner: never stop it.
+    owns_session = spark is None and SparkSession.getActiveSession() is None
     try:
         settings = load_settings(args.config, _overrides(args))
         needs_spark = getattr(args, "needs_spark", True)
@@ -283,6 +315,33 @@ def _snapshot_job(job: Callable[..., dict[str, Any]], spark: SparkSession, setti
     if args.summary_json:
         _write_json(args.summary_json, summary)
     return summary
+
+
+def _backfill(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> int:
+    dates = snapshot_dates(args.first, args.last, args.every)
+    outcomes: list[dict[str, Any]] = []
+
+    def report(outcome: dict[str, Any]) -> None:
+        outcomes.append(outcome)
+        detail = outcome.get("reason") or f"run {outcome['run_id']} in {outcome['seconds']} s"
+        print(f"{outcome['snapshot_date']}  {outcome['status']:<9}  {detail}", flush=True)
+
+    def write_summary(error: BaseException | None = None) -> None:
+        if not args.summary_json:
+            return
+        rest = [{"snapshot_date": d.isoformat(), "status": "not run"} for d in dates[len(outcomes):]]
+        if error is not None and rest:
+            rest[0].update(status="failed", error=describe_exception(error))
+        _write_json(args.summary_json, {"config_hash": settings.config_hash(), "snapshots": outcomes + rest})
+
+    print(f"backfill of {len(dates)} snapshots, {dates[0]} to {dates[-1]}, every {args.every} days")
+    try:
+        backfill(spark, settings, dates, force=args.force, report=report)
+    except Exception as exc:
+        write_summary(exc)
+        raise
+    write_summary()
+    return 0
 
 
 def _promote(spark: SparkSession | None, settings: Settings, args: argparse.Namespace) -> int:

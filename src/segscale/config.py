@@ -114,7 +114,6 @@ class RfmSettings(_Section):
     bins: int = Field(default=5, ge=2, le=10)
     # Days of history that bound frequency and monetary; null = all history.
     lookback_days: int | None = Field(default=None, gt=0)
-    quantile_relative_error: float = Field(default=0.001, gt=0, lt=1)
     cut_points: CutPoints = Field(default_factory=CutPoints)
     segments: tuple[SegmentRule, ...] = (
         SegmentRule(name="Champions", r=(5, 5), f=(4, 5)),
@@ -314,7 +313,7 @@ def load_settings(
         _merge(merged, sources, _read_yaml(path), str(path))
 
     for name, raw in sorted(environ.items()):
-        if name.startswith(ENV_PREFIX) and name != CONFIG_FILE_ENV:
+        if is_config_variable(name):
             key = name[len(ENV_PREFIX):].lower().replace("__", ".")
             _merge(merged, sources, _nest(key, yaml.safe_load(raw) if raw != "" else raw), f"environment {name}")
 
@@ -327,6 +326,17 @@ def load_settings(
         return Settings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, sources)) from None
+
+
+def is_config_variable(name: str) -> bool:
+    """SEGSCALE_<SECTION>__<KEY> sets a config key. A SEGSCALE_* variable whose name starts with a section's
+    name is taken as one too, so a typo (SEGSCALE_CHURN_ENABLED) is an error rather than silently ignored; other
+    SEGSCALE_* variables (SEGSCALE_CONFIG, SEGSCALE_WAREHOUSE for the notebooks, SEGSCALE_FAULT for the fault
+    tests) are not config."""
+    if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
+        return False
+    rest = name[len(ENV_PREFIX):].lower()
+    return "__" in rest or any(rest == section or rest.startswith(section + "_") for section in Settings.model_fields)
 
 
 def _choose_config_file(config_file: str | Path | None, environ: Mapping[str, str]) -> Path | None:

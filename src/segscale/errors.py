@@ -53,6 +53,14 @@ class DependencyError(SegscaleError):
     exit_code = 3
 
 
+class StorageError(DependencyError):
+    """The warehouse storage refused a write (no space left, no permission, read-only); nothing was committed."""
+
+
+STORAGE_REFUSALS = re.compile(r"No space left on device|Disk quota exceeded|Permission denied|"
+                              r"Operation not permitted|Read-only file system", re.IGNORECASE)
+
+
 def describe_exception(exc: BaseException) -> str:
     """The innermost Python error message of a failure, also when Spark wrapped it in a JVM stack trace."""
     text = str(exc)

@@ -25,6 +25,8 @@ ACTIVITY_WINDOWS_DAYS = (30, 90, 365)
 TREND_WINDOW_DAYS = 90
 INTERACTION_WINDOW_DAYS = 365
 
+# Amounts are summed exactly in units of 1/10,000 of the currency (finer digits of an input amount are rounded).
+MONEY_UNITS = 10_000
 # The output schema, in order. Counts are long, day differences int, amounts and ratios double.
 FEATURE_TYPES: dict[str, T.DataType] = {
     "customer_id": T.StringType(),
@@ -136,7 +138,7 @@ def transaction_aggregates(transactions_df: DataFrame, snapshot_date: dt.date, s
 
     days_ago = snapshot_day - F.col("day")
     purchase = F.col("is_purchase")
-    amount = F.col("amount")
+    amount = exact_units(F.col("amount"))
     # Same-day purchases share a day: only the first purchase row of each day opens it (the row order within a
     # day does not matter, since the earlier same-day row makes the later ones' previous day equal to the day).
     opens_purchase_day = purchase & (F.col("previous_purchase_day").isNull()
@@ -147,22 +149,35 @@ def transaction_aggregates(transactions_df: DataFrame, snapshot_date: dt.date, s
     in_trend_previous = (days_ago >= TREND_WINDOW_DAYS) & (days_ago < 2 * TREND_WINDOW_DAYS)
     return ordered_df.groupBy("customer_id").agg(
         F.count(F.when(purchase, 1)).alias("purchases"),
-        F.sum(F.when(purchase, amount)).alias("purchase_amount"),
+        money_sum(F.when(purchase, amount)).alias("purchase_amount"),
         F.count(F.when(F.col("is_return"), 1)).alias("returns"),
         F.count(F.when(purchase & F.col("is_online"), 1)).alias("online_purchases"),
         F.count(F.when(purchase & in_lookback, 1)).alias("lookback_purchases"),
-        F.sum(F.when(in_lookback, signed_amount)).alias("lookback_net_amount"),
+        money_sum(F.when(in_lookback, signed_amount)).alias("lookback_net_amount"),
         F.min(purchase_day).alias("first_day"),
         F.max(purchase_day).alias("last_day"),
         F.count(F.when(opens_purchase_day, 1)).alias("purchase_days"),
         F.sum(gap * gap).alias("sum_squared_gaps"),
-        F.sum(F.when(purchase & (F.col("day") > F.col("first_purchase_day")), amount)).alias("repeat_day_amount"),
+        money_sum(F.when(purchase & (F.col("day") > F.col("first_purchase_day")), amount)).alias(
+            "repeat_day_amount"),
         F.max("category_count").alias("categories"),
         *[F.count(F.when(purchase & (days_ago < n), 1)).alias(f"window_purchases_{n}")
           for n in ACTIVITY_WINDOWS_DAYS],
-        *[F.sum(F.when(purchase & (days_ago < n), amount)).alias(f"window_spend_{n}") for n in ACTIVITY_WINDOWS_DAYS],
-        F.sum(F.when(purchase & in_trend_previous, amount)).alias("previous_trend_spend"),
+        *[money_sum(F.when(purchase & (days_ago < n), amount)).alias(f"window_spend_{n}")
+          for n in ACTIVITY_WINDOWS_DAYS],
+        money_sum(F.when(purchase & in_trend_previous, amount)).alias("previous_trend_spend"),
     )
+
+
+def exact_units(amount: Column) -> Column:
+    """An amount as a whole number of 1/MONEY_UNITS: sums of these are exact, so they do not depend on the order
+    Spark adds the rows in, and the same input gives bit-identical features on any cluster."""
+    return F.round(amount.cast(T.DoubleType()) * MONEY_UNITS).cast(T.LongType())
+
+
+def money_sum(units: Column) -> Column:
+    """The exact sum of `exact_units` amounts, back in currency (null when no row counts)."""
+    return F.sum(units) / F.lit(float(MONEY_UNITS))
 
 
 def interaction_aggregates(interactions_df: DataFrame, snapshot_date: dt.date,
@@ -173,7 +188,7 @@ def interaction_aggregates(interactions_df: DataFrame, snapshot_date: dt.date,
     is_complaint = F.col("kind").isin(list(settings.complaint_kinds))
     return interactions_df.transform(filter_as_of, snapshot_date).groupBy("customer_id").agg(
         F.count(F.when(in_window, 1)).alias("window_interactions"),
-        F.sum(F.when(in_window, F.col("cost"))).alias("window_cost"),
+        money_sum(F.when(in_window, exact_units(F.col("cost")))).alias("window_cost"),
         F.count(F.when(in_window & is_complaint, 1)).alias("window_complaints"),
         F.max_by("satisfaction", latest_rated_first(F.col("ts"), F.col("satisfaction"))).alias("satisfaction"),
     )

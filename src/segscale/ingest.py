@@ -19,6 +19,8 @@ from segscale.errors import InputError, SegscaleError, describe_exception
 from segscale.tables import DeltaStore
 
 InputFormat = Literal["delta", "parquet", "csv"]
+DELIMITERS = {"semicolons": ";", "tabs": "\t", "pipes": "|"}
+REPLACEMENT = "\ufffd"  # what undecodable bytes become when Spark reads text as UTF-8
 
 
 @dataclass(frozen=True)
@@ -120,11 +122,36 @@ def _read(store: DeltaStore, path: str, fmt: InputFormat) -> DataFrame:
         if fmt == "parquet":
             return store.spark.read.parquet(path)
         # CSV columns are read as text and typed by `conform`, so one bad value cannot fail the whole read.
-        return store.spark.read.option("header", True).option("inferSchema", False).csv(path)
+        return _checked_csv(store.spark.read.option("header", True).option("inferSchema", False).csv(path), path)
     except SegscaleError:
         raise
     except Exception as exc:  # Spark reports unreadable files through several exception types
         raise InputError(f"cannot read the {fmt} input at {path}: {describe_exception(exc)}") from None
+
+
+def _checked_csv(df: DataFrame, path: str) -> DataFrame:
+    """Refuse CSV that is not comma-separated UTF-8, naming the file: Spark would read another delimiter as one
+    column and undecodable bytes as U+FFFD without a word."""
+    if len(df.columns) == 1:
+        header = df.columns[0]
+        found = [name for name, mark in DELIMITERS.items() if mark in header]
+        if found:
+            raise InputError(f"the CSV input {_first_file(df, path)} is not comma-separated: its header "
+                             f"{header[:80]!r} holds {found[0]}; segscale reads comma-separated CSV with a header")
+    text = [c for c, kind in df.dtypes if kind == "string"]
+    undecodable = F.lit(any(REPLACEMENT in c for c in df.columns))
+    for column in text:
+        undecodable = undecodable | F.col(column).contains(REPLACEMENT)
+    hit = df.where(undecodable).select(F.input_file_name().alias("file")).limit(1).collect()  # small: one row
+    if hit:
+        raise InputError(f"the CSV input {hit[0]['file'] or _first_file(df, path)} is not UTF-8 text (it has bytes "
+                         f"that do not decode, e.g. Latin-1 or Windows-1252 text); convert it to UTF-8")
+    return df
+
+
+def _first_file(df: DataFrame, path: str) -> str:
+    files = df.inputFiles()
+    return files[0] if files else path
 
 
 def conform(name: str, df: DataFrame, where: str) -> DataFrame:

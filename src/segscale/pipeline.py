@@ -11,13 +11,15 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
@@ -70,7 +72,7 @@ from segscale.retention import (
 )
 from segscale.rfm import cut_points, quantile_sketch
 from segscale.segments import LIFECYCLE_STAGES, VALUE_TIERS, customer_scores, segment_migration, tier_thresholds
-from segscale.tables import CommitMetadata, DeltaStore, Warehouse
+from segscale.tables import CommitMetadata, DeltaStore, Warehouse, open_table
 from segscale.tracking import ScoringModel
 from segscale.validate import Validated, check_bad_ratios, reason_counts, validate_inputs
 
@@ -467,8 +469,7 @@ def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, r
                                           clv_model.version if clv_model else None)
         # The tiers' basis joins the RFM dimensions in one sketch (CLV is predicted for it, and again when written).
         basis = settings.tiers.basis
-        sketch = quantile_sketch(valued_df, settings.rfm.quantile_relative_error,
-                                 extra=(basis,) if basis == "clv" else ())
+        sketch = quantile_sketch(valued_df, extra=(basis,) if basis == "clv" else ())
         cuts = cut_points(sketch, settings.rfm)
         thresholds = tier_thresholds(sketch[basis], settings.tiers)
         predict = tracking.churn_udf(warehouse.store.spark, churn_model) if churn_model else None
@@ -599,6 +600,51 @@ def _write_plain(frame_df: DataFrame, path: str, fmt: str) -> None:
         frame_df.write.mode("overwrite").parquet(path)
         return
     frame_df.transform(as_csv_text).write.mode("overwrite").option("header", True).csv(path)
+
+
+# Commands whose runs publish snapshot tables; the newest of them says what a snapshot's tables hold.
+PUBLISHING = ("run", *STAGES, "score")
+
+
+def snapshot_dates(start: dt.date, end: dt.date, every_days: int) -> list[dt.date]:
+    """start, start + every_days, ... up to end inclusive."""
+    if end < start:
+        raise InputError(f"--to {end} is before --from {start}")
+    if every_days < 1:
+        raise InputError(f"--every must be at least 1 day, got {every_days}")
+    return [start + dt.timedelta(days=k) for k in range(0, (end - start).days + 1, every_days)]
+
+
+def published_with(warehouse: Warehouse, snapshot_date: dt.date, config_hash: str) -> bool:
+    """Whether the newest publishing run of the snapshot is a `run` that succeeded with this config hash, so its
+    tables hold exactly what another run would publish (given the same input)."""
+    if not warehouse.exists(RUNS_TABLE):
+        return False
+    runs = open_table(warehouse.uri(RUNS_TABLE)).to_pyarrow_dataset().to_table(
+        columns=["command", "status", "config_hash", "started_at"],
+        filter=pads.field("snapshot_date") == pa.scalar(snapshot_date, pa.date32()))
+    rows = sorted((r for r in runs.to_pylist() if r["command"] in PUBLISHING), key=lambda r: r["started_at"])
+    return bool(rows) and rows[-1]["command"] == "run" and rows[-1]["status"] == "succeeded" \
+        and rows[-1]["config_hash"] == config_hash
+
+
+def backfill(spark: SparkSession, settings: Settings, dates: list[dt.date], *, force: bool = False,
+             report: Callable[[dict[str, Any]], None] = lambda outcome: None) -> list[dict[str, Any]]:
+    """Run the main job for each date in order, skipping the snapshots already published by a successful `run`
+    with the same config hash unless `force`. Stops at the first failure (its exception propagates)."""
+    warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
+    outcomes = []
+    for day in dates:
+        if not force and published_with(warehouse, day, settings.config_hash()):
+            outcome = {"snapshot_date": day.isoformat(), "status": "skipped",
+                       "reason": f"already published with config {settings.config_hash()}"}
+        else:
+            summary = run_pipeline(spark, settings, day)
+            outcome = {"snapshot_date": day.isoformat(), "status": "published", "run_id": summary["run_id"],
+                       "seconds": round(sum(stage["seconds"] for stage in summary["stages"].values()), 1)}
+        outcomes.append(outcome)
+        report(outcome)
+    return outcomes
 
 
 def _record_run(warehouse: Warehouse, run: Run, status: str) -> None:

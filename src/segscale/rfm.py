@@ -1,6 +1,7 @@
 """RFM scores and named segments.
 
-Cut points come from one distributed quantile sketch over buyers (`approxQuantile`, no sort, no global window).
+Cut points come from one distributed count of buyers per value (at four significant digits; no sort, no global
+window), which is the same however the rows are partitioned.
 Heavy ties must not collapse the scale (when 80 % of buyers bought once, five quantiles of frequency are all 1),
 so the bins are laid out on the sketch's distribution one at a time: each bin takes an equal share of the
 buyers not yet placed, and a value's whole tie group always lands in one bin. A score is a function of the value,
@@ -13,6 +14,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -22,6 +24,8 @@ DIMENSIONS = ("recency", "frequency", "monetary")
 COLUMNS = {"recency": "recency_days", "frequency": "frequency", "monetary": "monetary"}
 # Quantiles in the sketch: the resolution at which tie groups and shares are seen.
 SKETCH_POINTS = 1000
+# Values are counted at this precision for the quantiles (a relative resolution of 0.01 % to 0.1 %).
+SIGNIFICANT_DIGITS = 4
 
 
 @dataclass(frozen=True)
@@ -41,16 +45,43 @@ def is_buyer() -> Column:
     return F.col("recency_days").isNotNull()
 
 
-def quantile_sketch(features_df: DataFrame, relative_error: float, extra: tuple[str, ...] = ()
-                    ) -> dict[str, list[float]]:
-    """One pass over buyers: SKETCH_POINTS + 1 quantiles (0 .. 1) of each RFM dimension and of the `extra`
-    columns (keyed by their names; nulls are left out, and a column with none but nulls gets no quantiles)."""
-    probabilities = [i / SKETCH_POINTS for i in range(SKETCH_POINTS + 1)]
+def quantile_sketch(features_df: DataFrame, extra: tuple[str, ...] = ()) -> dict[str, list[float]]:
+    """SKETCH_POINTS + 1 quantiles (0 .. 1) over buyers of each RFM dimension and of the `extra` columns (keyed
+    by their names; nulls are left out, and a column with none but nulls gets no quantiles).
+
+    One aggregation counts buyers per value, each value rounded up to SIGNIFICANT_DIGITS significant digits
+    (integers below 10,000 stay exact); the quantiles are read off those counts. Counts do not depend on how the
+    rows are partitioned or ordered, so the same input gives the same cut points on any cluster, which a
+    streaming sketch (approxQuantile) does not guarantee. Rounding up keeps scores consistent with the counts:
+    every value is at or below the representative it was counted under."""
     columns = {**{d: COLUMNS[d] for d in DIMENSIONS}, **{c: c for c in extra}}
-    buyers_df = features_df.where(is_buyer()).select(*[F.col(c).cast("double").alias(key)
-                                                       for key, c in columns.items()])
-    sketch = buyers_df.approxQuantile(list(columns), probabilities, relative_error)  # small: quantiles
-    return dict(zip(columns, sketch, strict=True))
+    pairs = F.array(*[F.struct(F.lit(key).alias("key"), rounded_up(F.col(c)).alias("value"))
+                      for key, c in columns.items()])
+    counts_df = (features_df.where(is_buyer()).select(F.inline(pairs)).where(F.col("value").isNotNull())
+                 .groupBy("key", "value").count())
+    rows = counts_df.collect()  # small: at most 9,000 values per decade of magnitude per column
+    probabilities = np.arange(SKETCH_POINTS + 1) / SKETCH_POINTS
+    sketch: dict[str, list[float]] = {}
+    for key in columns:
+        found = sorted((r["value"], r["count"]) for r in rows if r["key"] == key)
+        if not found:
+            sketch[key] = []
+            continue
+        values, cumulative = np.array([v for v, _ in found]), np.cumsum([n for _, n in found])
+        ranks = np.maximum(1, np.ceil(probabilities * cumulative[-1] - 1e-9))  # the k-th smallest buyer
+        sketch[key] = values[np.searchsorted(cumulative, ranks)].tolist()
+    return sketch
+
+
+def rounded_up(value: Column) -> Column:
+    """The smallest number of SIGNIFICANT_DIGITS significant digits at or above `value` (null stays null)."""
+    x = value.cast("double")
+    exponent = F.floor(F.log10(F.abs(x))) - (SIGNIFICANT_DIGITS - 1)
+    whole = F.ceil(x / F.pow(F.lit(10.0), exponent)) * F.pow(F.lit(10.0), exponent)
+    # Below the units, divide by an exact power of ten, so 25.37 stays 25.37 instead of 25.370000000000001.
+    scale = F.pow(F.lit(10.0), -exponent)
+    fraction = F.ceil(F.round(x * scale, 6)) / scale
+    return F.when(x == 0, F.lit(0.0)).when(exponent >= 0, whole).otherwise(fraction).cast("double")
 
 
 def cut_points(sketch: dict[str, list[float]], settings: RfmSettings) -> CutPoints:

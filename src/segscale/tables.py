@@ -42,8 +42,10 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from segscale import __version__
 from segscale.config import DeltaSettings
 from segscale.errors import (
+    STORAGE_REFUSALS,
     SchemaMismatchError,
     SegscaleError,
+    StorageError,
     TableNotFoundError,
     WriteConflictError,
     WriteFailedError,
@@ -187,6 +189,7 @@ class DeltaStore:
             max_rows_per_file=self.settings.max_rows_per_file,
             row_group_rows=self.settings.row_group_rows,
             compression=self.settings.compression,
+            kill_worker=_injected_fault("kill-worker", uri),
         )
         previous = table.version() if table is not None else None
         try:
@@ -194,6 +197,7 @@ class DeltaStore:
             files = writes_df.collect()  # small: one metadata row per written file
         except Exception as exc:  # Spark wraps executor failures in several exception types
             state = f"unchanged at version {previous}" if previous is not None else "not created"
+            _raise_if_storage_refused(exc, uri, state)
             raise WriteFailedError(
                 f"writing {uri} failed before its commit, so the table is {state}; data files already written "
                 f"by write {write_id} are invisible to readers and removed by `segscale vacuum`. "
@@ -223,7 +227,9 @@ class DeltaStore:
                 txn_mode = "append" if mode == "append" else "overwrite"
                 table.create_write_transaction(adds, txn_mode, schema, partition_by=partition_by or None,
                                                partition_filters=filters, commit_properties=props)
-        except (CommitFailedError, DeltaError) as exc:
+        except (CommitFailedError, DeltaError, OSError) as exc:
+            _raise_if_storage_refused(exc, uri, f"unchanged at version {previous}" if previous is not None
+                                      else "not created")
             if table is None and (isinstance(exc, CommitFailedError) or DeltaTable.is_deltatable(uri)):
                 # Lost the race for version 0 (at its commit, or at delta-rs' existence check before it).
                 raise WriteConflictError(f"{uri} was created by another writer while this write ran; this "
@@ -450,6 +456,7 @@ class _FilePlan:
     max_rows_per_file: int
     row_group_rows: int
     compression: str
+    kill_worker: bool = False  # fault injection (SEGSCALE_FAULT=kill-worker:TABLE): see _injected_fault
 
 
 def _write_files(batches: Iterator[pa.RecordBatch], plan: _FilePlan) -> Iterator[pa.RecordBatch]:
@@ -479,6 +486,8 @@ def _write_files(batches: Iterator[pa.RecordBatch], plan: _FilePlan) -> Iterator
                     f"part-{task}-{plan.write_id}-{sequence:04d}.{plan.compression}.parquet")
                 current = open_files[key] = _DataFile(fs, root, rel, part.schema, plan, key)
             current.write(part)
+            if plan.kill_worker and context and context.partitionId() == 0 and context.attemptNumber() == 0:
+                os._exit(1)  # the Python worker dies with a half-written file: Spark must retry the task
             if current.rows >= plan.max_rows_per_file:
                 done.append(current.close())
                 del open_files[key]
@@ -625,5 +634,23 @@ def _stat_value(value: Any, round_up: bool) -> Any:
     return value
 
 
+def _raise_if_storage_refused(exc: BaseException, uri: str, state: str) -> None:
+    """StorageError (exit 3) when the storage itself refused the write: full, read-only, or no permission."""
+    cause = describe_exception(exc)
+    if STORAGE_REFUSALS.search(cause) or STORAGE_REFUSALS.search(str(exc)):
+        raise StorageError(f"the warehouse storage refused the write to {uri}, so the table is {state}: {cause}. "
+                           f"Free space or fix the permissions, then re-run; `segscale vacuum` removes files the "
+                           f"failed write left behind") from exc
+
+
 def _before_commit(uri: str, write_id: str) -> None:
     """A seam between the data files' write and the commit; tests replace it to inject faults and races."""
+    if _injected_fault("exit-before-commit", uri):
+        os._exit(137)  # as if killed (SIGKILL) after the data files, before the commit
+
+
+def _injected_fault(kind: str, uri: str) -> bool:
+    """Whether SEGSCALE_FAULT asks for `kind` on this table (`kill-worker:customer_features`,
+    `exit-before-commit:customer_scores`). For the fault tests only; see docs/operations.md."""
+    wanted = os.environ.get("SEGSCALE_FAULT", "")
+    return wanted == f"{kind}:{uri.rstrip('/').rsplit('/', 1)[-1]}"

@@ -1,0 +1,194 @@
+"""Faults during a run lose or duplicate nothing: a Python worker killed mid-write, the process killed between the
+data files and the commit, and two runs of the same snapshot at once. The faults are real (a dead worker, a
+process exit, two processes); SEGSCALE_FAULT only chooses where they strike (docs/operations.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+from frames import settings_for
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from segscale.cli import main
+from segscale.config import Settings
+from segscale.pipeline import generate_inputs, run_pipeline
+from segscale.tables import Warehouse
+
+SNAPSHOT = dt.date(2024, 6, 30)
+TABLES = ("quarantine", "customer_features", "customer_scores")
+# Small inputs and no models: these tests are about the writes, and each run starts its own JVM.
+WITHOUT_MODELS = {"churn": {"enabled": False}, "clv": {"enabled": False}, "tiers": {"basis": "monetary"}}
+ENV_WITHOUT_MODELS = {"SEGSCALE_CHURN__ENABLED": "false", "SEGSCALE_CLV__ENABLED": "false",
+                      "SEGSCALE_TIERS__BASIS": "monetary"}
+
+
+@pytest.fixture(scope="module")
+def inputs(spark, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fault-inputs")
+    generate_inputs(spark, Settings.model_validate({"generate": {"customers": 400, "seed": 4, "dirty_rate": 0.01}}),
+                    str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def clean(spark, inputs, tmp_path_factory) -> Warehouse:
+    """The same snapshot published by an undisturbed run: what every faulty run must end up with."""
+    root = tmp_path_factory.mktemp("clean") / "wh"
+    settings = settings_for(inputs, root, **WITHOUT_MODELS)
+    run_pipeline(spark, settings, SNAPSHOT)
+    return Warehouse(spark, str(root), settings.delta)
+
+
+def run_process(inputs: Path, warehouse: Path, fault: str | None = None, master: str = "local[1]"
+                ) -> subprocess.Popen:
+    """`segscale run` in its own process and embedded session, optionally with an injected fault."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_", "SEGSCALE_"))}
+    env.update(ENV_WITHOUT_MODELS, SEGSCALE_SPARK__MASTER=master)
+    if fault:
+        env["SEGSCALE_FAULT"] = fault
+    return subprocess.Popen(
+        [sys.executable, "-m", "segscale", "run", "--input", str(inputs), "--warehouse", str(warehouse),
+         "--snapshot-date", SNAPSHOT.isoformat(), "--config", str(warehouse.parent / "none.yaml")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=warehouse.parent)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    _, err = process.communicate(timeout=600)
+    return process.returncode, err
+
+
+def assert_same_tables(spark, warehouse: Path, clean: Warehouse) -> None:
+    published = Warehouse(spark, str(warehouse), clean.store.settings)
+    for name in TABLES:
+        got = published.read(name).drop("run_id")
+        assertDataFrameEqual(got, clean.read(name).drop("run_id"), rtol=0, atol=0)
+        if name != "quarantine":
+            assert got.count() == got.select("customer_id").distinct().count(), f"{name} has duplicates"
+
+
+def committed_files(table: Path) -> set[str]:
+    return {str(Path(uri.removeprefix("file://"))) for uri in DeltaTable(str(table)).file_uris()}
+
+
+def data_files(table: Path) -> set[str]:
+    return {str(p) for p in table.rglob("*.parquet")}
+
+
+@pytest.fixture
+def warehouse(tmp_path) -> Path:
+    (tmp_path / "none.yaml").write_text("{}\n")  # no conf/local.yaml from the working directory
+    return tmp_path / "wh"
+
+
+def test_a_python_worker_killed_mid_write_is_retried_and_the_result_equals_the_clean_run(
+        spark, inputs, clean, warehouse):
+    # local[2,2]: two task attempts, as a cluster's spark.task.maxFailures allows. The first attempt of the
+    # first features task kills its Python worker after writing part of its file.
+    code, err = finish(run_process(inputs, warehouse, "kill-worker:customer_features", master="local[2,2]"))
+    assert code == 0, err[-3000:]
+    assert_same_tables(spark, warehouse, clean)
+    table = warehouse / "customer_features"
+    left_behind = data_files(table) - committed_files(table)
+    assert left_behind and all("-0-" in Path(f).name for f in left_behind)  # the killed attempt's file only
+    assert main(["vacuum", "customer_features", "--warehouse", str(warehouse), "--retention-hours", "0",
+                 "--config", str(warehouse.parent / "none.yaml")]) == 0
+    assert data_files(table) == committed_files(table)
+
+
+def test_a_process_killed_before_the_commit_leaves_the_previous_version_and_a_rerun_publishes(
+        spark, inputs, clean, warehouse):
+    settings = settings_for(inputs, warehouse, **WITHOUT_MODELS)
+    run_pipeline(spark, settings, SNAPSHOT)  # version 0 of every table
+    scores = warehouse / "customer_scores"
+    before = committed_files(scores)
+    code, _ = finish(run_process(inputs, warehouse, "exit-before-commit:customer_scores"))
+    assert code == 137
+    assert DeltaTable(str(scores)).version() == 0 and committed_files(scores) == before
+    assert DeltaTable(str(warehouse / "customer_features")).version() == 1  # committed before the kill
+    orphans = data_files(scores) - before
+    assert orphans  # the killed run's data files, invisible to readers
+    assert_same_tables(spark, warehouse, clean)
+    run_pipeline(spark, settings, SNAPSHOT)  # the rerun publishes correctly
+    assert DeltaTable(str(scores)).version() == 1
+    assert_same_tables(spark, warehouse, clean)
+    assert main(["vacuum", "customer_scores", "--warehouse", str(warehouse), "--retention-hours", "0",
+                 "--config", str(warehouse.parent / "none.yaml")]) == 0
+    assert not orphans & data_files(scores)
+    assert data_files(scores) == committed_files(scores)
+
+
+def test_two_runs_of_the_same_snapshot_at_once_publish_one_result(spark, inputs, clean, warehouse):
+    first, second = run_process(inputs, warehouse), run_process(inputs, warehouse)
+    outcomes = [finish(first), finish(second)]
+    codes = sorted(code for code, _ in outcomes)
+    assert codes in ([0, 0], [0, 1]), [err[-2000:] for _, err in outcomes]
+    for code, err in outcomes:
+        if code == 1:  # the loser of a commit race says so, and published nothing half-way
+            assert "another writer" in err and "Traceback" not in err
+    for name in TABLES:
+        history = DeltaTable(str(warehouse / name)).history()  # the log stays readable
+        assert history and all("userMetadata" in entry for entry in history)
+    assert_same_tables(spark, warehouse, clean)
+    scores = Warehouse(spark, str(warehouse), clean.store.settings).read("customer_scores")
+    assert scores.where(F.col("snapshot_date") != F.lit(SNAPSHOT)).count() == 0
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    for key, value in ENV_WITHOUT_MODELS.items():
+        monkeypatch.setenv(key, value)
+
+
+def run_in_session(spark, inputs: Path, warehouse: Path) -> int:
+    return main(["run", "--input", str(inputs), "--warehouse", str(warehouse), "--snapshot-date",
+                 SNAPSHOT.isoformat()], spark=spark)
+
+
+def assert_nothing_half_published(warehouse: Path) -> None:
+    """Every table that exists is readable and holds exactly its committed files' rows."""
+    for table in (p for p in warehouse.iterdir() if (p / "_delta_log").exists()):
+        delta = DeltaTable(str(table))
+        delta.to_pyarrow_table()
+        assert committed_files(table) <= data_files(table), table.name
+
+
+def test_a_full_disk_is_a_clear_error_and_nothing_is_half_published(spark, inputs, tmp_path, capsys, no_models):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up here: {mounted.stderr.decode().strip()}")
+    try:
+        assert run_in_session(spark, inputs, small / "wh") == 3
+        err = capsys.readouterr().err
+        assert "the warehouse storage refused the write to" in err and "No space left on device" in err
+        assert "Traceback" not in err
+        assert_nothing_half_published(small / "wh")
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_warehouse_without_write_permission_is_a_clear_error_and_nothing_changes(spark, inputs, clean, warehouse,
+                                                                                  capsys, no_models):
+    settings = settings_for(inputs, warehouse, **WITHOUT_MODELS)
+    run_pipeline(spark, settings, SNAPSHOT)
+    versions = {name: DeltaTable(str(warehouse / name)).version() for name in TABLES}
+    # Root may write anywhere a mode allows, so the warehouse is made immutable instead of read-only.
+    locked = subprocess.run(["chattr", "-R", "+i", str(warehouse)], capture_output=True)
+    if locked.returncode != 0:
+        pytest.skip(f"cannot make the warehouse immutable here: {locked.stderr.decode().strip()}")
+    try:
+        assert run_in_session(spark, inputs, warehouse) == 3
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(warehouse)], check=True)
+    err = capsys.readouterr().err
+    assert f"refused the write to {warehouse}/quarantine" in err and "Operation not permitted" in err
+    assert {name: DeltaTable(str(warehouse / name)).version() for name in TABLES} == versions
+    assert_same_tables(spark, warehouse, clean)
