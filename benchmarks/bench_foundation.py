@@ -13,34 +13,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
-import resource
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
-from common import run_isolated, write_report
+from common import jvm_peak_rss_mb, machine, python_peak_rss_mb, run_isolated, write_report
 
 HERE = Path(__file__).resolve().parent
-
-
-def _jvm_peak_rss_mb() -> float | None:
-    """Peak RSS of this process's Java child (the local-mode driver JVM), from /proc."""
-    try:
-        children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
-    except OSError:
-        return None
-    for pid in children:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-            if "java" in Path(f"/proc/{pid}/comm").read_text():
-                return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
-        except (OSError, StopIteration):
-            continue
-    return None
 
 
 def run_one(customers: int, data_dir: Path) -> dict:
@@ -56,23 +36,10 @@ def run_one(customers: int, data_dir: Path) -> dict:
     out = data_dir / f"customers-{customers}"
     shutil.rmtree(out, ignore_errors=True)
     spark = get_spark(settings)
-    jvm_peak: list[float] = []
-
-    def sample() -> None:
-        while not done.is_set():
-            value = _jvm_peak_rss_mb()
-            if value:
-                jvm_peak.append(value)
-            done.wait(2)
-
-    done = threading.Event()
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     start = time.perf_counter()
     summary = generate_inputs(spark, settings, str(out))
     wall = time.perf_counter() - start
-    done.set()
-    sampler.join()
+    jvm_peak = jvm_peak_rss_mb()  # VmHWM: the high-water mark of the whole run
     spark.stop()
     tables = {}
     for stage, record in summary["stages"].items():
@@ -86,8 +53,8 @@ def run_one(customers: int, data_dir: Path) -> dict:
         "rows_written": sum(t["rows"] for t in tables.values()),
         "rows_per_s": round(sum(t["rows"] for t in tables.values()) / wall),
         "tables": tables,
-        "driver_python_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "driver_jvm_peak_rss_mb": round(max(jvm_peak), 1) if jvm_peak else None,
+        "driver_python_peak_rss_mb": python_peak_rss_mb(),
+        "driver_jvm_peak_rss_mb": jvm_peak,
         "data_bytes": sum(f.stat().st_size for f in out.rglob("*.parquet")),
     }
 
@@ -117,8 +84,7 @@ def main() -> int:
     report = {
         "benchmark": "foundation: generate and write through the Delta layer",
         "date": dt.date.today().isoformat(),
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+        "machine": machine(),
         "results": results,
     }
     if len(results) > 1:

@@ -36,8 +36,27 @@ def python_peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def jvm_peak_rss_mb() -> float | None:
+    """Peak RSS of this process's Java child (the local-mode JVM, driver and executors at once), from /proc."""
+    try:
+        children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    except OSError:
+        return None
+    for pid in children:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            if "java" in Path(f"/proc/{pid}/comm").read_text():
+                return round(int(next(line.split()[1] for line in status.splitlines()
+                                      if line.startswith("VmHWM"))) / 1024, 1)
+        except (OSError, StopIteration):
+            continue
+    return None
+
+
 def machine() -> dict:
-    return {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cores": os.cpu_count(), "memory_gb": round(memory_gb, 1), "platform": platform.platform(),
+            "python": platform.python_version()}
 
 
 def ensure_generated(inputs: Path, customers: int) -> None:

@@ -17,7 +17,7 @@ from pyspark.testing import assertDataFrameEqual
 from segscale.cli import format_summary, main
 from segscale.config import Settings
 from segscale.errors import InputError
-from segscale.pipeline import Run, generate_inputs, run_pipeline
+from segscale.pipeline import STAGE_TAG, Run, generate_inputs, run_pipeline
 from segscale.query import run_query
 from segscale.tables import Warehouse
 
@@ -179,3 +179,17 @@ def test_every_example_query_in_the_docs_runs_on_a_published_warehouse(two_snaps
     python = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)[0]
     exec(python.replace('"warehouse/', f'"{settings.paths.warehouse}/').replace(  # noqa: S102 (the doc's code)
         "pl.date(2024, 12, 31)", f"pl.date({D2.year}, {D2.month}, {D2.day})"), {})
+
+
+def test_a_stage_tags_and_describes_the_spark_jobs_it_runs(spark):
+    """The tag lets the Spark UI (and the benchmark's REST reader) attribute shuffle and spill to a stage."""
+    context = spark.sparkContext
+    run = Run("run", Settings(), D1)
+    with run.stage("features"):
+        assert STAGE_TAG + "features" in context.getJobTags()
+        with run.stage("segment"):
+            assert {STAGE_TAG + "features", STAGE_TAG + "segment"} <= context.getJobTags()
+            assert context.getLocalProperty("spark.job.description") == f"segscale run {D1}: segment"
+        assert context.getLocalProperty("spark.job.description") == f"segscale run {D1}: features"
+    assert not {t for t in context.getJobTags() if t.startswith(STAGE_TAG)}
+    assert context.getLocalProperty("spark.job.description") is None

@@ -19,7 +19,7 @@ from pyspark.sql import SparkSession
 
 from segscale import __version__, tracking
 from segscale.config import Settings, load_settings
-from segscale.errors import InputError, SegscaleError, describe_exception
+from segscale.errors import InputError, SegscaleError, describe_exception, unreadable_input
 from segscale.pipeline import (
     Run,
     backfill,
@@ -235,6 +235,9 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
     except SegscaleError as exc:
         return _fail(args, exc, exc.exit_code, str(exc))
     except Exception as exc:  # anything else: one paragraph, the cause, exit 1
+        unreadable = unreadable_input(exc)
+        if unreadable is not None:
+            return _fail(args, exc, unreadable.exit_code, str(unreadable))
         return _fail(args, exc, 1, f"{args.command} failed: {describe_exception(exc)}")
     finally:
         if owns_session and spark is not None:

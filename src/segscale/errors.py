@@ -61,6 +61,24 @@ STORAGE_REFUSALS = re.compile(r"No space left on device|Disk quota exceeded|Perm
                               r"Operation not permitted|Read-only file system", re.IGNORECASE)
 
 
+UNREADABLE_FILE = re.compile(r"\[FAILED_READ_FILE[.\w]*\] Encountered error while reading file (\S+?)\.?\s")
+FILE_CAUSES = re.compile(r"(is not a Parquet file[^\n]*|Checksum error[^\n]*|[Mm]alformed[^\n]*|EOFException[^\n]*)")
+
+
+def unreadable_input(exc: BaseException) -> InputError | None:
+    """The input error behind a Spark failure to read one of the input files (truncated, corrupt), or None.
+
+    Spark reads lazily, so such a failure surfaces in whichever stage first scans the file."""
+    text = str(exc)
+    found = UNREADABLE_FILE.search(text)
+    if found is None:
+        return None
+    cause = FILE_CAUSES.search(text)
+    detail = f" ({cause.group(1).strip()[:200]})" if cause else ""
+    return InputError(f"cannot read the input file {found.group(1)}: it is truncated or corrupt{detail}; "
+                      f"replace it and run again")
+
+
 def describe_exception(exc: BaseException) -> str:
     """The innermost Python error message of a failure, also when Spark wrapped it in a JVM stack trace."""
     text = str(exc)

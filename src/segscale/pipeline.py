@@ -78,6 +78,7 @@ from segscale.validate import Validated, check_bad_ratios, reason_counts, valida
 
 log = logging.getLogger(__name__)
 
+STAGE_TAG = "segscale-stage:"  # Spark job tag of every job a pipeline stage runs, followed by the stage's name
 RUNS_TABLE = "runs"
 RUNS_SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType()),
@@ -118,13 +119,24 @@ class Run:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
+        """Time a stage and tag its Spark jobs `segscale-stage:<name>` (the Spark UI and its REST API show the
+        tag and the description, so a job's shuffle and spill can be traced to the stage that ran it)."""
         record: dict[str, Any] = {}
         self.current_stage = name
         log.info("stage %s: start", name)
+        spark = SparkSession.getActiveSession()
+        context = spark.sparkContext if spark is not None else None
+        if context is not None:
+            outer_description = context.getLocalProperty("spark.job.description")
+            context.addJobTag(STAGE_TAG + name)
+            context.setJobDescription(f"segscale {self.command} {self.snapshot_date or ''}: {name}")
         start = time.perf_counter()
         try:
             yield record
         finally:
+            if context is not None:
+                context.removeJobTag(STAGE_TAG + name)
+                context.setJobDescription(outer_description)
             record["seconds"] = round(time.perf_counter() - start, 3)
             self.stages[name] = record
             log.info("stage %s: end after %.1f s %s", name, record["seconds"],

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from segscale.config import RetentionSettings
+from segscale.features import MONEY_UNITS, exact_units, money_sum
 from segscale.segments import VALUE_TIERS
 
 # What the plan needs from customer_scores.
@@ -78,24 +79,30 @@ def ranked(candidates_df: DataFrame, budget: float) -> Iterator[DataFrame]:
     budget). Cached while the block runs, so every reader sees the same partitioning."""
     order = _rank_order()
     ranged_df = (candidates_df.repartitionByRange(*order).withColumn("_part", F.spark_partition_id())
+                 .withColumn("_cost_units", exact_units(F.col("cost")))
                  .persist(StorageLevel.MEMORY_AND_DISK))
     try:
-        per_part_df = ranged_df.groupBy("_part").agg(F.count(F.lit(1)).alias("n"), F.sum("cost").alias("cost"))
+        per_part_df = ranged_df.groupBy("_part").agg(F.count(F.lit(1)).alias("n"),
+                                                     F.sum("_cost_units").alias("cost_units"))
         totals = per_part_df.collect()  # small: one row per partition
-        offsets, rows_before, cost_before = [], 0, 0.0
+        offsets, rows_before, units_before = [], 0, 0
         for total in sorted(totals, key=lambda t: t["_part"]):
-            offsets.append((total["_part"], rows_before, cost_before))
+            offsets.append((total["_part"], rows_before, units_before))
             rows_before += total["n"]
-            cost_before += total["cost"]
+            units_before += total["cost_units"]
         offsets_df = ranged_df.sparkSession.createDataFrame(
-            offsets, "_part int, _rows_before long, _cost_before double")
+            offsets, "_part int, _rows_before long, _units_before long")
         within = Window.partitionBy("_part").orderBy(*order)
         running = within.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+        # The running cost is summed in exact units, so it does not depend on where the partitions split.
+        cumulative_units = F.col("_units_before") + F.sum("_cost_units").over(running)
         ranked_df = (ranged_df.join(F.broadcast(offsets_df), "_part")
                      .withColumn("priority_rank", F.col("_rows_before") + F.row_number().over(within))
-                     .withColumn("cumulative_cost", F.col("_cost_before") + F.sum("cost").over(running)))
-        yield ranked_df.select(*candidates_df.columns, "priority_rank", "cumulative_cost",
-                               (F.col("cumulative_cost") <= F.lit(float(budget))).alias("selected"))
+                     .withColumn("_cumulative_units", cumulative_units))
+        yield ranked_df.select(
+            *candidates_df.columns, "priority_rank",
+            (F.col("_cumulative_units") / F.lit(float(MONEY_UNITS))).alias("cumulative_cost"),
+            (F.col("_cumulative_units") <= F.lit(round(budget * MONEY_UNITS))).alias("selected"))
     finally:
         ranged_df.unpersist()
 
@@ -113,7 +120,8 @@ PLAN_METRICS = ("candidates", "customers_targeted", "spend", "value_at_risk_targ
 
 def plan_counters() -> list[Column]:
     """Aggregates over the plan's rows, gathered while it is written (DataFrame.observe): per tier, the
-    candidates and what the selected ones cost and are expected to save."""
+    candidates and what the selected ones cost and are expected to save (money summed exactly, to 1/MONEY_UNITS,
+    so the totals do not depend on how the rows are partitioned)."""
     tier, selected = F.col("value_tier"), F.col("selected")
     counters = []
     for name in VALUE_TIERS:
@@ -122,11 +130,9 @@ def plan_counters() -> list[Column]:
         counters += [
             F.count_if(in_tier).alias(f"{name}/candidates"),
             F.count_if(chosen).alias(f"{name}/customers_targeted"),
-            F.coalesce(F.sum(F.when(chosen, F.col("cost"))), F.lit(0.0)).alias(f"{name}/spend"),
-            F.coalesce(F.sum(F.when(chosen, F.col("value_at_risk"))), F.lit(0.0)).alias(
-                f"{name}/value_at_risk_targeted"),
-            F.coalesce(F.sum(F.when(chosen, F.col("expected_saved_value"))), F.lit(0.0)).alias(
-                f"{name}/expected_saved_value"),
+            *[F.coalesce(money_sum(F.when(chosen, exact_units(F.col(column)))), F.lit(0.0)).alias(f"{name}/{metric}")
+              for metric, column in (("spend", "cost"), ("value_at_risk_targeted", "value_at_risk"),
+                                     ("expected_saved_value", "expected_saved_value"))],
         ]
     return counters
 
