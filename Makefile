@@ -42,7 +42,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src jobs tests benchmarks notebooks
 
 # Not part of `make test`: the whole pipeline at 1M and 6M customers, with DuckDB and plain PySpark on the same
-# files; about 40 minutes on 2 cores. Results: benchmarks/results/, docs/benchmarks.md. The component benchmarks
+# files; about 35 minutes on 2 cores. Results: benchmarks/results/, docs/benchmarks.md. The component benchmarks
 # (bench_foundation, bench_features, bench_churn, bench_clv) run alone: see docs/benchmarks.md.
 bench: check-java $(STAMP)
 	$(PY) benchmarks/bench_pipeline.py --sizes 1000000,6000000
