@@ -123,13 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "apart, oldest first, so each snapshot's migration compares with the one before. A snapshot "
                     "whose newest publishing run is a successful run with the same config hash is skipped, "
                     "unless --force. Stops at the first failure with its exit code.")
-    back.add_argument("--input", help="directory holding customers/, transactions/, interactions/")
-    back.add_argument("--warehouse", help="directory (or URI) of the published Delta tables")
+    _add_snapshot_flags(back, with_input=True, with_date=False)
     back.add_argument("--from", dest="first", type=_date, required=True, help="first snapshot date (YYYY-MM-DD)")
     back.add_argument("--to", dest="last", type=_date, required=True, help="last snapshot date, inclusive")
     back.add_argument("--every", type=_days, default=1, help="days between snapshots: 1d (default), 7d, 2w ...")
     back.add_argument("--force", action="store_true", help="re-run snapshots that are already published")
-    back.add_argument("--summary-json", help="write each snapshot's outcome to this file, also on failure")
     back.set_defaults(handler=_backfill)
 
     score = commands.add_parser(
@@ -205,14 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_snapshot_flags(sub: argparse.ArgumentParser, *, with_input: bool) -> None:
+def _add_snapshot_flags(sub: argparse.ArgumentParser, *, with_input: bool, with_date: bool = True) -> None:
     if with_input:
         sub.add_argument("--input", help="directory holding customers/, transactions/, interactions/")
     sub.add_argument("--warehouse", help="directory (or URI) of the published Delta tables (the default MLflow "
                                          "store sits beside it)")
-    sub.add_argument("--snapshot-date", type=_date, default=None,
-                     help="snapshot date YYYY-MM-DD, end of day UTC inclusive (default: yesterday, UTC)")
-    sub.add_argument("--summary-json", help="also write the run summary to this file")
+    if with_date:
+        sub.add_argument("--snapshot-date", type=_date, default=None,
+                         help="snapshot date YYYY-MM-DD, end of day UTC inclusive (default: yesterday, UTC)")
+    sub.add_argument("--summary-json", help="write the summary (JSON) to this file, also when the command fails")
 
 
 def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -> int:
