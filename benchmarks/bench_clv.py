@@ -1,11 +1,18 @@
 """CLV benchmark: histogram build, fit time and prediction throughput of BG/NBD + Gamma-Gamma on the whole base.
 
 For each size, in a fresh process: the published customer_features of 2024-12-31 (computed once by `segscale
-features` into benchmarks/data/clv-N/ and reused), then the two Spark histograms, the two fits on the driver, and
-the predictions of every customer to a no-op sink (after a small warm-up), against reading the inputs alone.
-The fit time should not grow with the base once the histogram size is fixed by the binning.
+features` into benchmarks/data/clv-N/ and reused), then the resolution the fit would choose, the two Spark
+histograms, the two fits on the driver, and the predictions of every customer to a no-op sink (after a small
+warm-up), against reading the inputs alone. The fit time should not grow with the base once the histogram size is
+bounded by clv.max_histogram_rows.
 
     python benchmarks/bench_clv.py --sizes 1000000,6000000
+
+With --histogram-rows, the driver-side fits alone, on histograms of exactly those many rows (exact days of bases
+simulated from known BG/NBD and Gamma-Gamma parameters, no Spark): the measurement that chose the default of
+clv.max_histogram_rows (docs/benchmarks.md).
+
+    python benchmarks/bench_clv.py --histogram-rows 10000,50000,100000,250000,500000,1000000
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ SNAPSHOT = dt.date(2024, 12, 31)
 def measure(customers: int, data_dir: Path) -> dict:
     from pyspark.sql import functions as F
 
-    from segscale.clv import ClvParams, bgnbd_histogram, fit_bgnbd, fit_gamma_gamma, spend_histogram, with_clv
+    from segscale.clv import (
+        ClvParams,
+        bgnbd_histogram,
+        choose_resolution,
+        fit_bgnbd,
+        fit_gamma_gamma,
+        spend_histogram,
+        with_clv,
+    )
     from segscale.config import Settings
     from segscale.session import get_spark
     from segscale.tables import Warehouse
@@ -45,8 +60,9 @@ def measure(customers: int, data_dir: Path) -> dict:
         timings[name] = round(time.perf_counter() - start, 2)
         return value
 
-    bgnbd_hist = timed("bgnbd_histogram_seconds", lambda: bgnbd_histogram(features_df, settings.clv))
-    spend_hist = timed("spend_histogram_seconds", lambda: spend_histogram(features_df, settings.clv))
+    resolution, estimates = timed("resolution_seconds", lambda: choose_resolution(features_df, settings.clv))
+    bgnbd_hist = timed("bgnbd_histogram_seconds", lambda: bgnbd_histogram(features_df, resolution))
+    spend_hist = timed("spend_histogram_seconds", lambda: spend_histogram(features_df, resolution))
     bgnbd = timed("bgnbd_fit_seconds", lambda: fit_bgnbd(bgnbd_hist, settings.clv))
     spend = timed("gamma_gamma_fit_seconds", lambda: fit_gamma_gamma(spend_hist, settings.clv))
     inputs = ["customer_id", "bgnbd_frequency", "bgnbd_recency", "bgnbd_T", "bgnbd_monetary"]
@@ -59,7 +75,7 @@ def measure(customers: int, data_dir: Path) -> dict:
     spark.stop()
     predict_seconds = timings["read_and_predict_seconds"] - timings["read_inputs_seconds"]
     return {
-        "customers": rows, **timings,
+        "customers": rows, **timings, "resolution": vars(resolution), "histogram_estimates": estimates,
         "bgnbd_histogram_rows": bgnbd.histogram_rows, "spend_histogram_rows": spend.histogram_rows,
         "bgnbd_iterations": bgnbd.iterations, "gamma_gamma_iterations": spend.iterations,
         "bgnbd_params": bgnbd.params, "gamma_gamma_params": spend.params,
@@ -67,6 +83,53 @@ def measure(customers: int, data_dir: Path) -> dict:
         "prediction_rows_per_second": round(rows / predict_seconds) if predict_seconds > 0 else None,
         "driver_python_peak_rss_mb": python_peak_rss_mb(),
     }
+
+
+def simulated_histograms(rows: int, seed: int = 1) -> tuple:
+    """BG/NBD and Gamma-Gamma histograms of exactly `rows` rows: customers of a base with known parameters (per
+    day: r 0.7, alpha 45, a 0.6, b 20; p 4, q 6, gamma 100), up to 3 years old, in exact days and exact spend,
+    drawn until there are enough distinct keys."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    bgnbd, spend = [], []
+    found = 0
+    while found < rows:
+        n, events = 200_000, 60
+        rate, dropout = rng.gamma(0.7, 1 / 45.0, n), rng.beta(0.6, 20.0, n)
+        age = rng.integers(1, 3 * 365, n).astype(float)
+        times = np.cumsum(rng.exponential(1 / rate[:, None], (n, events)), axis=1)
+        # Repeat purchase k + 1 needs the customer to have stayed after each of purchases 0..k.
+        alive = np.cumprod(rng.random((n, events)) >= dropout[:, None], axis=1).astype(bool)
+        observed = (times <= age[:, None]) & alive
+        x = observed.sum(axis=1).astype(float)
+        t_x = np.floor(np.where(x > 0, np.max(np.where(observed, times, 0.0), axis=1), 0.0))
+        ratio = rng.gamma(6.0, 1 / 100.0, n)
+        m = np.round(rng.gamma(4.0 * np.maximum(x, 1), 1 / (ratio * np.maximum(x, 1))), 2)
+        bgnbd.append(pd.DataFrame({"x": x, "t_x": t_x, "T": age}))
+        spend.append(pd.DataFrame({"x": x, "m": m})[x > 0])
+        found = len(pd.concat(bgnbd).drop_duplicates())
+    histogram = pd.concat(bgnbd).groupby(["x", "t_x", "T"]).size().rename("customers").reset_index()
+    spends = pd.concat(spend).groupby(["x", "m"]).size().rename("customers").reset_index()
+    return histogram.sample(rows, random_state=seed), spends.sample(min(rows, len(spends)), random_state=seed)
+
+
+def measure_fits(rows: int) -> dict:
+    """Both fits (with their standard errors) on histograms of `rows` rows, in this process."""
+    from segscale.clv import fit_bgnbd, fit_gamma_gamma
+    from segscale.config import ClvSettings
+
+    bgnbd_hist, spend_hist = simulated_histograms(rows)
+    settings = ClvSettings()
+    start = time.perf_counter()
+    bgnbd = fit_bgnbd(bgnbd_hist, settings)
+    middle = time.perf_counter()
+    spend = fit_gamma_gamma(spend_hist, settings)
+    end = time.perf_counter()
+    return {"rows": rows, "bgnbd_fit_seconds": round(middle - start, 2), "bgnbd_iterations": bgnbd.iterations,
+            "gamma_gamma_rows": len(spend_hist), "gamma_gamma_fit_seconds": round(end - middle, 2),
+            "converged": bgnbd.converged and spend.converged, "driver_python_peak_rss_mb": python_peak_rss_mb()}
 
 
 def ensure_features(customers: int, data_dir: Path) -> None:
@@ -84,11 +147,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000000,6000000")
     parser.add_argument("--data-dir", default=str(HERE / "data"))
+    parser.add_argument("--histogram-rows", help="time the driver-side fits alone on histograms of these sizes")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--one-fit", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
     if args.one:
         print("RESULT " + json.dumps(measure(args.one, data_dir)))
+        return 0
+    if args.one_fit:
+        print("RESULT " + json.dumps(measure_fits(args.one_fit)))
+        return 0
+    if args.histogram_rows:
+        fits = []
+        for rows in (int(r) for r in args.histogram_rows.split(",")):
+            fits.append(run_isolated(__file__, "--one-fit", str(rows)))
+            print(f"  {json.dumps(fits[-1])}", flush=True)
+        write_report("clv-fit", {"benchmark": "clv fit by histogram rows", "date": dt.date.today().isoformat(),
+                                 "machine": machine(), "results": fits})
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     results = {}

@@ -1,4 +1,4 @@
-"""One Spark session for the whole test run: local[2], UTC, few shuffle partitions, UI off."""
+"""One Spark session per test process (`make test` runs two): local[2], UTC, few shuffle partitions, UI off."""
 
 from __future__ import annotations
 
@@ -12,6 +12,21 @@ from pyspark.sql import SparkSession
 from segscale.config import DeltaSettings, Settings
 from segscale.pipeline import generate_inputs, run_pipeline
 from segscale.tables import Warehouse
+
+
+@pytest.hookimpl(wrapper=True)  # around pytest-xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]):
+    """`make test` runs two pytest-xdist workers, each with its own Spark session (--dist loadgroup). Tests that
+    share an expensive fixture stay on one worker, so it is built once: the tests of the warehouse the pipeline
+    publishes once per session (`two_snapshots`), and a module's tests when it has module fixtures. The others
+    go wherever a worker is free."""
+    for item in items:
+        used = item._fixtureinfo.name2fixturedefs  # pytest's own record of each fixture's definition and scope
+        if "two_snapshots" in used:
+            item.add_marker(pytest.mark.xdist_group("two_snapshots"))
+        elif any(d.scope == "module" for defs in used.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    return (yield)
 
 
 @pytest.fixture(scope="session")

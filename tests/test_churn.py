@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import pandas as pd
 import pytest
 from frames import contract_schema, generated_inputs, ts
 from pyspark.sql import Column, DataFrame
@@ -15,22 +16,28 @@ from segscale.churn import (
     CHURN_COLUMNS,
     CUTOFF,
     LABEL,
+    TrainingSet,
     capped_sample,
+    check_trainable,
+    label_counts,
     labelled_cutoffs,
     labelled_rows,
     training_set,
     with_churn_scores,
 )
 from segscale.churn_model import (
+    MODEL_FEATURES,
     build_estimator,
     classification_metrics,
     evaluate,
+    features_of,
     fit_model,
     lift_table,
     predict_churn,
+    usable_features,
 )
 from segscale.config import ChurnSettings, RiskBands, Settings
-from segscale.errors import InputError
+from segscale.errors import InputError, ModelSkipped
 from segscale.features import FEATURE_TYPES
 from segscale.tracking import ScoringModel
 
@@ -124,23 +131,65 @@ def test_most_recent_cutoff_is_the_holdout_and_earlier_ones_train(generated):
 def test_capped_sample_keeps_label_shares_and_is_seeded(spark):
     rows = spark.range(20_000).select(
         F.col("id").alias("customer_id"), (F.col("id") % 10 < 2).alias(LABEL)).repartition(4)
-    sample = capped_sample(rows, 3_000, seed=1)
+    counts = label_counts(rows)
+    assert counts == {False: 16_000, True: 4_000}
+    sample = capped_sample(rows, counts, 3_000, seed=1)
     n = sample.count()
     assert 2_700 <= n <= 3_000
     share = sample.agg(F.avg(F.col(LABEL).cast("double"))).first()[0]
     assert share == pytest.approx(0.2, abs=0.02)
     assert sorted(r.customer_id for r in sample.collect()) == sorted(
-        r.customer_id for r in capped_sample(rows, 3_000, seed=1).collect())
-    assert capped_sample(rows, 50_000, seed=1).count() == 20_000
+        r.customer_id for r in capped_sample(rows, counts, 3_000, seed=1).collect())
+    assert capped_sample(rows, counts, 50_000, seed=1).count() == 20_000
+
+
+TRAINING = TrainingSet(train=None, holdout=None,
+                       cutoffs=(dt.date(2024, 10, 2), dt.date(2024, 7, 4), dt.date(2024, 4, 5)))
+
+
+def test_a_side_with_too_few_churned_or_retained_buyers_skips_the_model_saying_which():
+    settings = ChurnSettings(min_rows_per_class=20)
+    check_trainable({False: 20, True: 20}, {False: 25, True: 20}, TRAINING, settings)  # at the minimum: trains
+    with pytest.raises(ModelSkipped) as skipped:
+        check_trainable({False: 300, True: 40}, {False: 19, True: 0}, TRAINING, settings)
+    assert skipped.value.model == "churn"
+    assert ("the holdout cutoff 2024-10-02: 0 churned and 19 retained" in skipped.value.reason
+            and "the training cutoffs 2024-07-04, 2024-04-05: 40 churned and 300 retained" in skipped.value.reason
+            and "min_rows_per_class = 20" in skipped.value.reason)
+    with pytest.raises(ValueError, match="min_rows_per_class .2. must be at least calibration_folds .3."):
+        ChurnSettings(min_rows_per_class=2)
+
+
+def test_features_missing_or_constant_in_every_training_row_are_left_out():
+    rows = 50
+    train = pd.DataFrame({name: np.linspace(0, 1, rows) for name in MODEL_FEATURES})
+    train["last_satisfaction"] = np.nan  # no interactions table
+    train["complaints_365d"] = 0.0  # nobody complained
+    train["interactions_365d"] = [np.nan] * 25 + [1.0] * 25  # known for half: the missingness is information
+    features, dropped = usable_features(train)
+    assert dropped == {"complaints_365d": "the same value (0) in every training row",
+                       "last_satisfaction": "missing in every training row"}
+    assert features == [f for f in MODEL_FEATURES if f not in dropped]
+
+
+def test_a_model_fitted_on_some_features_predicts_from_them_alone():
+    rng = np.random.default_rng(3)
+    train = pd.DataFrame({name: rng.random(200) for name in MODEL_FEATURES})
+    train[LABEL] = train["recency_days"] > 0.5
+    model = fit_model(train, ["recency_days", "frequency"], ChurnSettings(estimator_params={"max_iter": 10}))
+    assert features_of(model) == ["recency_days", "frequency"]
+    unused_missing = train.drop(columns=[f for f in MODEL_FEATURES if f not in ("recency_days", "frequency")])
+    np.testing.assert_array_equal(predict_churn(model, unused_missing), predict_churn(model, train))
 
 
 @pytest.fixture(scope="module")
 def fitted(generated):
     data = training_set(generated["customers"], generated["transactions"], generated["interactions"],
                         dt.date(2024, 12, 31), SETTINGS)
-    train = capped_sample(data.train, SETTINGS.churn.max_train_rows, SETTINGS.churn.sample_seed).toPandas()
+    train = capped_sample(data.train, label_counts(data.train), SETTINGS.churn.max_train_rows,
+                          SETTINGS.churn.sample_seed).toPandas()
     holdout = data.holdout.toPandas()
-    return fit_model(train, SETTINGS.churn), train, holdout
+    return fit_model(train, usable_features(train)[0], SETTINGS.churn), train, holdout
 
 
 def test_model_beats_both_baselines_out_of_time(fitted):

@@ -35,9 +35,15 @@ def documented(text: str) -> dict[str, dict[str, str]]:
     return tables
 
 
+def type_name(kind) -> str:
+    """The dictionary's name of a Delta type: `long`, `array<string>`, ..."""
+    if hasattr(kind, "element_type"):
+        return f"array<{type_name(kind.element_type)}>"
+    return TYPES.get(kind.type, kind.type)
+
+
 def published_schemas(root: str) -> dict[str, dict[str, str]]:
-    return {name: {field.name: TYPES.get(field.type.type, field.type.type)
-                   for field in DeltaTable(uri).schema().fields}
+    return {name: {field.name: type_name(field.type) for field in DeltaTable(uri).schema().fields}
             for name, uri in published_tables(root).items()}
 
 

@@ -167,8 +167,10 @@ def test_run_is_recorded_with_its_stages(spark, generated, tmp_path):
     settings = settings_for(generated, tmp_path / "wh", churn={"enabled": False})
     summary = run_pipeline(spark, settings, D1, Run("run", settings, D1))
     assert list(summary["stages"]) == ["ingest", "validate", "clv fit", "features", "segment", "migration", "plan"]
-    assert summary["stages"]["plan"] == {"skipped": "needs churn.enabled and clv.enabled",
-                                         "seconds": summary["stages"]["plan"]["seconds"]}
+    assert summary["models"] == {"churn": {"status": "disabled", "version": None, "skipped": None},
+                                 "clv": {"status": "trained", "version": 1, "skipped": None}}
+    assert summary["stages"]["plan"]["retention"]["note"] == "churn.enabled is false"
+    assert summary["warnings"] == []  # what the config asked for is no warning
 
 
 def test_every_example_query_in_the_docs_runs_on_a_published_warehouse(two_snapshots):

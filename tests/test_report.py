@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from frames import D1, D2
 
@@ -148,3 +149,26 @@ def test_an_unpublished_snapshot_is_refused_and_nothing_is_written(two_snapshots
     assert list(tmp_path.iterdir()) == []
     assert report(str(tmp_path / "nowhere"), out) == 2
     assert "does not exist" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_report_of_one_customer_renders_with_every_tier_and_the_runs_warnings(spark, browser, tmp_path):
+    """The smallest base: no model can be trained, so the report says why, shows the empty tiers, and draws
+    every chart it has data for."""
+    customers = {"customer_id": ["only"], "signup_date": ["2024-01-02"]}
+    transactions = {"transaction_id": ["t1", "t2"], "customer_id": ["only", "only"],
+                    "ts": ["2024-03-01T10:00:00Z", "2024-05-01T10:00:00Z"], "amount": [20.0, 35.5],
+                    "transaction_type": ["purchase", "purchase"]}
+    for name, columns in (("customers", customers), ("transactions", transactions)):
+        (tmp_path / "in" / name).mkdir(parents=True)
+        pd.DataFrame(columns).to_csv(tmp_path / "in" / name / "part-0.csv", index=False)
+    warehouse = str(tmp_path / "wh")
+    assert main(["run", "--input", str(tmp_path / "in"), "--warehouse", warehouse, "--snapshot-date", "2024-06-30"],
+                spark=spark) == 0
+    out = tmp_path / "one.html"
+    assert report(warehouse, out) == 0
+    rendered = render(browser, out)
+    assert problems(rendered, {"tier-pyramid", "rfm-heatmap", "rfm-segments", "lifecycle-funnel"}) == []
+    for tier, label in (("high_value", "高价值"), ("potential", "潜力"), ("regular", "普通")):
+        assert f"{tier} {label}" in rendered.text
+    assert "churn model skipped" in rendered.text and "clv model skipped" in rendered.text
+    assert "the retention plan of this snapshot is empty" in rendered.text

@@ -108,7 +108,7 @@ def test_value_tiers_take_the_top_shares_of_buyers_and_prospects_are_regular(spa
     assert tiers.where(F.col("customer_id") == "p").first().tier == "regular"
 
 
-def test_lifecycle_stage_first_match_wins(spark):
+def test_lifecycle_stages_at_their_edges(spark):
     features = spark.createDataFrame(
         [("prospect", D, None, 0, 0.0), ("churned", D, 366, 9, 1.0), ("at_risk", D, 121, 1, 1.0),
          ("edge_active", D, 120, 1, 1.0), ("loyal", D, 3, 5, 1.0), ("repeat", D, 3, 4, 1.0),
@@ -118,6 +118,65 @@ def test_lifecycle_stage_first_match_wins(spark):
         [("prospect", "prospect"), ("churned", "churned"), ("at_risk", "at_risk"), ("edge_active", "new"),
          ("loyal", "loyal"), ("repeat", "repeat"), ("edge_churn", "at_risk")], "customer_id string, stage string")
     assertDataFrameEqual(stages, expected)
+
+
+def expected_stage(recency: int | None, frequency: int, churned: int, at_risk: int, loyal: int) -> str | None:
+    """docs/segmentation.md, stage by stage."""
+    if recency is None:
+        return "prospect"
+    if recency > churned:
+        return "churned"
+    if recency > at_risk:
+        return "at_risk"
+    return {1: "new"}.get(frequency) or ("loyal" if frequency >= loyal else "repeat" if frequency >= 2 else None)
+
+
+def test_every_combination_of_stage_boundaries_is_refused_or_gives_every_buyer_one_stage(spark):
+    """Each combination of boundaries (and of the RFM lookback that bounds frequency) is either refused when the
+    config loads, naming the keys, or gives every customer the one stage the definitions say."""
+    valid = []
+    for churned in (60, 365):
+        for at_risk in (30, 120, 364):
+            for loyal in (2, 5):
+                for lookback in (None, 29, 30, 31, 120, 400):
+                    raw = {"lifecycle": {"churned_after_days": churned, "at_risk_after_days": at_risk,
+                                         "loyal_min_purchases": loyal}, "rfm": {"lookback_days": lookback}}
+                    if at_risk >= churned:
+                        with pytest.raises(ValueError, match="at_risk_after_days must be below churned_after_days"):
+                            Settings.model_validate(raw)
+                    elif lookback is not None and lookback <= at_risk:
+                        with pytest.raises(ValueError, match=rf"rfm.lookback_days \({lookback}\) must be longer "
+                                                             rf"than lifecycle.at_risk_after_days \({at_risk}\)"):
+                            Settings.model_validate(raw)
+                    else:
+                        valid.append((Settings.model_validate(raw), churned, at_risk, loyal, lookback))
+    assert len(valid) == 24
+    edges = sorted({0, 1, 28, 29, 30, 31, 59, 60, 61, 119, 120, 121, 363, 364, 365, 366, 800})
+
+    def possible(recency: int | None, frequency: int, lookback: int | None) -> bool:
+        """A buyer's frequency counts purchases within the lookback, the last one included when it is in it."""
+        if recency is None:
+            return frequency == 0
+        if lookback is None or recency < lookback:
+            return frequency >= 1
+        return frequency == 0
+
+    for lookback in {config[-1] for config in valid}:
+        profiles = [(r, f) for r in [None, *edges] for f in range(7) if possible(r, f, lookback)]
+        configs = [config for config in valid if config[-1] == lookback]
+        frame = spark.createDataFrame([(f"{r}/{f}", D, r, f, 0.0) for r, f in profiles], FEATURES)
+        staged = frame.select("recency_days", "frequency", *[lifecycle_stage(settings.lifecycle).alias(f"stage_{i}")
+                                                             for i, (settings, *_) in enumerate(configs)])
+        for row in staged.collect():
+            for i, (_, churned, at_risk, loyal, _) in enumerate(configs):
+                expected = expected_stage(row.recency_days, row.frequency, churned, at_risk, loyal)
+                assert expected is not None and row[f"stage_{i}"] == expected, (row, churned, at_risk, loyal)
+
+
+def test_a_customer_no_stage_covers_stops_the_run_naming_them(spark):
+    impossible = spark.createDataFrame([("z", D, 10, 0, 0.0)], FEATURES)  # bought 10 days ago, no purchase counted
+    with pytest.raises(Exception, match=r"no lifecycle stage covers customer z \(recency_days 10, frequency 0\)"):
+        impossible.select(lifecycle_stage(Settings().lifecycle)).collect()
 
 
 def test_customer_scores_columns_with_tiers_by_clv(spark):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segscale.config import ChurnSettings, RiskBands, Settings
-from segscale.errors import InputError
+from segscale.errors import InputError, ModelSkipped
 from segscale.features import PURCHASE, customer_features, filter_signed_up_by, snapshot_end
 from segscale.rfm import is_buyer
 from segscale.tracking import ScoringModel
@@ -91,9 +91,32 @@ def with_true_dropout(rows_df: DataFrame, truth_df: DataFrame, cutoff: dt.date) 
     return rows_df.join(dropped_df, "customer_id", how="left")
 
 
-def capped_sample(rows_df: DataFrame, max_rows: int, seed: int) -> DataFrame:
-    """At most `max_rows` rows, sampled with one fraction in every label so the label shares are kept; seeded."""
-    counts = {row[LABEL]: row["count"] for row in rows_df.groupBy(LABEL).count().collect()}  # small: 2 rows
+def label_counts(rows_df: DataFrame) -> dict[bool, int]:
+    """Labelled rows per label (False: retained, True: churned), both keys present."""
+    found = {row[LABEL]: row["count"] for row in rows_df.groupBy(LABEL).count().collect()}  # small: 2 rows
+    return {False: found.get(False, 0), True: found.get(True, 0)}
+
+
+def check_trainable(train: Mapping[bool, int], holdout: Mapping[bool, int], data: TrainingSet,
+                    settings: ChurnSettings) -> None:
+    """ModelSkipped unless the training rows and the holdout rows each hold churn.min_rows_per_class churned and
+    as many retained buyers: fewer cannot train, calibrate and evaluate a model honestly."""
+    least = settings.min_rows_per_class
+    if min(*train.values(), *holdout.values()) >= least:
+        return
+    sides = [(f"the training cutoffs {', '.join(c.isoformat() for c in data.cutoffs[1:])}", train),
+             (f"the holdout cutoff {data.holdout_cutoff.isoformat()}", holdout)]
+    found = "; ".join(f"{side}: {counts[True]:,} churned and {counts[False]:,} retained"
+                      for side, counts in sides)
+    raise ModelSkipped("churn", f"it needs at least churn.min_rows_per_class = {least} churned and {least} retained "
+                                f"buyers on each side of the out-of-time split, and found {found} (labels look "
+                                f"churn.horizon_days = {settings.horizon_days} days ahead of each cutoff; a later "
+                                f"snapshot or a longer history gives more labelled buyers)")
+
+
+def capped_sample(rows_df: DataFrame, counts: Mapping[bool, int], max_rows: int, seed: int) -> DataFrame:
+    """At most `max_rows` rows, sampled with one fraction in every label so the label shares are kept (`counts`:
+    rows per label, from `label_counts`); seeded."""
     total = sum(counts.values())
     if total <= max_rows:
         return rows_df

@@ -7,7 +7,7 @@ whole base happens on the executors. Definitions of the metrics and baselines: d
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,8 @@ from sklearn.pipeline import Pipeline
 from segscale.churn import LABEL, TRUE_LABEL
 from segscale.config import ChurnSettings, LifecycleSettings
 
-# The model's inputs: every numeric feature of customer_features (missing values are left to the estimator;
-# HistGradientBoosting routes them natively).
+# The candidate inputs: every numeric feature of customer_features (missing values are left to the estimator;
+# HistGradientBoosting routes them natively). A model uses those its training rows carry (`usable_features`).
 MODEL_FEATURES = (
     "recency_days", "frequency", "monetary", "avg_order_value", "tenure_days", "days_since_first_purchase",
     "mean_days_between_purchases", "std_days_between_purchases", "purchases_30d", "purchases_90d",
@@ -37,9 +37,30 @@ CALIBRATION_BINS = 10
 IMPORTANCE_ROWS = 20_000  # holdout rows the permutation importance is computed on
 
 
-def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
-    """The feature columns as float64 (nullable integers become NaN), in MODEL_FEATURES order."""
-    return frame.loc[:, list(MODEL_FEATURES)].astype("float64")
+def model_inputs(frame: pd.DataFrame, features: Sequence[str] = MODEL_FEATURES) -> pd.DataFrame:
+    """The feature columns as float64 (nullable integers become NaN), in the order given."""
+    return frame.loc[:, list(features)].astype("float64")
+
+
+def usable_features(train: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    """The candidate features the training rows carry, and why each other one is left out: missing in every row
+    (e.g. the interaction features of an input without interactions) or one value in every row (missing counts as
+    a value, so a feature that is known for some rows and missing for others stays)."""
+    used, dropped = [], {}
+    for name in MODEL_FEATURES:
+        values = train[name].astype("float64")
+        if values.isna().all():
+            dropped[name] = "missing in every training row"
+        elif values.nunique(dropna=False) < 2:
+            dropped[name] = f"the same value ({values.iloc[0]:g}) in every training row"
+        else:
+            used.append(name)
+    return used, dropped
+
+
+def features_of(model: ClassifierMixin) -> list[str]:
+    """The features a fitted model was trained on, in its order."""
+    return list(model.feature_names_in_)
 
 
 def build_estimator(settings: ChurnSettings) -> ClassifierMixin:
@@ -55,16 +76,17 @@ def build_estimator(settings: ChurnSettings) -> ClassifierMixin:
         raise ValueError(f"churn.estimator_params do not fit {settings.estimator}: {exc}") from exc
 
 
-def fit_model(train: pd.DataFrame, settings: ChurnSettings) -> CalibratedClassifierCV:
-    """Fit the pipeline and calibrate its probabilities on out-of-fold predictions of the training rows."""
+def fit_model(train: pd.DataFrame, features: Sequence[str], settings: ChurnSettings) -> CalibratedClassifierCV:
+    """Fit the pipeline on `features` and calibrate its probabilities on out-of-fold predictions of the training
+    rows; the model remembers its features (`features_of`)."""
     pipeline = Pipeline([("classifier", build_estimator(settings))])
     model = CalibratedClassifierCV(pipeline, method=settings.calibration, cv=settings.calibration_folds)
-    return model.fit(model_inputs(train), train[LABEL].astype(int).to_numpy())
+    return model.fit(model_inputs(train, features), train[LABEL].astype(int).to_numpy())
 
 
 def predict_churn(model: ClassifierMixin, frame: pd.DataFrame) -> np.ndarray:
-    """P(churned) for each row."""
-    return model.predict_proba(model_inputs(frame))[:, 1]
+    """P(churned) for each row, from the features the model was trained on."""
+    return model.predict_proba(model_inputs(frame, features_of(model)))[:, 1]
 
 
 # ---- baselines -----------------------------------------------------------------------------------------------
@@ -191,9 +213,10 @@ def charts(model: ClassifierMixin, holdout: pd.DataFrame, evaluation: Mapping[st
     written.append(_save(fig, out_dir / "lift.png"))
 
     sample = holdout.sample(n=min(len(holdout), IMPORTANCE_ROWS), random_state=seed)
-    importance = permutation_importance(model, model_inputs(sample), sample[LABEL].astype(int), scoring="roc_auc",
-                                        n_repeats=3, random_state=seed)
-    ranked = sorted(zip(MODEL_FEATURES, importance.importances_mean, strict=True), key=lambda item: item[1])
+    features = features_of(model)
+    importance = permutation_importance(model, model_inputs(sample, features), sample[LABEL].astype(int),
+                                        scoring="roc_auc", n_repeats=3, random_state=seed)
+    ranked = sorted(zip(features, importance.importances_mean, strict=True), key=lambda item: item[1])
     fig, ax = plt.subplots(figsize=(6, 7))
     ax.barh([name for name, _ in ranked], [value for _, value in ranked])
     ax.set(xlabel="drop in ROC-AUC when the feature is shuffled", title="Permutation importance (holdout)")

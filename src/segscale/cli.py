@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
+from pyspark.logger import PySparkLogger
 from pyspark.sql import SparkSession
 
 from segscale import __version__, tracking
 from segscale.config import Settings, load_settings
-from segscale.errors import InputError, SegscaleError, describe_exception, unreadable_input
+from segscale.errors import DegradedRunError, InputError, SegscaleError, describe_exception, unreadable_input
 from segscale.pipeline import (
     Run,
     backfill,
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--train", action="store_true",
                              help="train the churn model (with the promotion gate) and fit the CLV model before "
                                   "scoring")
+            _add_strict_flag(sub)
         sub.set_defaults(handler=_run)
 
     back = commands.add_parser(
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--to", dest="last", type=_date, required=True, help="last snapshot date, inclusive")
     back.add_argument("--every", type=_days, default=1, help="days between snapshots: 1d (default), 7d, 2w ...")
     back.add_argument("--force", action="store_true", help="re-run snapshots that are already published")
+    _add_strict_flag(back)
     back.set_defaults(handler=_backfill)
 
     score = commands.add_parser(
@@ -214,12 +217,21 @@ def _add_snapshot_flags(sub: argparse.ArgumentParser, *, with_input: bool, with_
     sub.add_argument("--summary-json", help="write the summary (JSON) to this file, also when the command fails")
 
 
+def _add_strict_flag(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--strict", action="store_true",
+                     help="exit 4 when a model the data cannot support was skipped (the run still publishes "
+                          "everything else); without it such a run exits 0 with warnings")
+
+
 def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -> int:
     """Run one command; returns the exit code. `spark` may be injected (tests); otherwise it is built."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    # PySpark logs every analysis error with its traceback, also one segscale reports as a one-paragraph error.
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        PySparkLogger.getLogger(name).setLevel(logging.DEBUG if args.debug else logging.CRITICAL)
     # A session that was already running (a notebook, a test) belongs to its owner: never stop it.
     owns_session = spark is None and SparkSession.getActiveSession() is None
     try:
@@ -279,7 +291,18 @@ def _run(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> i
     job = functools.partial(run_pipeline, train=getattr(args, "train", False))
     summary = _snapshot_job(job, spark, settings, args)
     print(format_summary(summary))
+    if getattr(args, "strict", False):
+        _refuse_skipped_models(summary)
     return 0
+
+
+def _refuse_skipped_models(summary: dict[str, Any]) -> None:
+    """--strict: DegradedRunError (exit 4) when the run skipped a model the data could not support."""
+    skipped = {kind: outcome["skipped"] for kind, outcome in summary.get("models", {}).items() if outcome["skipped"]}
+    if skipped:
+        raise DegradedRunError(
+            f"snapshot {summary['snapshot_date']} was published without a model the data could not support "
+            f"(--strict): " + "; ".join(f"{kind}: {reason}" for kind, reason in skipped.items()))
 
 
 def _score(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> int:
@@ -332,13 +355,17 @@ def _backfill(spark: SparkSession, settings: Settings, args: argparse.Namespace)
         if not args.summary_json:
             return
         rest = [{"snapshot_date": d.isoformat(), "status": "not run"} for d in dates[len(outcomes):]]
-        if error is not None and rest:
+        if error is not None and rest and not isinstance(error, DegradedRunError):
             rest[0].update(status="failed", error=describe_exception(error))
         _write_json(args.summary_json, {"config_hash": settings.config_hash(), "snapshots": outcomes + rest})
 
+    def check(summary: dict[str, Any]) -> None:
+        if args.strict:
+            _refuse_skipped_models(summary)
+
     print(f"backfill of {len(dates)} snapshots, {dates[0]} to {dates[-1]}, every {args.every} days")
     try:
-        backfill(spark, settings, dates, force=args.force, report=report)
+        backfill(spark, settings, dates, force=args.force, report=report, check=check)
     except Exception as exc:
         write_summary(exc)
         raise
@@ -449,12 +476,16 @@ def format_summary(summary: dict[str, Any]) -> str:
                       f"v{model['version']})  " + ", ".join(f"{tier} {v:,.0f} ({v / total:.0%})"
                                                           for tier, v in value.items())]
     fitted = stages.get("clv fit")
-    if fitted:
+    if fitted and "model_version" in fitted:
+        resolution = fitted["resolution"]
         lines += ["", f"fitted {fitted['model']} v{fitted['model_version']} on {fitted['buyers']:,} buyers "
-                      f"({fitted['repeat_buyers']:,} repeat) in {fitted['fit_seconds']:.1f} s: "
-                      + ", ".join(f"{k} {v:.4g}" for part in fitted["params"].values() for k, v in part.items())]
+                      f"({fitted['repeat_buyers']:,} repeat) in {fitted['fit_seconds']:.1f} s, recency and T in "
+                      f"{'exact days' if resolution['bin_days'] == 1 else str(resolution['bin_days']) + '-day bins'}"
+                      f": " + ", ".join(f"{k} {v:.4g}" for part in fitted["params"].values() for k, v in part.items())]
     plan = stages.get("plan", {}).get("retention")
-    if plan:
+    if plan and plan.get("note"):
+        lines += ["", f"retention plan: empty ({plan['note']})"]
+    elif plan:
         lines += ["", f"retention plan: {plan['customers_targeted']:,} customers, spend {plan['spend']:,.2f} of "
                       f"budget {plan['budget']:,.2f}, expected saved value {plan['expected_saved_value']:,.2f}",
                   "  value tier   treatment                   candidates   targeted        spend  "
@@ -474,4 +505,18 @@ def format_summary(summary: dict[str, Any]) -> str:
     if migration is not None:
         previous = migration.get("previous_snapshot")
         lines += ["", f"migration from {previous}" if previous else "migration: no earlier snapshot"]
+    if summary.get("models"):
+        lines += ["", "models"] + [f"  {kind:<6} {_outcome(outcome)}" for kind, outcome in summary["models"].items()]
+    if summary.get("warnings"):
+        lines += ["", f"warnings ({len(summary['warnings'])})"] + [f"  - {w}" for w in summary["warnings"]]
     return "\n".join(lines)
+
+
+def _outcome(outcome: dict[str, Any]) -> str:
+    status, version = outcome["status"], outcome["version"]
+    scored = f"scored with v{version}" if version is not None else "no scores (columns null)"
+    if status == "disabled":
+        return "disabled in the config (columns null)"
+    if outcome["skipped"]:
+        return f"{scored}; training skipped: {outcome['skipped']}"
+    return f"{scored} ({'trained by this run' if status == 'trained' else 'the champion'})"

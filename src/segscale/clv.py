@@ -2,23 +2,25 @@
 base by maximum likelihood (definitions: docs/models.md).
 
 The fit never sees customers one by one: Spark aggregates the model inputs into a weighted histogram of distinct
-(binned) input tuples, only the histogram reaches the driver, and scipy maximises the likelihood with the counts
-as weights. The histogram's size is bounded by the binning, not by the number of customers.
+input tuples, only the histogram reaches the driver, and scipy maximises the likelihood with the counts as weights.
+The histogram holds exact days and exact spend while it stays under `clv.max_histogram_rows`; beyond, recency and
+T are rounded to coarser day bins and spend to a log grid, the finest that fit (`choose_resolution`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from scipy import optimize
-from scipy.special import betaln, gammaln, hyp2f1
+from scipy import differentiate, optimize
+from scipy.special import betaln, digamma, expit, hyp1f1, hyp2f1
 
 from segscale.config import ClvSettings
-from segscale.errors import InputError
+from segscale.errors import ModelSkipped
 
 HISTOGRAM_WEIGHT = "customers"
 # What CLV scoring adds to customer_scores.
@@ -26,6 +28,18 @@ CLV_COLUMNS = ("p_alive", "expected_purchases", "expected_avg_spend", "clv")
 # What the models read from customer_features: x, t_x and T in days, mean spend per repeat purchase day.
 INPUT_COLUMNS = ("bgnbd_frequency", "bgnbd_recency", "bgnbd_T", "bgnbd_monetary")
 DISCOUNT_STEP_DAYS = 30  # future purchases are discounted month by month
+# The resolutions tried, finest first, when clv.bin_days or clv.spend_bin_relative is not fixed in the config.
+DAY_BINS = (1, 2, 3, 7, 14, 28, 56, 91)
+SPEND_BINS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How finely the histograms hold the inputs: recency and T rounded to multiples of `bin_days` (1: exact days),
+    mean spend to a log grid of relative width `spend_bin_relative` (0: exact)."""
+
+    bin_days: int
+    spend_bin_relative: float
 
 
 def binned(days: Column, bin_days: int) -> Column:
@@ -35,143 +49,375 @@ def binned(days: Column, bin_days: int) -> Column:
     return (F.floor(days / F.lit(bin_days) + F.lit(0.5)) * F.lit(bin_days)).cast("double")
 
 
-def bgnbd_histogram(features_df: DataFrame, settings: ClvSettings) -> pd.DataFrame:
-    """Buyers' (x, t_x, T) in days, binned to `clv.bin_days`, with the number of customers at each triple."""
-    buyers_df = features_df.where(F.col("bgnbd_frequency").isNotNull() & F.col("bgnbd_T").isNotNull())
-    histogram_df = buyers_df.groupBy(
-        F.col("bgnbd_frequency").cast("double").alias("x"),
-        binned(F.col("bgnbd_recency"), settings.bin_days).alias("t_x"),
-        binned(F.col("bgnbd_T"), settings.bin_days).alias("T"),
+def binned_spend(spend: Column, relative: float) -> Column:
+    """Spend rounded on a log grid of relative width `relative` (0: exact)."""
+    spend = spend.cast("double")
+    if relative == 0:
+        return spend
+    width = F.log1p(F.lit(relative))
+    return F.exp(F.round(F.log(spend) / width) * width)
+
+
+def _is_buyer() -> Column:
+    return F.col("bgnbd_frequency").isNotNull() & F.col("bgnbd_T").isNotNull()
+
+
+def _is_repeat_spender() -> Column:
+    return (F.col("bgnbd_frequency") > 0) & (F.col("bgnbd_monetary") > 0)
+
+
+def _frequency() -> Column:
+    return F.col("bgnbd_frequency").cast("double")
+
+
+def choose_resolution(features_df: DataFrame, settings: ClvSettings) -> tuple[Resolution, dict[str, dict]]:
+    """The finest resolution whose histograms stay under clv.max_histogram_rows (the configured bin_days or
+    spend_bin_relative when set), and the estimated rows at every candidate. One pass over the inputs counts
+    the distinct keys of every candidate histogram with HyperLogLog sketches (order-independent, so the choice
+    is the same on any cluster)."""
+    day_bins = DAY_BINS if settings.bin_days is None else (settings.bin_days,)
+    spend_bins = SPEND_BINS if settings.spend_bin_relative is None else (settings.spend_bin_relative,)
+    x = _frequency()
+    counters = [
+        *[F.approx_count_distinct(F.when(_is_buyer(), F.xxhash64(
+            x, binned(F.col("bgnbd_recency"), k), binned(F.col("bgnbd_T"), k)))).alias(f"days_{k}")
+          for k in day_bins],
+        *[F.approx_count_distinct(F.when(_is_repeat_spender(), F.xxhash64(
+            x, binned_spend(F.col("bgnbd_monetary"), rel)))).alias(f"spend_{i}")
+          for i, rel in enumerate(spend_bins)],
+    ]
+    estimate = features_df.agg(*counters).first()  # small: one row of counts
+    limit = settings.max_histogram_rows
+    days = {k: int(estimate[f"days_{k}"]) for k in day_bins}
+    spend = {rel: int(estimate[f"spend_{i}"]) for i, rel in enumerate(spend_bins)}
+    # The coarsest candidate when even that one is over the limit: the fit then takes longer, nothing fails.
+    chosen_days = next((k for k in day_bins if days[k] <= limit), day_bins[-1])
+    chosen_spend = next((rel for rel in spend_bins if spend[rel] <= limit), spend_bins[-1])
+    return (Resolution(chosen_days, chosen_spend),
+            {"bgnbd_rows_by_bin_days": days, "spend_rows_by_relative_width": spend, "max_rows": limit})
+
+
+def bgnbd_histogram(features_df: DataFrame, resolution: Resolution) -> pd.DataFrame:
+    """Buyers' (x, t_x, T) in days, binned to `resolution.bin_days`, with the number of customers at each
+    triple."""
+    histogram_df = features_df.where(_is_buyer()).groupBy(
+        _frequency().alias("x"),
+        binned(F.col("bgnbd_recency"), resolution.bin_days).alias("t_x"),
+        binned(F.col("bgnbd_T"), resolution.bin_days).alias("T"),
     ).agg(F.count(F.lit(1)).alias(HISTOGRAM_WEIGHT))
-    return histogram_df.toPandas()  # small: distinct binned triples
+    return _in_key_order(histogram_df.toPandas(), ["x", "t_x", "T"])  # small: bounded by clv.max_histogram_rows
 
 
-def spend_histogram(features_df: DataFrame, settings: ClvSettings) -> pd.DataFrame:
-    """Repeat buyers' (x, mean spend per repeat purchase day) with spend binned on a log grid of relative width
-    `clv.spend_bin_relative` (0: exact), and the number of customers at each pair. Spend must be positive."""
-    repeat_df = features_df.where((F.col("bgnbd_frequency") > 0) & (F.col("bgnbd_monetary") > 0))
-    spend = F.col("bgnbd_monetary").cast("double")
-    if settings.spend_bin_relative > 0:
-        width = F.log1p(F.lit(settings.spend_bin_relative))
-        spend = F.exp(F.round(F.log(spend) / width) * width)
-    histogram_df = repeat_df.groupBy(F.col("bgnbd_frequency").cast("double").alias("x"), spend.alias("m")).agg(
-        F.count(F.lit(1)).alias(HISTOGRAM_WEIGHT))
-    return histogram_df.toPandas()  # small: distinct binned pairs
+def spend_histogram(features_df: DataFrame, resolution: Resolution) -> pd.DataFrame:
+    """Repeat buyers' (x, mean spend per repeat purchase day), spend binned to `resolution.spend_bin_relative`,
+    with the number of customers at each pair. Spend must be positive."""
+    histogram_df = features_df.where(_is_repeat_spender()).groupBy(
+        _frequency().alias("x"),
+        binned_spend(F.col("bgnbd_monetary"), resolution.spend_bin_relative).alias("m"),
+    ).agg(F.count(F.lit(1)).alias(HISTOGRAM_WEIGHT))
+    return _in_key_order(histogram_df.toPandas(), ["x", "m"])  # small: bounded by clv.max_histogram_rows
+
+
+def _in_key_order(histogram: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The histogram sorted by its keys: Spark returns groups in any order, and the sums of the log-likelihood
+    (so the fit, to its last bits) depend on it."""
+    return histogram.sort_values(keys, ignore_index=True)
+
+
+# ---- the fits ----------------------------------------------------------------------------------------------------
+# Each model is fitted in coordinates where the likelihood's flat limits are bounds the optimiser can reach, and no
+# term cancels catastrophically near them (docs/models.md, "Fitting").
+# BG/NBD: log r, log(r / alpha) (the mean purchase rate), logit(a / (a + b)) (the mean dropout probability) and
+# log(a + b) (the concentration: at its upper bound every customer shares one dropout probability).
+# Gamma-Gamma: log p, log(q - 1) and log(gamma / (q - 1)); q > 1 keeps the population's mean spend finite.
+LARGE = 1e8  # upper bound of r, a + b, p and q: beyond it the population is homogeneous in that respect
+GRADIENT_TOLERANCE = 1e-6  # largest projected gradient of the mean log-likelihood that counts as a maximum
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    """One fitting coordinate: its bounds and what a solution on each bound means."""
+
+    name: str
+    low: float
+    high: float
+    at_low: str
+    at_high: str
+
+
+BGNBD_COORDINATES = (
+    Coordinate("log r", np.log(1e-4), np.log(LARGE), "r at its lower bound 1e-4 (purchase rates spread without limit)",
+               "r at its upper bound 1e8: every customer buys at the same rate"),
+    Coordinate("log(r / alpha)", np.log(1e-8), np.log(1e4), "the mean purchase rate at its lower bound",
+               "the mean purchase rate at its upper bound"),
+    Coordinate("logit(a / (a + b))", -30.0, 30.0, "the mean dropout probability at its lower bound (nobody drops out)",
+               "the mean dropout probability at its upper bound (everyone drops out after a purchase)"),
+    Coordinate("log(a + b)", np.log(1e-4), np.log(LARGE), "a + b at its lower bound 1e-4",
+               "a + b at its upper bound 1e8: every customer shares one dropout probability"),
+)
+GAMMA_GAMMA_COORDINATES = (
+    Coordinate("log p", np.log(1e-4), np.log(LARGE), "p at its lower bound 1e-4",
+               "p at its upper bound 1e8: a customer's orders all cost the same"),
+    Coordinate("log(q - 1)", np.log(1e-6), np.log(LARGE), "q at its lower bound 1 + 1e-6 (mean spend barely finite)",
+               "q at its upper bound 1e8: every customer has the same mean spend"),
+    Coordinate("log(gamma / (q - 1))", -30.0, 30.0, "gamma / (q - 1) at its lower bound",
+               "gamma / (q - 1) at its upper bound"),
+)
 
 
 @dataclass(frozen=True)
 class Fit:
-    """Maximum-likelihood parameters with the diagnostics MLflow records."""
+    """Maximum-likelihood parameters with the diagnostics MLflow and the run summary record."""
 
     params: dict[str, float]
+    standard_errors: dict[str, float | None]  # None where a parameter depends on a bound or the curvature is flat
     log_likelihood: float  # summed over customers (weighted)
     customers: int
     histogram_rows: int
     iterations: int
     converged: bool
     message: str
+    boundary: tuple[str, ...] = field(default=())  # what the bounds the solution sits on mean; () for an interior one
 
 
-def bgnbd_log_likelihood(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray,
-                         weight: np.ndarray) -> float:
-    """Weighted BG/NBD log-likelihood (Fader, Hardie & Lee 2005, eq. 6) at exp(log_params) = (r, alpha, a, b)."""
-    r, alpha, a, b = np.exp(log_params)
-    common = (gammaln(r + x) - gammaln(r) + r * np.log(alpha) + betaln(a, b + x) - betaln(a, b))
-    alive = -(r + x) * np.log(alpha + T)
-    # The second term exists only for repeat buyers: they may have dropped out right after their last purchase.
+def _ladder(steps: np.ndarray, term: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """sum of term(j) over j < x for each x in `steps` (non-negative integers), through one cumulative sum."""
+    top = int(steps.max()) if steps.size else 0
+    cumulative = np.concatenate([[0.0], np.cumsum(term(np.arange(top, dtype=float)))])
+    return cumulative[steps]
+
+
+def bgnbd_params(theta: np.ndarray) -> dict[str, float]:
+    """(r, alpha, a, b) at fitting coordinates `theta`."""
+    r, mu, kappa = np.exp(theta[0]), expit(theta[2]), np.exp(theta[3])
+    return {"r": float(r), "alpha": float(np.exp(theta[0] - theta[1])), "a": float(kappa * mu),
+            "b": float(kappa * (1.0 - mu))}
+
+
+def bgnbd_jacobian(theta: np.ndarray) -> np.ndarray:
+    """d (r, alpha, a, b) / d theta."""
+    r, alpha, a, b = bgnbd_params(theta).values()
+    spread = a * b / (a + b)  # d a / d logit(mu) = kappa mu (1 - mu)
+    return np.array([[r, 0.0, 0.0, 0.0], [alpha, -alpha, 0.0, 0.0], [0.0, 0.0, spread, a], [0.0, 0.0, -spread, b]])
+
+
+def bgnbd_log_likelihood(theta: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, weight: np.ndarray,
+                         gradient: bool = False) -> float | tuple[float, np.ndarray]:
+    """Weighted BG/NBD log-likelihood (Fader, Hardie & Lee 2005, eq. 6) at fitting coordinates `theta`, and with
+    `gradient` its gradient in those coordinates. The gamma and beta function ratios are sums over j < x, and
+    every other term is a log1p, so the value stays exact as r or a + b grow towards their limits."""
+    r, alpha, a, b = bgnbd_params(theta).values()
+    steps = x.astype(np.int64)
+    # log Gamma(r + x) / Gamma(r) + r log alpha - (r + x) log(alpha + T)
+    rate = _ladder(steps, lambda j: np.log(r + j)) - x * np.log(alpha + T) - r * np.log1p(T / alpha)
+    # log B(a, b + x) / B(a, b)
+    dropout = _ladder(steps, lambda j: np.log1p(-a / (a + b + j)))
+    # Repeat buyers may have dropped out right after their last purchase: the log-odds of that against being
+    # alive at T.
     repeat = x > 0
-    dropped = np.full_like(alive, -np.inf)
-    dropped[repeat] = (np.log(a) - np.log(b + x[repeat] - 1) - (r + x[repeat]) * np.log(alpha + t_x[repeat]))
-    return float(np.sum(weight * (common + np.logaddexp(alive, dropped))))
+    after_last = np.log1p((T - t_x) / (alpha + t_x))
+    b_x = np.where(repeat, b + x - 1, 1.0)
+    odds = np.where(repeat, np.log(a) - np.log(b_x) + (r + x) * after_last, -np.inf)
+    value = float(np.sum(weight * (rate + dropout + np.logaddexp(0.0, odds))))
+    if not gradient:
+        return value
+    dropped = np.where(repeat, expit(odds), 0.0)
+    d_r = _ladder(steps, lambda j: 1.0 / (r + j)) - np.log1p(T / alpha) + dropped * after_last
+    d_alpha = (-x / (alpha + T) + r * T / (alpha * (alpha + T))
+               + dropped * (r + x) * (1.0 / (alpha + T) - 1.0 / (alpha + t_x)))
+    d_a = -_ladder(steps, lambda j: 1.0 / (a + b + j)) + dropped / a
+    d_b = _ladder(steps, lambda j: 1.0 / (b + j) - 1.0 / (a + b + j)) - dropped / b_x
+    mu = a / (a + b)
+    grad = np.array([np.sum(weight * (r * d_r + alpha * d_alpha)), np.sum(weight * -alpha * d_alpha),
+                     np.sum(weight * mu * (1 - mu) * (a + b) * (d_a - d_b)), np.sum(weight * (a * d_a + b * d_b))])
+    return value, grad
 
 
-def gamma_gamma_log_likelihood(log_params: np.ndarray, x: np.ndarray, m: np.ndarray, weight: np.ndarray) -> float:
-    """Weighted Gamma-Gamma log-likelihood of mean spend m over x repeat purchases (Fader & Hardie 2013, eq. 3)
-    at exp(log_params) = (p, q, gamma)."""
-    p, q, gamma = np.exp(log_params)
+def gamma_gamma_params(theta: np.ndarray) -> dict[str, float]:
+    """(p, q, gamma) at fitting coordinates `theta`."""
+    q_minus_1 = np.exp(theta[1])
+    return {"p": float(np.exp(theta[0])), "q": float(1.0 + q_minus_1), "gamma": float(np.exp(theta[2]) * q_minus_1)}
+
+
+def gamma_gamma_jacobian(theta: np.ndarray) -> np.ndarray:
+    """d (p, q, gamma) / d theta."""
+    p, q, gamma = gamma_gamma_params(theta).values()
+    return np.array([[p, 0.0, 0.0], [0.0, q - 1.0, 0.0], [0.0, gamma, gamma]])
+
+
+def gamma_gamma_log_likelihood(theta: np.ndarray, x: np.ndarray, m: np.ndarray, weight: np.ndarray,
+                               gradient: bool = False) -> float | tuple[float, np.ndarray]:
+    """Weighted Gamma-Gamma log-likelihood of mean spend m over x repeat purchases (Fader & Hardie 2013, eq. 3) at
+    fitting coordinates `theta`, and with `gradient` its gradient in those coordinates."""
+    p, q, gamma = gamma_gamma_params(theta).values()
     px = p * x
-    terms = (gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(gamma) + (px - 1) * np.log(m)
-             + px * np.log(x) - (px + q) * np.log(gamma + x * m))
-    return float(np.sum(weight * terms))
+    value_terms = (-betaln(px, q) - q * np.log1p(x * m / gamma) + (px - 1) * np.log(m) + px * np.log(x)
+                   - px * np.log(gamma + x * m))
+    value = float(np.sum(weight * value_terms))
+    if not gradient:
+        return value
+    d_p = x * (digamma(px + q) - digamma(px) + np.log(x * m / (gamma + x * m)))
+    d_q = digamma(px + q) - digamma(q) - np.log1p(x * m / gamma)
+    d_gamma = (q * x * m / gamma - px) / (gamma + x * m)
+    grad = np.array([np.sum(weight * p * d_p), np.sum(weight * ((q - 1) * d_q + gamma * d_gamma)),
+                     np.sum(weight * gamma * d_gamma)])
+    return value, grad
 
 
-def _maximise(log_likelihood, names: tuple[str, ...], args: tuple, customers: int, rows: int,
+def _maximise(log_likelihood: Callable[..., float | tuple[float, np.ndarray]],
+              to_params: Callable[[np.ndarray], dict[str, float]], jacobian: Callable[[np.ndarray], np.ndarray],
+              coordinates: Sequence[Coordinate], start: np.ndarray, args: tuple, customers: int, rows: int,
               settings: ClvSettings) -> Fit:
-    """Maximise over log-parameters (so every parameter stays positive) from 1.0 each."""
-    def objective(log_params: np.ndarray) -> float:
-        value = log_likelihood(log_params, *args)
-        return -value / customers if np.isfinite(value) else np.inf
+    """Maximise the log-likelihood within the coordinates' bounds (L-BFGS-B with the analytic gradient), then
+    read the standard errors off the curvature at the optimum."""
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = log_likelihood(theta, *args, gradient=True)
+        if not np.isfinite(value) or not np.all(np.isfinite(grad)):
+            return np.inf, np.zeros_like(theta)
+        return -value / customers, -grad / customers
 
-    result = optimize.minimize(objective, np.zeros(len(names)), method="Nelder-Mead",
-                               options={"maxiter": settings.max_iterations, "xatol": 1e-10, "fatol": 1e-12,
-                                        "adaptive": True})
-    params = dict(zip(names, (float(v) for v in np.exp(result.x)), strict=True))
-    return Fit(params=params, log_likelihood=-float(result.fun) * customers, customers=customers,
-               histogram_rows=rows, iterations=int(result.nit), converged=bool(result.success),
-               message=str(result.message))
+    bounds = [(c.low, c.high) for c in coordinates]
+    result = optimize.minimize(objective, np.clip(start, *np.array(bounds).T), jac=True, method="L-BFGS-B",
+                               bounds=bounds, options={"maxiter": settings.max_iterations, "ftol": 1e-15,
+                                                       "gtol": 1e-9, "maxcor": 20})
+    theta = result.x
+    on_low = np.isclose(theta, [c.low for c in coordinates], rtol=0, atol=1e-6)
+    on_high = np.isclose(theta, [c.high for c in coordinates], rtol=0, atol=1e-6)
+    boundary = tuple(c.at_low if low else c.at_high for c, low, high in zip(coordinates, on_low, on_high, strict=True)
+                     if low or high)
+    params = to_params(theta)
+    log_likelihood_value = float(log_likelihood(theta, *args))
+    # L-BFGS-B can stop "ABNORMAL" at the optimum, when its line search runs out of floating-point precision
+    # there: a solution whose projected gradient (per customer) is negligible is converged whatever its message.
+    gradient = objective(theta)[1]
+    projected = np.where(on_low, np.minimum(gradient, 0), np.where(on_high, np.maximum(gradient, 0), gradient))
+    stationary = bool(result.success) or float(np.max(np.abs(projected))) <= GRADIENT_TOLERANCE
+    converged = stationary and np.isfinite(log_likelihood_value) and all(np.isfinite(list(params.values())))
+    return Fit(params=params,
+               standard_errors=_standard_errors(log_likelihood, jacobian(theta), theta, ~(on_low | on_high), args,
+                                                 list(params)),
+               log_likelihood=log_likelihood_value, customers=customers, histogram_rows=rows,
+               iterations=int(result.nit), converged=converged, message=str(result.message), boundary=boundary)
+
+
+def _standard_errors(log_likelihood: Callable[..., float | tuple[float, np.ndarray]], jacobian: np.ndarray,
+                     theta: np.ndarray, free: np.ndarray, args: tuple, names: Sequence[str]
+                     ) -> dict[str, float | None]:
+    """Asymptotic standard errors of the parameters: the inverse of the observed information (the Jacobian of the
+    analytic gradient, by scipy.differentiate) over the coordinates not on a bound, carried to the parameters by
+    the delta method through `jacobian` (d params / d theta). None for a parameter that moves with a coordinate on a
+    bound, and for all of them when the curvature at the solution is not that of a maximum."""
+    unknown: dict[str, float | None] = dict.fromkeys(names)
+    if not free.any():
+        return unknown
+
+    def free_gradient(free_theta: np.ndarray) -> np.ndarray:
+        full = theta.copy()
+        full[free] = free_theta
+        return log_likelihood(full, *args, gradient=True)[1][free]
+
+    with np.errstate(all="ignore"):
+        information = -differentiate.jacobian(_vectorised(free_gradient), theta[free], initial_step=1e-3).df
+        information = (information + information.T) / 2
+        if not np.all(np.isfinite(information)) or np.any(np.linalg.eigvalsh(information) <= 0):
+            return unknown
+        covariance = np.linalg.inv(information)
+        variances = np.einsum("ij,jk,ik->i", jacobian[:, free], covariance, jacobian[:, free])
+    moves_with_bound = np.any(jacobian[:, ~free] != 0, axis=1)
+    return {name: float(np.sqrt(v)) if v > 0 and not bounded else None
+            for name, v, bounded in zip(names, variances, moves_with_bound, strict=True)}
+
+
+def _vectorised(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """`fn` of one point, evaluated at many points along the trailing axes (what scipy.differentiate passes)."""
+    def many(points: np.ndarray) -> np.ndarray:
+        flat = points.reshape(points.shape[0], -1)
+        out = np.stack([fn(flat[:, k]) for k in range(flat.shape[1])], axis=-1)
+        return out.reshape((out.shape[0], *points.shape[1:]))
+    return many
 
 
 def fit_bgnbd(histogram: pd.DataFrame, settings: ClvSettings) -> Fit:
-    """BG/NBD by maximum likelihood on the histogram, with time in units of `clv.time_unit_days` days."""
+    """BG/NBD by maximum likelihood on the histogram, with time in units of `clv.time_unit_days` days.
+    ModelSkipped when the base cannot support the model (too few repeat buyers) or the fit does not converge."""
     weight = histogram[HISTOGRAM_WEIGHT].to_numpy(dtype=float)
     customers = int(weight.sum())
-    if customers == 0:
-        raise InputError("BG/NBD cannot be fitted: the snapshot has no buyers")
-    if not (histogram["x"] > 0).any():
-        raise InputError(f"BG/NBD cannot be fitted: none of the {customers:,} buyers has bought on a second day, "
-                         f"so repeat purchasing and dropout cannot be told apart; use more history")
+    repeat_buyers = int(weight[histogram["x"].to_numpy() > 0].sum())
+    if repeat_buyers < settings.min_repeat_buyers:
+        raise ModelSkipped("clv", f"BG/NBD needs at least clv.min_repeat_buyers = {settings.min_repeat_buyers} "
+                                  f"buyers who bought on a second day to tell repeat purchasing from dropout; this "
+                                  f"base has {repeat_buyers:,} of {customers:,} buyers")
     unit = float(settings.time_unit_days)
-    args = (histogram["x"].to_numpy(dtype=float), histogram["t_x"].to_numpy(dtype=float) / unit,
-            histogram["T"].to_numpy(dtype=float) / unit, weight)
-    return _check(_maximise(bgnbd_log_likelihood, ("r", "alpha", "a", "b"), args, customers, len(histogram),
-                            settings), "BG/NBD")
+    x = histogram["x"].to_numpy(dtype=float)
+    t_x, T = histogram["t_x"].to_numpy(dtype=float) / unit, histogram["T"].to_numpy(dtype=float) / unit
+    # Start from a mean rate of repeat purchases per unit of time, r = 1 and a middling dropout probability.
+    rate = max(float(np.sum(weight * x) / max(np.sum(weight * T), 1e-9)), 1e-6)
+    start = np.array([0.0, np.log(rate), -1.0, 0.0])
+    fit = _maximise(bgnbd_log_likelihood, bgnbd_params, bgnbd_jacobian, BGNBD_COORDINATES, start,
+                    (x, t_x, T, weight), customers, len(histogram), settings)
+    return _check(fit, "BG/NBD", settings)
 
 
 def fit_gamma_gamma(histogram: pd.DataFrame, settings: ClvSettings) -> Fit:
-    """Gamma-Gamma by maximum likelihood on the repeat buyers' histogram."""
+    """Gamma-Gamma by maximum likelihood on the repeat buyers' histogram. ModelSkipped when there are too few
+    repeat buyers with positive spend or the fit does not converge."""
     weight = histogram[HISTOGRAM_WEIGHT].to_numpy(dtype=float)
     customers = int(weight.sum())
-    if customers < 2:
-        raise InputError(f"Gamma-Gamma cannot be fitted: it needs at least 2 repeat buyers with positive spend, "
-                         f"found {customers}")
-    args = (histogram["x"].to_numpy(dtype=float), histogram["m"].to_numpy(dtype=float), weight)
-    return _check(_maximise(gamma_gamma_log_likelihood, ("p", "q", "gamma"), args, customers, len(histogram),
-                            settings), "Gamma-Gamma")
+    if customers < settings.min_repeat_buyers:
+        raise ModelSkipped("clv", f"Gamma-Gamma needs at least clv.min_repeat_buyers = {settings.min_repeat_buyers} "
+                                  f"repeat buyers with positive spend on their repeat purchase days; this base has "
+                                  f"{customers:,}")
+    x, m = histogram["x"].to_numpy(dtype=float), histogram["m"].to_numpy(dtype=float)
+    mean_spend = float(np.sum(weight * m) / customers)
+    start = np.array([0.0, np.log(2.0), np.log(mean_spend)])  # p = 1, q = 3, gamma / (q - 1) = the mean spend
+    fit = _maximise(gamma_gamma_log_likelihood, gamma_gamma_params, gamma_gamma_jacobian, GAMMA_GAMMA_COORDINATES,
+                    start, (x, m, weight), customers, len(histogram), settings)
+    return _check(fit, "Gamma-Gamma", settings)
 
 
-def _check(fit: Fit, model: str) -> Fit:
-    values = np.array(list(fit.params.values()))
-    if not fit.converged or not np.all(np.isfinite(values)) or not np.isfinite(fit.log_likelihood):
-        raise InputError(f"{model} did not converge ({fit.message}; parameters {fit.params}, "
-                         f"{fit.iterations} iterations); raise clv.max_iterations or check the inputs")
+def _check(fit: Fit, model: str, settings: ClvSettings) -> Fit:
+    if not fit.converged:
+        raise ModelSkipped("clv", f"the {model} fit did not converge within clv.max_iterations = "
+                                  f"{settings.max_iterations} ({fit.message}; parameters {fit.params}, "
+                                  f"{fit.iterations} iterations)")
     return fit
 
 
 # ---- predictions (vectorised numpy; run on the executors in Arrow batches) --------------------------------------
-def _dropout_odds(bgnbd: dict[str, float], x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
-    """a / (b + x - 1) * ((alpha + T) / (alpha + t_x))^(r + x) for repeat buyers, 0 for the others."""
+def _log_dropout_odds(bgnbd: dict[str, float], x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """log(a / (b + x - 1)) + (r + x) log((alpha + T) / (alpha + t_x)) for repeat buyers, -inf for the others."""
     r, alpha, a, b = (bgnbd[k] for k in ("r", "alpha", "a", "b"))
     repeat = x > 0
-    odds = np.zeros_like(x, dtype=float)
-    odds[repeat] = np.exp(np.log(a) - np.log(b + x[repeat] - 1)
-                          + (r + x[repeat]) * (np.log(alpha + T[repeat]) - np.log(alpha + t_x[repeat])))
-    return odds
+    b_x = np.where(repeat, b + x - 1, 1.0)
+    return np.where(repeat, np.log(a) - np.log(b_x) + (r + x) * np.log1p((T - t_x) / (alpha + t_x)), -np.inf)
 
 
 def p_alive(bgnbd: dict[str, float], x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
     """P(the customer is still active at T | x, t_x, T) (Fader, Hardie & Lee 2005, eq. 11)."""
-    return 1.0 / (1.0 + _dropout_odds(bgnbd, x, t_x, T))
+    return expit(-_log_dropout_odds(bgnbd, x, t_x, T))
+
+
+def _on_upper_bound(value: float) -> bool:
+    return value >= LARGE * (1 - 1e-9)
 
 
 def expected_purchases(bgnbd: dict[str, float], t: float | np.ndarray, x: np.ndarray, t_x: np.ndarray,
                        T: np.ndarray) -> np.ndarray:
-    """E[purchases in (T, T + t] | x, t_x, T] (Fader, Hardie & Lee 2005, eq. 10)."""
+    """E[purchases in (T, T + t] | x, t_x, T] (Fader, Hardie & Lee 2005, eq. 10). On a boundary solution the
+    hypergeometric function's limit is used: with a + b on its bound every customer drops out with the same
+    probability a / (a + b); with r on its bound every customer buys at the same rate (the confluent limit)."""
     r, alpha, a, b = (bgnbd[k] for k in ("r", "alpha", "a", "b"))
     t = np.asarray(t, dtype=float)
-    ratio = (alpha + T) / (alpha + T + t)
-    hyper = hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + T + t))
-    first = (a + b + x - 1) / (a - 1) * (1 - ratio ** (r + x) * hyper)
-    return first / (1.0 + _dropout_odds(bgnbd, x, t_x, T))
+    if _on_upper_bound(a + b):
+        dropout = a / (a + b)
+        if_alive = -np.expm1(-(r + x) * np.log1p(dropout * t / (alpha + T))) / dropout
+    elif _on_upper_bound(r):
+        if_alive = (a + b + x - 1) / (a - 1) * (1 - hyp1f1(a - 1, a + b + x - 1, -(r + x) * t / (alpha + T)))
+    else:
+        ratio = (alpha + T) / (alpha + T + t)
+        hyper = hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + T + t))
+        if_alive = (a + b + x - 1) / (a - 1) * (1 - ratio ** (r + x) * hyper)
+    return if_alive * p_alive(bgnbd, x, t_x, T)
 
 
 def expected_avg_spend(gamma_gamma: dict[str, float], x: np.ndarray, m: np.ndarray) -> np.ndarray:

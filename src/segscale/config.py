@@ -36,6 +36,29 @@ class PathSettings(_Section):
     warehouse: str = "warehouse"
 
 
+InputTable = Literal["customers", "transactions", "interactions"]
+
+
+class InputSettings(_Section):
+    # Per input table, contract column -> the input's column of another name, or a Spark SQL expression over the
+    # input's columns (e.g. amount: "abs(Quantity * UnitPrice)"). docs/input-contract.md.
+    columns: dict[InputTable, dict[str, str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _contract_columns(self) -> InputSettings:
+        from segscale.ingest import CONTRACT  # the contract lives with the reader
+
+        for table, mapping in self.columns.items():
+            unknown = sorted(set(mapping) - {c.name for c in CONTRACT[table]})
+            if unknown:
+                raise ValueError(f"columns.{table} maps {unknown}, which are not columns of the {table} contract "
+                                 f"({', '.join(c.name for c in CONTRACT[table])})")
+            empty = sorted(k for k, v in mapping.items() if not str(v).strip())
+            if empty:
+                raise ValueError(f"columns.{table}.{empty[0]} is empty: name an input column or an SQL expression")
+        return self
+
+
 class SparkSettings(_Section):
     # Used only when segscale builds its own (embedded) session; under spark-submit the cluster's session is
     # taken as it is.
@@ -202,6 +225,9 @@ class ChurnSettings(_Section):
     horizon_days: int = Field(default=90, gt=0)
     # Labelled cutoffs D - h, D - 2h, ...: the most recent is the holdout, the earlier ones train.
     labelled_cutoffs: int = Field(default=3, ge=2, le=24)
+    # Fewer churned or retained buyers on either side of the out-of-time split, and the run publishes without a
+    # new churn model, saying why.
+    min_rows_per_class: int = Field(default=20, ge=2)
     # Rows pulled to the driver, per side (training rows, holdout rows); sampled by label with sample_seed.
     max_train_rows: int = Field(default=500_000, gt=0)
     sample_seed: int = 7
@@ -217,6 +243,13 @@ class ChurnSettings(_Section):
     # A new version becomes champion unless its holdout ROC-AUC is worse than the champion's by more than this.
     promotion_tolerance: float = Field(default=0.005, ge=0, lt=1)
     risk_bands: RiskBands = Field(default_factory=RiskBands)
+
+    @model_validator(mode="after")
+    def _enough_rows_to_calibrate(self) -> ChurnSettings:
+        if self.min_rows_per_class < self.calibration_folds:
+            raise ValueError(f"min_rows_per_class ({self.min_rows_per_class}) must be at least calibration_folds "
+                             f"({self.calibration_folds}): each fold needs a churned and a retained buyer")
+        return self
 
     @field_validator("estimator")
     @classmethod
@@ -234,12 +267,17 @@ class ClvSettings(_Section):
     # Days ahead that expected purchases and CLV cover, and the yearly rate future spend is discounted at.
     horizon_days: int = Field(default=365, gt=0)
     annual_discount_rate: float = Field(default=0.10, ge=0, lt=1)
-    # Recency and T are rounded to multiples of bin_days before the histogram (1: exact days); the models are
-    # fitted with time in units of time_unit_days (7: weeks, as the papers do).
-    bin_days: int = Field(default=7, ge=1, le=91)
+    # The fit's histograms hold exact days and exact spend while they have at most max_histogram_rows rows; beyond,
+    # recency and T are rounded to the finest of 2, 3, 7, 14, 28, 56, 91 days and spend to the finest log grid
+    # that fit. bin_days (1: exact days) or spend_bin_relative (0: exact) fix a resolution instead.
+    max_histogram_rows: int = Field(default=250_000, ge=1000)
+    bin_days: int | None = Field(default=None, ge=1, le=91)
+    spend_bin_relative: float | None = Field(default=None, ge=0, lt=1)
+    # The models are fitted with time in units of time_unit_days (7: weeks, as the papers do).
     time_unit_days: int = Field(default=7, ge=1, le=365)
-    # Mean spend is rounded on a log grid of this relative width before the Gamma-Gamma histogram (0: exact).
-    spend_bin_relative: float = Field(default=0.01, ge=0, lt=1)
+    # Fewer repeat buyers (BG/NBD), or repeat buyers with positive spend (Gamma-Gamma), and the run publishes
+    # without CLV, saying why.
+    min_repeat_buyers: int = Field(default=10, ge=2)
     max_iterations: int = Field(default=5000, ge=100)
     model_name: str = Field(default="segscale_clv", min_length=1)
 
@@ -267,6 +305,7 @@ class RetentionSettings(_Section):
 
 class Settings(_Section):
     paths: PathSettings = Field(default_factory=PathSettings)
+    input: InputSettings = Field(default_factory=InputSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     delta: DeltaSettings = Field(default_factory=DeltaSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
@@ -278,6 +317,18 @@ class Settings(_Section):
     churn: ChurnSettings = Field(default_factory=ChurnSettings)
     clv: ClvSettings = Field(default_factory=ClvSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+
+    @model_validator(mode="after")
+    def _lifecycle_covers_every_buyer(self) -> Settings:
+        # new, repeat and loyal count purchases within rfm.lookback_days; a buyer who is not yet at risk must have
+        # one there, or no stage describes them.
+        lookback, at_risk = self.rfm.lookback_days, self.lifecycle.at_risk_after_days
+        if lookback is not None and lookback <= at_risk:
+            raise ValueError(f"rfm.lookback_days ({lookback}) must be longer than lifecycle.at_risk_after_days "
+                             f"({at_risk}): a buyer whose last purchase is {lookback} to {at_risk} days old is not at "
+                             f"risk yet but has no purchase within the lookback, so no lifecycle stage (new, repeat, "
+                             f"loyal count the purchases within it) would describe them")
+        return self
 
     @model_validator(mode="after")
     def _clv_basis_needs_clv(self) -> Settings:

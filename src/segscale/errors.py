@@ -23,6 +23,23 @@ class InputError(SegscaleError):
     exit_code = 2
 
 
+class ModelSkipped(InputError):
+    """The data cannot support a model honestly (too few churned or retained buyers, too short a history, too few
+    repeat buyers, a fit that does not converge). `segscale run` publishes without that model and says why;
+    `segscale train`, whose only job is the model, stops with exit 2."""
+
+    def __init__(self, model: str, reason: str):
+        super().__init__(f"{model} model skipped: {reason}")
+        self.model = model
+        self.reason = reason
+
+
+class DegradedRunError(SegscaleError):
+    """`--strict`: the run published, but without a model the data could not support."""
+
+    exit_code = 4
+
+
 class SchemaMismatchError(SegscaleError):
     """A frame's columns or types differ from the table it is written to; nothing was committed."""
 

@@ -6,12 +6,14 @@ they are required. Missing optional columns arrive as typed nulls so every later
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -59,30 +61,80 @@ CONTRACT: dict[str, tuple[ColumnSpec, ...]] = {
         ColumnSpec("satisfaction", T.IntegerType(), False),
     ),
 }
-REQUIRED_TABLES = ("customers", "transactions")
+# Without a customers table, customers are derived from the transactions (segscale.validate).
+REQUIRED_TABLES = ("transactions",)
 RAW_PREFIX = "_raw_"
 
 
 @dataclass(frozen=True)
 class InputTables:
-    customers: DataFrame
+    customers: DataFrame | None
     transactions: DataFrame
     interactions: DataFrame | None
 
 
-def read_inputs(store: DeltaStore, input_dir: str) -> InputTables:
-    """Read and type the input tables under `input_dir`; stop before anything is written if one is unusable."""
+def read_inputs(store: DeltaStore, input_dir: str, columns: Mapping[str, Mapping[str, str]] | None = None
+                ) -> InputTables:
+    """Read and type the input tables under `input_dir`, with each table's `columns` mapping (input.columns:
+    contract column → the input's column or an SQL expression over its columns) applied first; stop before
+    anything is written if one is unusable."""
     input_dir = input_dir.rstrip("/")
+    columns = columns or {}
     found = {name: detect_format(f"{input_dir}/{name}") for name in CONTRACT}
     missing = [name for name in REQUIRED_TABLES if found[name] is None]
     if missing:
         raise InputError(f"required input tables {missing} not found under {input_dir} (expected a Delta, "
-                         f"Parquet or CSV directory per table: {input_dir}/customers/, {input_dir}/transactions/)")
-    frames = {
-        name: conform(name, _read(store, f"{input_dir}/{name}", fmt), f"{input_dir}/{name}")
-        for name, fmt in found.items() if fmt is not None
-    }
-    return InputTables(frames["customers"], frames["transactions"], frames.get("interactions"))
+                         f"Parquet or CSV directory per table: {input_dir}/transactions/ and, optionally, "
+                         f"customers/ and interactions/; see docs/input-contract.md)")
+    frames = {}
+    for name, fmt in found.items():
+        if fmt is None:
+            continue
+        where = f"{input_dir}/{name}"
+        frames[name] = conform(name, mapped(name, _read(store, where, fmt), where, columns.get(name, {})), where)
+    return InputTables(frames.get("customers"), frames["transactions"], frames.get("interactions"))
+
+
+def mapped(name: str, df: DataFrame, where: str, mapping: Mapping[str, str]) -> DataFrame:
+    """The input with each mapped contract column computed from the input's own column of that name or, failing
+    that, from a Spark SQL expression over its columns (`Quantity * Price`); a mapping that names a column the
+    input lacks stops the run, naming the table, the column and the file.
+
+    Expressions are analysed with Spark's lenient (non-ANSI) rules, as CSV text is read: text in arithmetic is
+    taken as a number, and what does not parse becomes null for validation to report, rather than failing the
+    run."""
+    if not mapping:
+        return df
+    # Spark resolves names case-insensitively: an input column named like a mapped one (Quantity, quantity) goes.
+    replaced = {column.lower() for column in mapping}
+    kept = [F.col(_quoted(c)) for c in df.columns if c.lower() not in replaced]
+    computed = []
+    with _lenient(df.sparkSession):
+        for column, source in mapping.items():
+            try:
+                expression = (F.col(_quoted(source)) if source in df.columns else F.expr(source)).alias(column)
+                df.select(expression).schema  # noqa: B018 (analysed now, so a wrong name is reported with its file)
+            except Exception as exc:  # Spark's AnalysisException and ParseException alike
+                raise InputError(f"input table {name} at {where}: input.columns.{name}.{column} = {source!r} cannot "
+                                 f"be read from it ({describe_exception(exc)}); its columns are {sorted(df.columns)},"
+                                 f" in {_first_file(df, where)}") from None
+            computed.append(expression)
+        return df.select(*kept, *computed)
+
+
+@contextlib.contextmanager
+def _lenient(spark: SparkSession) -> Iterator[None]:
+    """ANSI mode off while expressions are analysed (their evaluation mode is fixed then), restored after."""
+    ansi = spark.conf.get("spark.sql.ansi.enabled")
+    spark.conf.set("spark.sql.ansi.enabled", "false")
+    try:
+        yield
+    finally:
+        spark.conf.set("spark.sql.ansi.enabled", ansi)
+
+
+def _quoted(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
 
 
 def input_versions(input_dir: str) -> dict[str, int | None]:

@@ -20,6 +20,7 @@ import mlflow
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
+from mlflow import MlflowClient
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
@@ -32,12 +33,15 @@ from segscale.churn import (
     RISK_BANDS,
     TrainingSet,
     capped_sample,
+    check_trainable,
+    label_counts,
     require_inputs,
     training_set,
     with_churn_scores,
     with_true_dropout,
 )
 from segscale.churn_model import (
+    build_estimator,
     charts,
     classification_metrics,
     evaluate,
@@ -45,18 +49,20 @@ from segscale.churn_model import (
     flat_metrics,
     model_inputs,
     predict_churn,
+    usable_features,
 )
 from segscale.clv import INPUT_COLUMNS as CLV_INPUTS
 from segscale.clv import (
     ClvParams,
     bgnbd_histogram,
+    choose_resolution,
     fit_bgnbd,
     fit_gamma_gamma,
     spend_histogram,
     with_clv,
 )
 from segscale.config import ChurnSettings, ClvSettings, Settings
-from segscale.errors import InputError
+from segscale.errors import ConfigError, InputError, ModelSkipped
 from segscale.features import FEATURE_TYPES, customer_features, filter_signed_up_by
 from segscale.generate import as_csv_text, generate_frames
 from segscale.ingest import detect_format, input_versions, read_inputs
@@ -91,7 +97,21 @@ RUNS_SCHEMA = T.StructType([
     T.StructField("config_json", T.StringType()),
     T.StructField("summary_json", T.StringType()),
     T.StructField("package_version", T.StringType()),
+    # What the run worked around (a model skipped, tiers on another basis, an empty plan); empty when nothing.
+    T.StructField("warnings", T.ArrayType(T.StringType())),
 ])
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    """What a run did with one model. status: `trained` (this run, and scored with it), `champion` (scored with
+    the registered champion), `earlier champion` (training was skipped; scored with a champion of an earlier
+    run), `skipped` (no model: its columns are null) or `disabled` (config). `skipped` says why training was
+    skipped."""
+
+    status: str
+    version: int | None = None
+    skipped: str | None = None
 
 
 @dataclass
@@ -106,6 +126,13 @@ class Run:
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     current_stage: str | None = None
+    models: dict[str, ModelOutcome] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        """Something the run worked around: printed, and kept in the summary and the `runs` table."""
+        log.warning(message)
+        self.warnings.append(message)
 
     def meta(self, stage: str, model_version: str | None = None, **extra: Any) -> CommitMetadata:
         return CommitMetadata(
@@ -151,6 +178,8 @@ class Run:
             "config_hash": self.settings.config_hash(),
             "package_version": __version__,
             "stages": self.stages,
+            "models": {kind: dataclasses.asdict(outcome) for kind, outcome in self.models.items()},
+            "warnings": list(self.warnings),
             **({"failed_stage": self.current_stage} if status == "failed" else {}),
         }
 
@@ -172,8 +201,9 @@ def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date
                  train: bool = False) -> dict[str, Any]:
     """The main job for one snapshot, or the stages of `run.command`: validate → [train] → features → segment →
     plan. The segment stage scores every customer with the champion churn and CLV models; `run` trains a model
-    first when `train` is set or it has no champion. Nothing is published when the input fails validation or a
-    model to score with cannot be used or trained."""
+    first when `train` is set or it has no champion. A model the data cannot support is skipped with a warning
+    (a compatible champion of an earlier run scores instead, if there is one) and the rest is published. Nothing
+    is published when the input fails validation, MLflow is unreachable or a model to score with is unusable."""
     run = run or Run("run", settings, snapshot_date)
     stages = STAGES[run.command]
     enabled = _enabled_models(settings)
@@ -183,8 +213,10 @@ def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date
         _require_plan_models(settings)
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     with _recorded(warehouse, run) as cached:
-        models: dict[str, ScoringModel] = {}
+        models: dict[str, ScoringModel | None] = {}
         to_train: list[str] = []
+        if "segment" in stages:
+            run.models.update({kind: ModelOutcome("disabled") for kind in (CHURN, CLV) if kind not in enabled})
         if "segment" in stages and enabled:
             # Checked before anything is published: MLflow reachable, usable models (or training planned).
             client = tracking.connect(settings.paths.warehouse, settings.churn.experiment)
@@ -194,15 +226,12 @@ def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date
                 else:
                     models[kind] = tracking.scoring_model(client, section.model_name)
                     require_inputs(models[kind], FEATURE_TYPES)
+                    run.models[kind] = ModelOutcome("champion", models[kind].version)
         if "validate" in stages:
             cached.append(_validate(warehouse, settings, snapshot_date, run))
-        # Before the features are published, so a failed training publishes none.
-        if CHURN in to_train:
-            _train_churn(warehouse, settings, snapshot_date, run, cached[0])
-        if CLV in to_train:
-            _fit_clv(settings, snapshot_date, run, cached[0])
+        # Before the features are published, so this run's models score them.
         for kind in to_train:
-            models[kind] = tracking.scoring_model(client, enabled[kind].model_name)  # the champion left
+            models[kind] = _train_or_fall_back(kind, warehouse, settings, snapshot_date, run, cached[0], client)
         if "features" in stages:
             _features(warehouse, settings, snapshot_date, run, cached[0])
         if "segment" in stages:
@@ -210,6 +239,39 @@ def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date
         if "plan" in stages:
             _plan(warehouse, settings, snapshot_date, run)
     return run.summary("succeeded")
+
+
+def _train_or_fall_back(kind: str, warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run,
+                        validated: Validated, client: MlflowClient) -> ScoringModel | None:
+    """Train `kind` and return the champion left after its gate. When the data cannot support the model, warn
+    and return a compatible champion of an earlier run, or None (the model's columns stay null)."""
+    name = _enabled_models(settings)[kind].model_name
+    try:
+        trained = _train(kind, warehouse, settings, snapshot_date, run, validated)
+    except ModelSkipped as skipped:
+        return _earlier_champion(kind, name, skipped.reason, run, client)
+    model = tracking.scoring_model(client, name)
+    run.models[kind] = ModelOutcome("trained" if model.version == trained else "champion", model.version)
+    return model
+
+
+def _earlier_champion(kind: str, name: str, reason: str, run: Run, client: MlflowClient) -> ScoringModel | None:
+    version = tracking.champion_version(client, name)
+    model = tracking.scoring_model(client, name, version) if version is not None else None
+    incompatible = None
+    if model is not None:
+        try:
+            require_inputs(model, FEATURE_TYPES)
+        except InputError as exc:
+            incompatible = str(exc)
+    if model is None or incompatible:
+        run.models[kind] = ModelOutcome("skipped", None, reason)
+        why_not = f"its champion v{version} cannot score: {incompatible}" if incompatible else "no earlier champion"
+        run.warn(f"{kind} model skipped: {reason}. Its columns of customer_scores are null ({why_not}).")
+        return None
+    run.models[kind] = ModelOutcome("earlier champion", model.version, reason)
+    run.warn(f"{kind} model skipped: {reason}. Scored with {model.uri}, the champion of an earlier run.")
+    return model
 
 
 def _enabled_models(settings: Settings) -> dict[str, ChurnSettings | ClvSettings]:
@@ -277,17 +339,38 @@ def train_models(spark: SparkSession, settings: Settings, snapshot_date: dt.date
     with _recorded(warehouse, run) as cached:
         tracking.connect(settings.paths.warehouse, settings.churn.experiment)
         cached.append(_validate(warehouse, settings, snapshot_date, run, publish_quarantine=False))
-        if CHURN in enabled:
-            _train_churn(warehouse, settings, snapshot_date, run, cached[0])
-        if CLV in enabled:
-            _fit_clv(settings, snapshot_date, run, cached[0])
+        skipped = []
+        for kind in enabled:
+            try:
+                version = _train(kind, warehouse, settings, snapshot_date, run, cached[0])
+                run.models[kind] = ModelOutcome("trained", version)
+            except ModelSkipped as exc:
+                run.models[kind] = ModelOutcome("skipped", None, exc.reason)
+                skipped.append(exc)
+        if skipped:  # training is this command's only job: the models that could be trained are registered
+            registered = [f"{kind} v{o.version}" for kind, o in run.models.items() if o.status == "trained"]
+            raise InputError("; ".join(str(exc) for exc in skipped)
+                             + (f" (registered: {', '.join(registered)})" if registered else ""))
     return run.summary("succeeded")
 
 
+def _train(kind: str, warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run,
+           validated: Validated) -> int:
+    """Train the churn model or fit the CLV model; the registered version."""
+    if kind == CHURN:
+        return _train_churn(warehouse, settings, snapshot_date, run, validated)
+    return _fit_clv(settings, snapshot_date, run, validated)
+
+
 def _train_churn(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run, validated: Validated
-           ) -> None:
-    """The training set from the validated inputs, then fit, evaluate, track, register and gate."""
+                 ) -> int:
+    """The training set from the validated inputs, then fit, evaluate, track, register and gate; the new version.
+    ModelSkipped when the data cannot support a model."""
     churn = settings.churn
+    try:
+        build_estimator(churn)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     with run.stage("training set") as record:
         data = training_set(validated.customers, validated.transactions, validated.interactions,
                             snapshot_date, settings)
@@ -295,35 +378,39 @@ def _train_churn(warehouse: Warehouse, settings: Settings, snapshot_date: dt.dat
         truth = f"{settings.paths.input.rstrip('/')}/customer_truth"
         if detect_format(truth) == "delta":
             holdout_df = with_true_dropout(holdout_df, warehouse.store.read(truth), data.holdout_cutoff)
-        # Sampling counts the labels, then pulls the sample: keep the labelled rows for the second pass.
+        # Counting the labels, then sampling, reads the labelled rows twice: keep them.
         labelled = [data.train.persist(StorageLevel.MEMORY_AND_DISK),
                     holdout_df.persist(StorageLevel.MEMORY_AND_DISK)]
         try:
+            counts = [label_counts(rows_df) for rows_df in labelled]
+            record.update(holdout_cutoff=data.holdout_cutoff.isoformat(),
+                          train_cutoffs=[c.isoformat() for c in data.cutoffs[1:]],
+                          labelled={side: {"churned": c[True], "retained": c[False]}
+                                    for side, c in zip(("train", "holdout"), counts, strict=True)})
+            check_trainable(*counts, data, churn)
             # The only rows pulled to the driver: at most churn.max_train_rows per side, one fraction per label.
-            train, holdout = [capped_sample(rows_df, churn.max_train_rows, churn.sample_seed)
-                              .toPandas() for rows_df in labelled]  # small: capped
+            train, holdout = [capped_sample(rows_df, c, churn.max_train_rows, churn.sample_seed).toPandas()
+                              for rows_df, c in zip(labelled, counts, strict=True)]  # small: capped
         finally:
             for rows_df in labelled:
                 rows_df.unpersist()
-        record.update(holdout_cutoff=data.holdout_cutoff.isoformat(),
-                      train_cutoffs=[c.isoformat() for c in data.cutoffs[1:]],
-                      train_rows=len(train), holdout_rows=len(holdout))
-        for side, frame in (("training", train), ("holdout", holdout)):
-            if frame.empty or frame[LABEL].nunique() < 2:
-                raise InputError(f"the {side} rows need both churned and retained buyers to train on, found "
-                                 f"{len(frame):,} rows with churned = {sorted(frame[LABEL].unique())}; use a "
-                                 f"later --snapshot-date or more history (churn.horizon_days "
-                                 f"{churn.horizon_days}, churn.labelled_cutoffs {churn.labelled_cutoffs}), or "
-                                 f"set churn.enabled: false to publish without churn scores")
+        record.update(train_rows=len(train), holdout_rows=len(holdout))
     with run.stage("train") as record:
         record.update(_train_and_register(settings, run, train, holdout, data))
+    return record["model_version"]
 
 
 def _train_and_register(settings: Settings, run: Run, train: pd.DataFrame, holdout: pd.DataFrame,
                         data: TrainingSet) -> dict[str, Any]:
     churn = settings.churn
     client = tracking.connect(settings.paths.warehouse, churn.experiment)
-    model = fit_model(train, churn)
+    features, dropped = usable_features(train)
+    if not features:
+        raise ModelSkipped("churn", "every feature is missing or has one value in every training row")
+    try:
+        model = fit_model(train, features, churn)
+    except ValueError as exc:  # scikit-learn's word for data it cannot fit
+        raise ModelSkipped("churn", f"{churn.estimator} could not be fitted on the training rows: {exc}") from None
     evaluation = evaluate(model, train, holdout, settings.lifecycle)
     y_holdout = holdout[LABEL].astype(int).to_numpy()
 
@@ -340,14 +427,16 @@ def _train_and_register(settings: Settings, run: Run, train: pd.DataFrame, holdo
             "holdout_cutoff": data.holdout_cutoff.isoformat(),
             "train_cutoffs": ",".join(c.isoformat() for c in data.cutoffs[1:]),
             "train_rows": len(train), "holdout_rows": len(holdout),
+            "features": ",".join(features), "features_dropped": ",".join(dropped) or "-",
         })
         mlflow.set_tags(_lineage_tags(settings, run))
         mlflow.log_metrics({k: v for k, v in flat_metrics(evaluation).items() if v == v})  # NaN is not loggable
         mlflow.log_dict(evaluation, "evaluation.json")
+        mlflow.log_dict({"features": features, "dropped": dropped}, "features.json")
         with tempfile.TemporaryDirectory() as charts_dir:
             for chart in charts(model, holdout, evaluation, Path(charts_dir), churn.sample_seed):
                 mlflow.log_artifact(str(chart), "charts")
-        version = tracking.log_classifier(model, churn.model_name, model_inputs(holdout.head(5)))
+        version = tracking.log_classifier(model, churn.model_name, model_inputs(holdout.head(5), features))
         promotion = tracking.gate(client, churn.model_name, version, evaluation["model"]["roc_auc"],
                                   churn.promotion_tolerance, champion_auc)
         if promotion.champion_auc is not None:
@@ -355,14 +444,15 @@ def _train_and_register(settings: Settings, run: Run, train: pd.DataFrame, holdo
         mlflow.set_tags({"promotion_decision": "promoted" if promotion.promoted else "kept champion",
                          "promotion_reason": promotion.reason})
     if not evaluation["beats_baselines"]:
-        log.warning("the churn model does not beat both baselines on the holdout: %s", {
-            "model": evaluation["model"]["roc_auc"],
-            **{name: m["roc_auc"] for name, m in evaluation["baselines"].items()}})
+        run.warn(f"churn model v{version} does not beat both baselines on the holdout: ROC-AUC "
+                 f"{evaluation['model']['roc_auc']:.4f} against " + ", ".join(
+                     f"{name} {m['roc_auc']:.4f}" for name, m in evaluation["baselines"].items()))
     return {
         "mlflow_run_id": ml_run.info.run_id, "tracking_uri": mlflow.get_tracking_uri(),
         "model": churn.model_name, "model_version": version, "metrics": evaluation["model"],
         "baselines_roc_auc": {name: m["roc_auc"] for name, m in evaluation["baselines"].items()},
         "beats_baselines": evaluation["beats_baselines"], "promotion": dataclasses.asdict(promotion),
+        "features": features, "features_dropped": dropped,
     }
 
 
@@ -377,9 +467,9 @@ def _lineage_tags(settings: Settings, run: Run) -> dict[str, str]:
 
 
 def _write_snapshot(warehouse: Warehouse, name: str, df: DataFrame, snapshot_date: dt.date, run: Run,
-                    stage: str, record: dict[str, Any], **extra: Any) -> None:
+                    stage: str, record: dict[str, Any], added_columns: tuple[str, ...] = (), **extra: Any) -> None:
     result = warehouse.write(name, df, replace={"snapshot_date": snapshot_date}, meta=run.meta(stage, **extra),
-                             **SNAPSHOT_PARTITION)
+                             added_columns=added_columns, **SNAPSHOT_PARTITION)
     record.setdefault("published", {})[name] = {"rows": result.rows, "version": result.version}
 
 
@@ -388,7 +478,7 @@ def _validate(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, 
     """Read and validate the inputs; stop when a table's bad share is too high. The flagged rows stay cached
     for the stages after this one (release them with `_release`)."""
     with run.stage("ingest") as record:
-        inputs = read_inputs(warehouse.store, settings.paths.input)
+        inputs = read_inputs(warehouse.store, settings.paths.input, settings.input.columns)
         record.update(input=settings.paths.input, input_versions=input_versions(settings.paths.input))
     with run.stage("validate") as record:
         validated = validate_inputs(inputs, settings.validation, snapshot_date, run.run_id, run.started_at)
@@ -426,30 +516,39 @@ def _features(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, 
                         snapshot_date, run, "features", record)
 
 
-def _fit_clv(settings: Settings, snapshot_date: dt.date, run: Run, validated: Validated) -> None:
+def _fit_clv(settings: Settings, snapshot_date: dt.date, run: Run, validated: Validated) -> int:
     """Fit BG/NBD and Gamma-Gamma on the whole base as of the snapshot, log and register segscale_clv in MLflow
-    and make the new version champion (CLV has no labelled holdout to gate on)."""
+    and make the new version champion (CLV has no labelled holdout to gate on); the new version. ModelSkipped
+    when the base cannot support the models or a fit does not converge."""
     clv = settings.clv
     with run.stage("clv fit") as record:
-        # The two histograms read the same inputs: compute the features once, keep only the model's columns.
+        # The resolution and the two histograms read the same inputs: compute the features once, keep only the
+        # model's columns.
         inputs_df = (_features_of(settings, snapshot_date, validated).select(*CLV_INPUTS)
                      .persist(StorageLevel.MEMORY_AND_DISK))
         try:
-            histograms = bgnbd_histogram(inputs_df, clv), spend_histogram(inputs_df, clv)
+            resolution, estimates = choose_resolution(inputs_df, clv)
+            histograms = bgnbd_histogram(inputs_df, resolution), spend_histogram(inputs_df, resolution)
             example = inputs_df.where(F.col("bgnbd_frequency") > 0).limit(5).toPandas()  # small: 5 rows
         finally:
             inputs_df.unpersist()
+        record.update(resolution=dataclasses.asdict(resolution), histogram_estimates=estimates)
         start = time.perf_counter()
         bgnbd, spend = fit_bgnbd(histograms[0], clv), fit_gamma_gamma(histograms[1], clv)
         fit_seconds = round(time.perf_counter() - start, 3)
+        for model, fit in (("BG/NBD", bgnbd), ("Gamma-Gamma", spend)):
+            if fit.boundary:
+                run.warn(f"the {model} fit is a boundary solution: {'; '.join(fit.boundary)} "
+                         f"(parameters {_rounded(fit.params)}); it is published, see docs/models.md")
         params = ClvParams(bgnbd.params, spend.params, clv.time_unit_days)
         client = tracking.connect(settings.paths.warehouse, settings.churn.experiment)
         with mlflow.start_run(run_name=f"clv {run.run_id}") as ml_run:
             mlflow.log_params({
                 **{f"bgnbd.{k}": v for k, v in bgnbd.params.items()},
                 **{f"gamma_gamma.{k}": v for k, v in spend.params.items()},
-                **{k: getattr(clv, k) for k in ("bin_days", "time_unit_days", "spend_bin_relative",
-                                                  "max_iterations", "horizon_days", "annual_discount_rate")},
+                "bin_days": resolution.bin_days, "spend_bin_relative": resolution.spend_bin_relative,
+                **{k: getattr(clv, k) for k in ("max_histogram_rows", "time_unit_days", "max_iterations",
+                                                  "horizon_days", "annual_discount_rate")},
             })
             mlflow.log_metrics({
                 "bgnbd_log_likelihood": bgnbd.log_likelihood, "gamma_gamma_log_likelihood": spend.log_likelihood,
@@ -457,10 +556,14 @@ def _fit_clv(settings: Settings, snapshot_date: dt.date, run: Run, validated: Va
                 "bgnbd_histogram_rows": bgnbd.histogram_rows, "spend_histogram_rows": spend.histogram_rows,
                 "bgnbd_iterations": bgnbd.iterations, "gamma_gamma_iterations": spend.iterations,
                 "fit_seconds": fit_seconds,
+                **{f"{part}.{k}.standard_error": v for part, fit in (("bgnbd", bgnbd), ("gamma_gamma", spend))
+                   for k, v in fit.standard_errors.items() if v is not None},
             })
-            mlflow.log_dict({"bgnbd": dataclasses.asdict(bgnbd), "gamma_gamma": dataclasses.asdict(spend)},
+            mlflow.log_dict({"bgnbd": dataclasses.asdict(bgnbd), "gamma_gamma": dataclasses.asdict(spend),
+                             "resolution": dataclasses.asdict(resolution), "histogram_estimates": estimates},
                             "fit.json")
-            mlflow.set_tags(_lineage_tags(settings, run))
+            mlflow.set_tags({**_lineage_tags(settings, run),
+                             "boundary_solution": str(bool(bgnbd.boundary or spend.boundary)).lower()})
             version = tracking.log_clv(params, clv, example)
             tracking.set_champion(client, clv.model_name, version,
                                   f"fitted on all {bgnbd.customers:,} buyers as of {snapshot_date}")
@@ -468,22 +571,33 @@ def _fit_clv(settings: Settings, snapshot_date: dt.date, run: Run, validated: Va
                       buyers=bgnbd.customers, repeat_buyers=spend.customers, fit_seconds=fit_seconds,
                       histogram_rows={"bgnbd": bgnbd.histogram_rows, "gamma_gamma": spend.histogram_rows},
                       params={"bgnbd": bgnbd.params, "gamma_gamma": spend.params},
-                      log_likelihood={"bgnbd": bgnbd.log_likelihood, "gamma_gamma": spend.log_likelihood})
+                      standard_errors={"bgnbd": bgnbd.standard_errors, "gamma_gamma": spend.standard_errors},
+                      log_likelihood={"bgnbd": bgnbd.log_likelihood, "gamma_gamma": spend.log_likelihood},
+                      boundary=[*bgnbd.boundary, *spend.boundary])
+    return version
+
+
+def _rounded(params: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in params.items())
 
 
 def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run,
              churn_model: ScoringModel | None, clv_model: ScoringModel | None) -> None:
     with run.stage("segment") as record:
         # Scores are computed from the published features, so this stage never re-reads the transactions.
-        features_df = _snapshot_of(warehouse, "customer_features", snapshot_date)
+        features_df = _snapshot_of(warehouse, "customer_features", snapshot_date, run)
         clv_params = tracking.clv_params(clv_model) if clv_model else None
         valued_df = features_df.transform(with_clv, clv_params, settings.clv,
                                           clv_model.version if clv_model else None)
-        # The tiers' basis joins the RFM dimensions in one sketch (CLV is predicted for it, and again when written).
         basis = settings.tiers.basis
+        if basis == "clv" and clv_model is None:
+            basis = "monetary"
+            run.warn("value tiers follow monetary (spend so far) instead of tiers.basis clv: this snapshot has no "
+                     "CLV model to score with")
+        # The tiers' basis joins the RFM dimensions in one sketch (CLV is predicted for it, and again when written).
         sketch = quantile_sketch(valued_df, extra=(basis,) if basis == "clv" else ())
         cuts = cut_points(sketch, settings.rfm)
-        thresholds = tier_thresholds(sketch[basis], settings.tiers)
+        thresholds = tier_thresholds(sketch[basis], settings.tiers, basis)
         predict = tracking.churn_udf(warehouse.store.spark, churn_model) if churn_model else None
         scored_df = valued_df.transform(with_churn_scores, settings.churn.risk_bands, churn_model, predict)
         scores_df = customer_scores(scored_df, cuts, thresholds, settings, run.run_id)
@@ -508,7 +622,7 @@ def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, r
             return
         previous_date = dt.date.fromisoformat(previous[-1])
         migration_df = segment_migration(_snapshot_of(warehouse, "customer_scores", previous_date),
-                                         _snapshot_of(warehouse, "customer_scores", snapshot_date),
+                                         _snapshot_of(warehouse, "customer_scores", snapshot_date, run),
                                          previous_date, snapshot_date, run.run_id)
         record["previous_snapshot"] = previous_date.isoformat()
         _write_snapshot(warehouse, "segment_migration", migration_df, snapshot_date, run, "migration", record)
@@ -528,9 +642,12 @@ def _write_scores(warehouse: Warehouse, scores_df: DataFrame, snapshot_date: dt.
     record["churn_risk_bands"] = dict(bands.get)
 
 
-def _snapshot_of(warehouse: Warehouse, name: str, snapshot_date: dt.date) -> DataFrame:
-    if not warehouse.exists(name) or snapshot_date.isoformat() not in warehouse.partition_values(name,
-                                                                                               "snapshot_date"):
+def _snapshot_of(warehouse: Warehouse, name: str, snapshot_date: dt.date, run: Run | None = None) -> DataFrame:
+    """The snapshot's rows of a published table: written earlier in `run` (perhaps none: a snapshot nobody had
+    signed up by), or published before."""
+    published_now = run is not None and any(name in record.get("published", {}) for record in run.stages.values())
+    if not published_now and (not warehouse.exists(name) or snapshot_date.isoformat() not in
+                              warehouse.partition_values(name, "snapshot_date")):
         raise InputError(f"{name} has no snapshot {snapshot_date} in {warehouse.root}; run the earlier stages "
                          f"for that date first")
     return warehouse.read(name).where(F.col("snapshot_date") == F.lit(snapshot_date))
@@ -548,32 +665,47 @@ def _clv_by_tier() -> list[Column]:
 
 
 def _plan(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run) -> None:
-    """Publish retention_plan and retention_summary from the snapshot's published customer_scores."""
+    """Publish retention_plan and retention_summary from the snapshot's published customer_scores. Without a
+    churn probability and a CLV for anyone (a model disabled or skipped), the plan is empty and retention_summary
+    says why, so an earlier plan of the snapshot never stays behind."""
     with run.stage("plan") as record:
-        if not (settings.churn.enabled and settings.clv.enabled):
-            record["skipped"] = "needs churn.enabled and clv.enabled"
-            return
         retention = settings.retention
-        scores_df = _snapshot_of(warehouse, "customer_scores", snapshot_date)
+        scores_df = _snapshot_of(warehouse, "customer_scores", snapshot_date, run)
         scored = scored_by_tier(scores_df)
+        note = None if sum(scored.values()) else _why_no_plan(settings, run)
         with ranked(candidates(scores_df, retention), retention.budget) as ranked_df:
             plan = Observation("plan_by_tier")
             _write_snapshot(warehouse, "retention_plan",
                             retention_plan(ranked_df, run.run_id).observe(plan, *plan_counters()),
                             snapshot_date, run, "plan", record, budget=retention.budget)
-            rows = summary_rows(plan.get, scored, retention)
+            rows = summary_rows(plan.get, scored, retention, note)
         summary_df = warehouse.store.spark.createDataFrame(
             [{**row, "snapshot_date": snapshot_date, "run_id": run.run_id} for row in rows], SUMMARY_SCHEMA)
         _write_snapshot(warehouse, "retention_summary", summary_df, snapshot_date, run, "plan", record,
-                        budget=retention.budget)
+                        added_columns=("note",), budget=retention.budget)
+        if note and settings.churn.enabled and settings.clv.enabled:  # not what the config asked for
+            run.warn(f"the retention plan is empty: {note}")
         spend = sum(row["spend"] for row in rows)
         record["retention"] = {
-            "budget": retention.budget, "spend": spend,
+            "budget": retention.budget, "spend": spend, "note": note,
             "customers_targeted": sum(row["customers_targeted"] for row in rows),
             "expected_saved_value": sum(row["expected_saved_value"] for row in rows),
             "tiers": {row["value_tier"]: {k: row[k] for k in ("treatment", "scored_customers", *PLAN_METRICS,
                                                                "share_of_budget", "roi")} for row in rows},
         }
+
+
+def _why_no_plan(settings: Settings, run: Run) -> str:
+    """Why no customer of the snapshot has both a churn probability and a CLV."""
+    disabled = [f"{kind}.enabled is false" for kind, section in ((CHURN, settings.churn), (CLV, settings.clv))
+                if not section.enabled]
+    if disabled:
+        return " and ".join(disabled)
+    skipped = [f"no {kind} model ({outcome.skipped})" for kind, outcome in run.models.items()
+               if outcome.status == "skipped"]
+    if skipped:
+        return "; ".join(skipped)
+    return "no customer of this snapshot has both a churn probability and a CLV (they need a purchase)"
 
 
 def _tier_stage_counts(observed: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -641,9 +773,11 @@ def published_with(warehouse: Warehouse, snapshot_date: dt.date, config_hash: st
 
 
 def backfill(spark: SparkSession, settings: Settings, dates: list[dt.date], *, force: bool = False,
-             report: Callable[[dict[str, Any]], None] = lambda outcome: None) -> list[dict[str, Any]]:
+             report: Callable[[dict[str, Any]], None] = lambda outcome: None,
+             check: Callable[[dict[str, Any]], None] = lambda summary: None) -> list[dict[str, Any]]:
     """Run the main job for each date in order, skipping the snapshots already published by a successful `run`
-    with the same config hash unless `force`. Stops at the first failure (its exception propagates)."""
+    with the same config hash unless `force`. Stops at the first failure (its exception propagates), or when
+    `check` raises for a published run's summary."""
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     outcomes = []
     for day in dates:
@@ -653,9 +787,12 @@ def backfill(spark: SparkSession, settings: Settings, dates: list[dt.date], *, f
         else:
             summary = run_pipeline(spark, settings, day)
             outcome = {"snapshot_date": day.isoformat(), "status": "published", "run_id": summary["run_id"],
-                       "seconds": round(sum(stage["seconds"] for stage in summary["stages"].values()), 1)}
+                       "seconds": round(sum(stage["seconds"] for stage in summary["stages"].values()), 1),
+                       "warnings": summary["warnings"]}
         outcomes.append(outcome)
         report(outcome)
+        if outcome["status"] == "published":
+            check(summary)
     return outcomes
 
 
@@ -663,10 +800,10 @@ def _record_run(warehouse: Warehouse, run: Run, status: str) -> None:
     """Append the run, its effective config and summary to the `runs` table (best effort on failure)."""
     row = (run.run_id, run.command, run.snapshot_date, status, run.started_at, dt.datetime.now(dt.UTC),
            run.settings.config_hash(), run.settings.to_json(), json.dumps(run.summary(status), default=str),
-           __version__)
+           __version__, list(run.warnings))
     try:
         runs_df = warehouse.store.spark.createDataFrame([row], RUNS_SCHEMA)
-        warehouse.write(RUNS_TABLE, runs_df, mode="append", meta=run.meta("record run"))
+        warehouse.write(RUNS_TABLE, runs_df, mode="append", meta=run.meta("record run"), added_columns=("warnings",))
     except Exception as exc:  # recording must never hide the run's own outcome
         if status == "succeeded":
             raise

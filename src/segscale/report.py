@@ -140,9 +140,10 @@ def _tiers(ctx: Context, s: Section) -> None:
     df = ctx.query("""
         SELECT value_tier, count(*) AS customers, sum(monetary) AS revenue, avg(clv) AS mean_clv
         FROM customer_scores GROUP BY value_tier""", "customer_scores").set_index("value_tier")
-    df = df.reindex([t for t in VALUE_TIERS if t in df.index])
+    # Every tier is shown, an empty one with no customers.
+    df = df.reindex(list(VALUE_TIERS)).fillna({"customers": 0, "revenue": 0.0})
     df["customer_share"] = df["customers"] / df["customers"].sum()
-    df["revenue_share"] = df["revenue"] / df["revenue"].sum() if df["revenue"].sum() else float("nan")
+    df["revenue_share"] = df["revenue"] / df["revenue"].sum() if df["revenue"].sum() else 0.0
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
     order = list(reversed(df.index))  # regular at the base, high_value at the top
@@ -366,6 +367,9 @@ def _retention(ctx: Context, s: Section) -> None:
     df = ctx.query("SELECT * FROM retention_summary", "retention_summary")
     if df.empty:
         raise Missing("no retention plan for this snapshot (it needs churn and CLV scores)")
+    notes = df["note"].dropna().unique() if "note" in df.columns else []
+    if len(notes):
+        raise Missing(f"the retention plan of this snapshot is empty: {notes[0]}")
     df = df.set_index("value_tier").reindex([t for t in VALUE_TIERS if t in set(df["value_tier"])])
     budget = float(df["budget"].iloc[0])
     spend, saved = df["spend"].sum(), df["expected_saved_value"].sum()
@@ -447,8 +451,31 @@ def _lineage(ctx: Context, s: Section) -> None:
     ]))
 
 
+def _notes(ctx: Context, s: Section) -> None:
+    """The models the snapshot was scored with and what its run worked around, from the `runs` table."""
+    runs = ctx.query("""
+        SELECT command, started_at, summary_json FROM runs
+        WHERE run_id = (SELECT any_value(run_id) FROM customer_scores)""", "runs", "customer_scores")
+    if runs.empty:
+        raise Missing("the run that published this snapshot's scores is not in the runs table")
+    run = runs.iloc[0]
+    summary = json.loads(run.summary_json)
+    outcomes = summary.get("models", {})
+    s.body.append(f"<p>Scores published by <code>segscale {_e(run.command)}</code> at "
+                  f"{pd.Timestamp(run.started_at):%Y-%m-%d %H:%M:%S} UTC.</p>")
+    if outcomes:
+        s.body.append(_table(["model", "scored with", "training skipped because"], [
+            [kind, "—" if o["version"] is None else f"version {o['version']} ({o['status']})",
+             o["skipped"] or "—"] for kind, o in outcomes.items()]))
+    warnings = summary.get("warnings", [])
+    s.body.append('<ul class="warnings">' + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>" if warnings
+                  else "<p>The run needed no workaround: every enabled model was trained or scored as configured."
+                       "</p>")
+
+
 SECTIONS: Sequence[tuple[str, str, Callable[[Context, Section], None]]] = (
     ("headline", "Headline numbers", _headline),
+    ("notes", "Models and warnings of the run", _notes),
     ("tiers", "Value tiers 高价值 / 潜力 / 普通", _tiers),
     ("rfm", "RFM scores and segments", _rfm),
     ("lifecycle", "Lifecycle", _lifecycle),

@@ -39,6 +39,7 @@ SUMMARY_SCHEMA = T.StructType([
     T.StructField("expected_saved_value", T.DoubleType()),
     T.StructField("roi", T.DoubleType()),
     T.StructField("run_id", T.StringType()),
+    T.StructField("note", T.StringType()),  # why the plan is empty (no model, no scored customer); else null
 ])
 
 
@@ -144,10 +145,11 @@ def scored_by_tier(scores_df: DataFrame) -> dict[str, int]:
         F.count(F.lit(1)).alias("n")).collect()}  # small: one row per tier
 
 
-def summary_rows(observed: dict[str, Any], scored: dict[str, int], settings: RetentionSettings
-                 ) -> list[dict[str, Any]]:
+def summary_rows(observed: dict[str, Any], scored: dict[str, int], settings: RetentionSettings,
+                 note: str | None = None) -> list[dict[str, Any]]:
     """retention_summary's figures per tier, from the observed plan counters: share of the budget spent and ROI
-    (expected saved value, already net of cost, per unit spent; null without spend)."""
+    (expected saved value, already net of cost, per unit spent; null without spend), and `note`: why the plan is
+    empty, if it is for a reason other than the budget."""
     budget = settings.budget
     rows = []
     for tier in VALUE_TIERS:
@@ -157,5 +159,6 @@ def summary_rows(observed: dict[str, Any], scored: dict[str, int], settings: Ret
             "scored_customers": scored.get(tier, 0), **figures, "budget": budget,
             "share_of_budget": figures["spend"] / budget if budget > 0 else None,
             "roi": figures["expected_saved_value"] / figures["spend"] if figures["spend"] > 0 else None,
+            "note": note,
         })
     return rows

@@ -29,12 +29,14 @@ class TierThresholds:
     potential_above: float | None
 
 
-def tier_thresholds(basis_quantiles: list[float], settings: TierSettings) -> TierThresholds:
-    """Read the tier boundaries off the basis' quantile sketch over buyers (SKETCH_POINTS + 1 evenly spaced)."""
+def tier_thresholds(basis_quantiles: list[float], settings: TierSettings, basis: str | None = None
+                    ) -> TierThresholds:
+    """Read the tier boundaries off the basis' quantile sketch over buyers (SKETCH_POINTS + 1 evenly spaced).
+    `basis` is tiers.basis unless the run had to fall back to another one."""
     def quantile(p: float) -> float | None:
         return basis_quantiles[round(p * SKETCH_POINTS)] if basis_quantiles else None
     return TierThresholds(
-        basis=settings.basis,
+        basis=basis or settings.basis,
         high_value_above=quantile(1 - settings.high_value_share),
         potential_above=quantile(1 - settings.high_value_share - settings.potential_share),
     )
@@ -50,16 +52,25 @@ def value_tier(basis: Column, thresholds: TierThresholds) -> Column:
 
 
 def lifecycle_stage(settings: LifecycleSettings) -> Column:
-    """First match wins: prospect, churned, at_risk, new, loyal, repeat."""
+    """Each stage by its own definition (docs/segmentation.md); the definitions do not overlap, and the config
+    check `Settings._lifecycle_covers_every_buyer` makes them cover every customer. A customer they do not cover
+    stops the run, naming the customer, instead of getting a stage that is not theirs."""
     recency, frequency = F.col("recency_days"), F.col("frequency")
-    return (
-        F.when(~is_buyer(), F.lit(PROSPECT))
-        .when(recency > settings.churned_after_days, F.lit(CHURNED))
-        .when(recency > settings.at_risk_after_days, F.lit(AT_RISK))
-        .when(frequency == 1, F.lit(NEW))
-        .when(frequency >= settings.loyal_min_purchases, F.lit(LOYAL))
-        .otherwise(F.lit(REPEAT))
-    )
+    is_active = recency <= settings.at_risk_after_days
+    stages = {
+        PROSPECT: ~is_buyer(),
+        CHURNED: recency > settings.churned_after_days,
+        AT_RISK: (recency > settings.at_risk_after_days) & (recency <= settings.churned_after_days),
+        NEW: is_active & (frequency == 1),
+        REPEAT: is_active & (frequency >= 2) & (frequency < settings.loyal_min_purchases),
+        LOYAL: is_active & (frequency >= settings.loyal_min_purchases),
+    }
+    stage: Column | None = None
+    for name, condition in stages.items():
+        stage = F.when(condition, F.lit(name)) if stage is None else stage.when(condition, F.lit(name))
+    uncovered = F.format_string("no lifecycle stage covers customer %s (recency_days %s, frequency %s); see "
+                                "docs/segmentation.md", F.col("customer_id"), recency, frequency)
+    return stage.otherwise(F.raise_error(uncovered))
 
 
 def customer_scores(features_df: DataFrame, cuts: CutPoints, thresholds: TierThresholds, settings: Settings,

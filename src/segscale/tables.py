@@ -152,8 +152,11 @@ class DeltaStore:
 
     # ---- writes ------------------------------------------------------------------------------------------
     def write(self, uri: str, df: DataFrame, *, mode: WriteMode, meta: CommitMetadata,
-              partition_by: Sequence[str] = (), replace: Mapping[str, Any] | None = None) -> WriteResult:
-        """Write `df` as one commit. `replace_partition` replaces exactly the partition named in `replace`."""
+              partition_by: Sequence[str] = (), replace: Mapping[str, Any] | None = None,
+              added_columns: Sequence[str] = ()) -> WriteResult:
+        """Write `df` as one commit. `replace_partition` replaces exactly the partition named in `replace`.
+        `added_columns`: columns a newer segscale added to the table, which a table written by an older one
+        gains (null in its earlier rows) whatever delta.allow_schema_evolution says."""
         uri = absolute_uri(uri)
         if replace and mode != "replace_partition":
             raise ValueError(f"`replace` only applies to mode replace_partition, not {mode}")
@@ -169,11 +172,11 @@ class DeltaStore:
         if table is not None:
             _check_partitioning(uri, table, partition_by)
             partition_by = table.metadata().partition_columns
-            new_columns = _check_schema(uri, table, df.schema, self.settings.allow_schema_evolution)
+            new_columns = _check_schema(uri, table, df.schema, self.settings.allow_schema_evolution, added_columns)
             table_columns = [f.name for f in _spark_schema(table).fields]
             df = df.select(*table_columns, *[f.name for f in new_columns])
         if self.backend == "delta-spark":
-            return self._write_spark(uri, df, mode, meta, partition_by, replace, table)
+            return self._write_spark(uri, df, mode, meta, partition_by, replace, table, bool(new_columns))
         return self._write_rs(uri, df, mode, meta, list(partition_by), replace, table, new_columns)
 
     def _write_rs(self, uri: str, df: DataFrame, mode: WriteMode, meta: CommitMetadata,
@@ -247,11 +250,11 @@ class DeltaStore:
 
     def _write_spark(self, uri: str, df: DataFrame, mode: WriteMode, meta: CommitMetadata,
                      partition_by: Sequence[str], replace: Mapping[str, Any] | None,
-                     table: DeltaTable | None) -> WriteResult:
+                     table: DeltaTable | None, adds_columns: bool) -> WriteResult:
         writer = df.write.format("delta").option("userMetadata", meta.to_json())
         if partition_by:
             writer = writer.partitionBy(*partition_by)
-        if self.settings.allow_schema_evolution:
+        if adds_columns:
             writer = writer.option("mergeSchema", "true")
         if mode == "create":
             writer = writer.mode("errorifexists")
@@ -410,12 +413,16 @@ def _type_key(data_type: T.DataType) -> str:
     return json.dumps(strip(data_type.jsonValue()), sort_keys=True)
 
 
-def _check_schema(uri: str, table: DeltaTable, frame: T.StructType, allow_evolution: bool) -> list[T.StructField]:
-    """Raise unless `frame` matches the table; return the columns to add when evolution is allowed."""
+def _check_schema(uri: str, table: DeltaTable, frame: T.StructType, allow_evolution: bool,
+                  added_columns: Sequence[str] = ()) -> list[T.StructField]:
+    """Raise unless `frame` matches the table; return the columns to add (any new ones when evolution is allowed,
+    else only `added_columns`)."""
     existing = {f.name: f for f in _spark_schema(table).fields}
     incoming = {f.name: f for f in frame.fields}
     missing = [n for n in existing if n not in incoming]
     extra = [incoming[n] for n in incoming if n not in existing]
+    if not allow_evolution and all(f.name in added_columns for f in extra):
+        allow_evolution = True
     retyped = [
         f"{n} (table: {existing[n].dataType.simpleString()}, frame: {incoming[n].dataType.simpleString()})"
         for n in existing if n in incoming and _type_key(existing[n].dataType) != _type_key(incoming[n].dataType)

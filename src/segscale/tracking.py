@@ -96,8 +96,15 @@ def log_classifier(model: object, name: str, example: pd.DataFrame) -> int:
     signature = infer_signature(example, model.predict_proba(example))
     info = mlflow.sklearn.log_model(
         model, name="model", serialization_format="skops", skops_trusted_types=trusted_types_for(model),
-        signature=signature, input_example=example, registered_model_name=name, pyfunc_predict_fn="predict_proba")
+        signature=signature, input_example=example, registered_model_name=name, pyfunc_predict_fn="predict_proba",
+        pip_requirements=_pinned("mlflow", "numpy", "pandas", "scikit-learn", "scipy", "skops"))
     return int(info.registered_model_version)
+
+
+def _pinned(*packages: str) -> list[str]:
+    """The installed versions of `packages`, as the model's requirements. Named explicitly, so MLflow does not
+    load the model in a subprocess to infer them (seconds per model)."""
+    return [f"{package}=={importlib.metadata.version(package)}" for package in packages]
 
 
 @dataclass(frozen=True)
@@ -170,8 +177,7 @@ def log_clv(params: ClvParams, settings: ClvSettings, example: pd.DataFrame) -> 
     info = mlflow.pyfunc.log_model(
         name="model", python_model=str(CLV_MODEL_CODE), model_config=config, signature=signature,
         input_example=example, registered_model_name=settings.model_name,
-        pip_requirements=[f"{package}=={importlib.metadata.version(package)}"
-                          for package in ("mlflow", "numpy", "pandas", "pydantic", "pyspark", "scipy")])
+        pip_requirements=_pinned("mlflow", "numpy", "pandas", "pydantic", "pyspark", "scipy"))
     return int(info.registered_model_version)
 
 

@@ -20,7 +20,8 @@ from pyspark.sql import types as T
 
 from segscale.config import ValidationSettings
 from segscale.errors import InputError
-from segscale.ingest import InputTables, original_record, without_raw
+from segscale.features import utc_day
+from segscale.ingest import CONTRACT, InputTables, original_record, without_raw
 
 # ---- reason codes ------------------------------------------------------------------------------------------
 NULL_TRANSACTION_ID = "null_transaction_id"  # transaction_id null, empty or whitespace only
@@ -77,7 +78,7 @@ class Validated:
     frames before the first action computes each table's checks once.
     """
 
-    customers: DataFrame
+    customers: DataFrame  # derived from the transactions when the input has no customers table
     transactions: DataFrame
     interactions: DataFrame | None
     quarantine: DataFrame
@@ -129,29 +130,46 @@ def first_failing(rules: Sequence[Rule]) -> Column:
 # ---- transforms --------------------------------------------------------------------------------------------
 def validate_inputs(inputs: InputTables, settings: ValidationSettings, snapshot_date: dt.date, run_id: str,
                     now: dt.datetime) -> Validated:
-    """Split every input table into clean rows and quarantined rows (with reason, original record and run)."""
+    """Split every input table into clean rows and quarantined rows (with reason, original record and run).
+    Without a customers table, the customers are derived from the clean transactions (`derived_customers`)."""
     flagged = flag_inputs(inputs, settings, now)
     clean = {name: without_raw(df.where(F.col(REASON).isNull()).drop(REASON)) for name, df in flagged.items()}
+    customers_df = clean["customers"] if inputs.customers is not None else derived_customers(clean["transactions"])
     quarantine_df = functools.reduce(DataFrame.unionByName, [
         quarantine_rows(name, df, snapshot_date, run_id) for name, df in flagged.items()
     ])
-    return Validated(clean["customers"], clean["transactions"], clean.get("interactions"), quarantine_df, flagged)
+    return Validated(customers_df, clean["transactions"], clean.get("interactions"), quarantine_df, flagged)
+
+
+def derived_customers(transactions_df: DataFrame) -> DataFrame:
+    """One customer per customer_id of the clean transactions, signed up on the UTC day of their first
+    transaction (of any type), with the contract's other customer columns null."""
+    first_day = F.date_from_unix_date(F.min(utc_day(F.col("ts"))))
+    signups_df = transactions_df.groupBy("customer_id").agg(first_day.alias("signup_date"))
+    return signups_df.select(*[F.col(c.name) if c.name in signups_df.columns else F.lit(None).cast(c.data_type)
+                               .alias(c.name) for c in CONTRACT["customers"]])
 
 
 def flag_inputs(inputs: InputTables, settings: ValidationSettings, now: dt.datetime) -> dict[str, DataFrame]:
-    """Each present table's rows (contract and raw-text columns) with `reason`: null for clean rows."""
+    """Each present table's rows (contract and raw-text columns) with `reason`: null for clean rows. Without a
+    customers table every transaction's customer is known, and an interaction's customer is known when it has a
+    clean transaction."""
     now = now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)  # a naive clock is read as UTC
     earliest = dt.datetime.combine(settings.min_timestamp, dt.time(), tzinfo=dt.UTC)
-    customers_df = flag_customers(inputs.customers)
+    quarantine_unknown = settings.unknown_customer == "quarantine"
+    flagged = {}
     known_df = None
-    if settings.unknown_customer == "quarantine":
-        # Clean customers have unique, non-null ids, so the left join below adds no rows.
-        known_df = customers_df.where(F.col(REASON).isNull()).select("customer_id", F.lit(True).alias(_HAS_CUSTOMER))
-    flagged = {
-        "customers": customers_df,
-        "transactions": flag_transactions(inputs.transactions, settings, earliest, now, known_df),
-    }
+    if inputs.customers is not None:
+        flagged["customers"] = flag_customers(inputs.customers)
+        if quarantine_unknown:
+            # Clean customers have unique, non-null ids, so the left joins below add no rows.
+            known_df = (flagged["customers"].where(F.col(REASON).isNull())
+                        .select("customer_id", F.lit(True).alias(_HAS_CUSTOMER)))
+    flagged["transactions"] = flag_transactions(inputs.transactions, settings, earliest, now, known_df)
     if inputs.interactions is not None:
+        if inputs.customers is None and quarantine_unknown:
+            known_df = (flagged["transactions"].where(F.col(REASON).isNull()).select("customer_id").distinct()
+                        .select("customer_id", F.lit(True).alias(_HAS_CUSTOMER)))
         flagged["interactions"] = flag_interactions(inputs.interactions, settings, earliest, now, known_df)
     return flagged
 
