@@ -389,8 +389,9 @@ def _train_churn(warehouse: Warehouse, settings: Settings, snapshot_date: dt.dat
                                     for side, c in zip(("train", "holdout"), counts, strict=True)})
             check_trainable(*counts, data, churn)
             # The only rows pulled to the driver: at most churn.max_train_rows per side, one fraction per label.
-            train, holdout = [capped_sample(rows_df, c, churn.max_train_rows, churn.sample_seed).toPandas()
-                              for rows_df, c in zip(labelled, counts, strict=True)]  # small: capped
+            capped = [capped_sample(rows_df, c, churn.max_train_rows, churn.sample_seed)
+                      for rows_df, c in zip(labelled, counts, strict=True)]
+            train, holdout = [rows_df.toPandas() for rows_df in capped]  # small: at most churn.max_train_rows each
         finally:
             for rows_df in labelled:
                 rows_df.unpersist()

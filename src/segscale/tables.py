@@ -421,8 +421,7 @@ def _check_schema(uri: str, table: DeltaTable, frame: T.StructType, allow_evolut
     incoming = {f.name: f for f in frame.fields}
     missing = [n for n in existing if n not in incoming]
     extra = [incoming[n] for n in incoming if n not in existing]
-    if not allow_evolution and all(f.name in added_columns for f in extra):
-        allow_evolution = True
+    allow_evolution = allow_evolution or all(f.name in added_columns for f in extra)
     retyped = [
         f"{n} (table: {existing[n].dataType.simpleString()}, frame: {incoming[n].dataType.simpleString()})"
         for n in existing if n in incoming and _type_key(existing[n].dataType) != _type_key(incoming[n].dataType)
