@@ -9,6 +9,7 @@ import pytest
 from frames import D1, D2, settings_for
 from pyspark.sql import SparkSession
 
+from segscale import tracking
 from segscale.config import DeltaSettings, Settings
 from segscale.pipeline import generate_inputs, run_pipeline
 from segscale.tables import Warehouse
@@ -48,6 +49,16 @@ def spark() -> SparkSession:
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture(autouse=True)
+def embedded_store(monkeypatch):
+    """Every test uses the embedded MLflow store beside its warehouse unless it sets MLFLOW_TRACKING_URI, and
+    leaves no process-wide MLflow URI to the next test."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    with tracking.scoped():
+        yield
 
 
 @pytest.fixture

@@ -30,11 +30,6 @@ SNAPSHOT = "2024-12-31"
 SNAPSHOT_TABLES = ("quarantine", "customer_features", "customer_scores", "retention_plan", "retention_summary")
 
 
-@pytest.fixture(autouse=True)
-def embedded_store(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def required_only(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The contract's required columns of the required tables: no attributes, no interactions."""
     return {name: frame[REQUIRED[name]] for name, frame in tables.items() if name in REQUIRED}

@@ -151,7 +151,7 @@ def test_an_unpublished_snapshot_is_refused_and_nothing_is_written(two_snapshots
     assert "does not exist" in capsys.readouterr().err and not out.exists()
 
 
-def test_a_report_of_one_customer_renders_with_every_tier_and_the_runs_warnings(spark, browser, tmp_path):
+def test_a_report_of_one_customer_renders_with_every_tier_and_the_runs_warnings(spark, browser, tmp_path, capsys):
     """The smallest base: no model can be trained, so the report says why, shows the empty tiers, and draws
     every chart it has data for."""
     customers = {"customer_id": ["only"], "signup_date": ["2024-01-02"]}
@@ -164,6 +164,7 @@ def test_a_report_of_one_customer_renders_with_every_tier_and_the_runs_warnings(
     warehouse = str(tmp_path / "wh")
     assert main(["run", "--input", str(tmp_path / "in"), "--warehouse", warehouse, "--snapshot-date", "2024-06-30"],
                 spark=spark) == 0
+    assert "churn risk (no churn model: see models below)" in capsys.readouterr().out
     out = tmp_path / "one.html"
     assert report(warehouse, out) == 0
     rendered = render(browser, out)

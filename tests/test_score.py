@@ -32,11 +32,6 @@ SNAPSHOT = "2024-12-31"
 NAME = "segscale_churn"
 
 
-@pytest.fixture(autouse=True)
-def embedded_store(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def run(spark, root, *extra: str) -> dict:
     out = root / "summary.json"
     code = main(["run", "--input", str(root / "in"), "--warehouse", str(root / "wh"), "--snapshot-date", SNAPSHOT,
@@ -213,13 +208,14 @@ def test_run_with_a_champion_scores_without_training(spark, scored):
 
 def register(uri: str, columns: list[str], champion: bool) -> None:
     """A model version in the store at `uri` whose signature needs `columns`."""
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    mlflow.set_experiment("hand-registered")
     example = pd.DataFrame({c: [0.0, 1.0, 2.0, 3.0] for c in columns})
     model = LogisticRegression().fit(example, [0, 1, 0, 1])
-    with mlflow.start_run():
-        version = tracking.log_classifier(model, NAME, example)
+    with tracking.scoped():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        mlflow.set_experiment("hand-registered")
+        with mlflow.start_run():
+            version = tracking.log_classifier(model, NAME, example)
     if champion:
         MlflowClient(uri, uri).set_registered_model_alias(NAME, "champion", str(version))
 

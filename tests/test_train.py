@@ -37,12 +37,6 @@ def inputs(spark, tmp_path_factory):
     return out
 
 
-@pytest.fixture(autouse=True)
-def embedded_store(monkeypatch):
-    """Every test uses the embedded SQLite store beside its warehouse unless it sets MLFLOW_TRACKING_URI."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def train(spark, inputs, warehouse, *extra: str, config: Path | None = None) -> int:
     args = ["train", "--input", str(inputs), "--warehouse", str(warehouse), "--snapshot-date", SNAPSHOT]
     if config is not None:
@@ -162,11 +156,20 @@ def test_the_clv_model_is_logged_as_code_with_its_parameters_in_the_config(regis
     assert client.get_model_version("segscale_clv", "2").tags["promotion_decision"] == "promoted"
 
 
-def test_each_warehouse_uses_its_own_embedded_store(tmp_path):
+def test_each_warehouse_uses_its_own_embedded_store_and_a_command_leaves_no_uri_behind(tmp_path, monkeypatch):
     for name in ("a", "b"):
-        tracking.connect(str(tmp_path / name / "wh"), "segscale")
-        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / name / 'mlflow.db'}"
-    assert "MLFLOW_TRACKING_URI" not in os.environ  # MLflow's export does not pass for the user's setting
+        with tracking.scoped():
+            tracking.connect(str(tmp_path / name / "wh"), "segscale")
+            assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / name / 'mlflow.db'}"
+            mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")  # MLflow's own calls export it too
+        # Neither store passes for the user's setting, so the next warehouse still gets the store beside it.
+        assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+        assert tracking.tracking_uri(str(tmp_path / "c" / "wh")) == f"sqlite:///{tmp_path / 'c' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", user := f"sqlite:///{tmp_path / 'user.db'}")
+    with tracking.scoped():
+        tracking.connect(str(tmp_path / "a" / "wh"), "segscale")
+        assert mlflow.get_tracking_uri() == user
+    assert os.environ["MLFLOW_TRACKING_URI"] == user and mlflow.get_tracking_uri() == user
 
 
 class HandWrittenClassifier(BaseEstimator, ClassifierMixin):

@@ -374,9 +374,10 @@ def _backfill(spark: SparkSession, settings: Settings, args: argparse.Namespace)
 
 
 def _promote(spark: SparkSession | None, settings: Settings, args: argparse.Namespace) -> int:
-    client = tracking.connect(settings.paths.warehouse, settings.churn.experiment)
     name = settings.churn.model_name if args.model == "churn" else settings.clv.model_name
-    previous = tracking.promote(client, name, args.model_version, args.reason)
+    with tracking.scoped():
+        client = tracking.connect(settings.paths.warehouse, settings.churn.experiment)
+        previous = tracking.promote(client, name, args.model_version, args.reason)
     print(f"{name}: champion is now version {args.model_version} "
           f"(was {previous if previous is not None else 'none'}); reason recorded")
     return 0
@@ -467,7 +468,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     scored = stages.get("score") or segment
     if scored.get("churn_risk_bands"):
         model = scored["churn_model"]
-        title = f"churn risk ({model['name']} v{model['version']})" if model else "churn risk (churn.enabled: false)"
+        status = summary.get("models", {}).get("churn", {}).get("status", "disabled")
+        why = "churn.enabled: false" if status == "disabled" else "no churn model: see models below"
+        title = f"churn risk ({model['name']} v{model['version']})" if model else f"churn risk ({why})"
         lines += ["", title + "  " + ", ".join(f"{band} {n:,}" for band, n in scored["churn_risk_bands"].items())]
     if segment.get("clv_by_tier"):
         model, value = segment["clv_model"], segment["clv_by_tier"]

@@ -313,10 +313,12 @@ def score_snapshot(spark: SparkSession, settings: Settings, snapshot_date: dt.da
 
 @contextlib.contextmanager
 def _recorded(warehouse: Warehouse, run: Run) -> Iterator[list[Validated]]:
-    """Record the run in the `runs` table as failed or succeeded; release the validated inputs the body cached."""
+    """Record the run in the `runs` table as failed or succeeded; release the validated inputs the body cached
+    and MLflow's process-wide state."""
     cached: list[Validated] = []
     try:
-        yield cached
+        with tracking.scoped():
+            yield cached
     except Exception:
         _record_run(warehouse, run, "failed")
         raise

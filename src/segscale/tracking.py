@@ -3,11 +3,12 @@ champion / challenger aliases with the promotion gate. Decisions: docs/models.md
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.metadata
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,19 +54,30 @@ def _beside(warehouse: str) -> Path:
     return Path(warehouse.removeprefix("file://")).resolve().parent
 
 
-def connect(warehouse: str, experiment: str) -> MlflowClient:
-    """Point MLflow at the tracking store and make sure the experiment exists; DependencyError if unreachable."""
-    uri = tracking_uri(warehouse)
-    # MLflow also exports the URIs as environment variables; segscale's own choice must not pass for the
-    # user's MLFLOW_TRACKING_URI when the next warehouse in this process picks its store.
+@contextlib.contextmanager
+def scoped() -> Iterator[None]:
+    """Around one command: afterwards, MLflow's process-wide tracking and registry URIs are unset and the
+    environment variables it exports them to (also from inside its own calls) are as they were. One warehouse's
+    store must never pass for the user's MLFLOW_TRACKING_URI, or for the next warehouse's store in this process."""
     exported = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for name, value in exported.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def connect(warehouse: str, experiment: str) -> MlflowClient:
+    """Point MLflow at the tracking store and make sure the experiment exists; DependencyError if unreachable.
+    Call it inside `scoped()`."""
+    uri = tracking_uri(warehouse)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    for name, value in exported.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
     client = MlflowClient(uri, uri)
     try:
         found = client.get_experiment_by_name(experiment)
