@@ -15,6 +15,11 @@ from segscale.pipeline import generate_inputs, run_pipeline
 from segscale.tables import Warehouse
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--refresh-golden", action="store_true",
+                     help="rewrite tests/golden/expected from this run (when a change of published values is meant)")
+
+
 @pytest.hookimpl(wrapper=True)  # around pytest-xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]):
     """`make test` runs two pytest-xdist workers, each with its own Spark session (--dist loadgroup). Tests that

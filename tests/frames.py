@@ -6,9 +6,12 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator
 
+import mlflow
+from mlflow import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from segscale import tracking
 from segscale.config import GenerateSettings, Settings
 from segscale.generate import generate_frames
 from segscale.ingest import CONTRACT
@@ -44,3 +47,14 @@ def generated_inputs(spark: SparkSession, customers: int, seed: int) -> Iterator
     finally:
         for frame_df in frames.values():
             frame_df.unpersist()
+
+
+@contextlib.contextmanager
+def mlflow_store(root: object) -> Iterator[MlflowClient]:
+    """MLflow's process-wide URIs on the embedded store beside the warehouses under `root` while the block runs
+    (segscale's commands leave them unset), for MLflow calls that take only a `models:/` URI."""
+    uri = f"sqlite:///{root}/mlflow.db"
+    with tracking.scoped():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield MlflowClient(uri, uri)

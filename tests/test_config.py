@@ -127,7 +127,7 @@ def test_retention_treatments_are_checked_where_they_are_set():
 
 
 def test_only_variables_naming_a_section_are_config():
-    environ = {"SEGSCALE_WAREHOUSE": "/notebooks/read/this", "SEGSCALE_FAULT": "kill-worker:x",
+    environ = {"SEGSCALE_WAREHOUSE": "/notebooks/read/this", "SEGSCALE_HOME": "/opt/segscale",
                "SEGSCALE_REQUIRE_BROWSER": "1", "SEGSCALE_RFM__BINS": "4"}
     assert load_settings(environ=environ).rfm.bins == 4
     with pytest.raises(ConfigError, match="churn_enabled: unknown key"):  # a typo of SEGSCALE_CHURN__ENABLED

@@ -1,6 +1,6 @@
 """Faults during a run lose or duplicate nothing: a Python worker killed mid-write, the process killed between the
 data files and the commit, and two runs of the same snapshot at once. The faults are real (a dead worker, a
-process exit, two processes); SEGSCALE_FAULT only chooses where they strike (docs/operations.md)."""
+process exit, two processes); tests/faulty.py injects them from outside the library (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -48,13 +48,12 @@ def clean(spark, inputs, tmp_path_factory) -> Warehouse:
 
 def run_process(inputs: Path, warehouse: Path, fault: str | None = None, master: str = "local[1]"
                 ) -> subprocess.Popen:
-    """`segscale run` in its own process and embedded session, optionally with an injected fault."""
+    """`segscale run` in its own process and embedded session, optionally with a fault (tests/faulty.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_", "SEGSCALE_"))}
     env.update(ENV_WITHOUT_MODELS, SEGSCALE_SPARK__MASTER=master)
-    if fault:
-        env["SEGSCALE_FAULT"] = fault
+    command = [str(Path(__file__).with_name("faulty.py")), fault] if fault else ["-m", "segscale"]
     return subprocess.Popen(
-        [sys.executable, "-m", "segscale", "run", "--input", str(inputs), "--warehouse", str(warehouse),
+        [sys.executable, *command, "run", "--input", str(inputs), "--warehouse", str(warehouse),
          "--snapshot-date", SNAPSHOT.isoformat(), "--config", str(warehouse.parent / "none.yaml")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=warehouse.parent)
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
+from frames import mlflow_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inputs import REQUIRED, Base, draw, write
@@ -214,7 +215,8 @@ def test_the_cdnow_sample_with_the_default_config(spark, tmp_path, capsys, cdnow
                                                                                     "gamma": 15.44}
     # Customer 1 (x = 2, t_x = 30.43, T = 38.86 weeks): 1.226 expected purchases over the next 39 weeks.
     features = read(tmp_path, "customer_features").set_index("customer_id")
-    model = mlflow.pyfunc.load_model(f"models:/segscale_clv/{fitted['model_version']}")
+    with mlflow_store(tmp_path):
+        model = mlflow.pyfunc.load_model(f"models:/segscale_clv/{fitted['model_version']}")
     one = model.predict(features.loc[["1"], ["bgnbd_frequency", "bgnbd_recency", "bgnbd_T", "bgnbd_monetary"]],
                         params={"horizon_days": 273})
     assert round(float(one["expected_purchases"].iloc[0]), 3) == 1.226

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
+from frames import mlflow_store
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -119,7 +120,8 @@ def test_first_run_fits_and_registers_clv_and_values_every_buyer(spark, scored):
     # The registered pyfunc predicts what the executors published, from the four inputs.
     features = spark.read.parquet(*DeltaTable(str(root / "wh" / "customer_features")).file_uris())
     rows = features.where(F.col("bgnbd_frequency").isNotNull()).orderBy("customer_id").limit(200).toPandas()
-    predicted = mlflow.pyfunc.load_model("models:/segscale_clv/1").predict(rows[list(CLV_INPUTS)])
+    with mlflow_store(root):
+        predicted = mlflow.pyfunc.load_model("models:/segscale_clv/1").predict(rows[list(CLV_INPUTS)])
     published = (buyers.select("customer_id", *CLV_COLUMNS).toPandas().set_index("customer_id")
                  .loc[rows["customer_id"]])
     np.testing.assert_allclose(published.to_numpy(), predicted.to_numpy(), rtol=1e-12)

@@ -15,6 +15,7 @@ import pytest
 import skops.io
 import yaml
 from deltalake import DeltaTable
+from frames import mlflow_store
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -111,7 +112,8 @@ def test_training_run_logs_params_lineage_metrics_artifacts_and_a_skops_model(re
     evaluation = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation.json",
                                                            str(root))).read_text())
     assert len(evaluation["calibration"]) > 3 and evaluation["beats_baselines"]
-    info = mlflow.models.get_model_info(f"models:/{NAME}/1")
+    with mlflow_store(root):
+        info = mlflow.models.get_model_info(f"models:/{NAME}/1")
     assert info.signature is not None and "recency_days" in info.signature.inputs.input_names()
     assert info.saved_input_example_info is not None
     flavor = info.flavors["sklearn"]
@@ -145,13 +147,14 @@ def test_the_clv_model_is_logged_as_code_with_its_parameters_in_the_config(regis
     """No pickle in the artifact: the pyfunc is segscale's own code, the fit lives in the model config."""
     root, client, summaries = registry
     fitted = summaries[0]["stages"]["clv fit"]
-    info = mlflow.models.get_model_info("models:/segscale_clv/1")
+    with mlflow_store(root):
+        info = mlflow.models.get_model_info("models:/segscale_clv/1")
+        local = Path(mlflow.artifacts.download_artifacts("models:/segscale_clv/1", dst_path=str(root / "clv")))
     pyfunc = info.flavors["python_function"]
     assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert pyfunc["model_code_path"].endswith("clv_model.py")
     assert pyfunc["config"]["bgnbd"] == pytest.approx(fitted["params"]["bgnbd"])
     assert info.signature.inputs.input_names() == ["bgnbd_frequency", "bgnbd_recency", "bgnbd_T", "bgnbd_monetary"]
-    local = Path(mlflow.artifacts.download_artifacts("models:/segscale_clv/1", dst_path=str(root / "clv")))
     assert not [f.name for f in local.rglob("*") if f.suffix in (".pkl", ".pickle")]
     assert client.get_model_version("segscale_clv", "2").tags["promotion_decision"] == "promoted"
 

@@ -382,8 +382,7 @@ def load_settings(
 def is_config_variable(name: str) -> bool:
     """SEGSCALE_<SECTION>__<KEY> sets a config key. A SEGSCALE_* variable whose name starts with a section's
     name is taken as one too, so a typo (SEGSCALE_CHURN_ENABLED) is an error rather than silently ignored; other
-    SEGSCALE_* variables (SEGSCALE_CONFIG, SEGSCALE_WAREHOUSE for the notebooks, SEGSCALE_FAULT for the fault
-    tests) are not config."""
+    SEGSCALE_* variables (SEGSCALE_CONFIG, SEGSCALE_WAREHOUSE for the notebooks) are not config."""
     if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
         return False
     rest = name[len(ENV_PREFIX):].lower()

@@ -192,7 +192,6 @@ class DeltaStore:
             max_rows_per_file=self.settings.max_rows_per_file,
             row_group_rows=self.settings.row_group_rows,
             compression=self.settings.compression,
-            kill_worker=_injected_fault("kill-worker", uri),
         )
         previous = table.version() if table is not None else None
         try:
@@ -462,7 +461,6 @@ class _FilePlan:
     max_rows_per_file: int
     row_group_rows: int
     compression: str
-    kill_worker: bool = False  # fault injection (SEGSCALE_FAULT=kill-worker:TABLE): see _injected_fault
 
 
 def _write_files(batches: Iterator[pa.RecordBatch], plan: _FilePlan) -> Iterator[pa.RecordBatch]:
@@ -492,8 +490,6 @@ def _write_files(batches: Iterator[pa.RecordBatch], plan: _FilePlan) -> Iterator
                     f"part-{task}-{plan.write_id}-{sequence:04d}.{plan.compression}.parquet")
                 current = open_files[key] = _DataFile(fs, root, rel, part.schema, plan, key)
             current.write(part)
-            if plan.kill_worker and context and context.partitionId() == 0 and context.attemptNumber() == 0:
-                os._exit(1)  # the Python worker dies with a half-written file: Spark must retry the task
             if current.rows >= plan.max_rows_per_file:
                 done.append(current.close())
                 del open_files[key]
@@ -650,13 +646,4 @@ def _raise_if_storage_refused(exc: BaseException, uri: str, state: str) -> None:
 
 
 def _before_commit(uri: str, write_id: str) -> None:
-    """A seam between the data files' write and the commit; tests replace it to inject faults and races."""
-    if _injected_fault("exit-before-commit", uri):
-        os._exit(137)  # as if killed (SIGKILL) after the data files, before the commit
-
-
-def _injected_fault(kind: str, uri: str) -> bool:
-    """Whether SEGSCALE_FAULT asks for `kind` on this table (`kill-worker:customer_features`,
-    `exit-before-commit:customer_scores`). For the fault tests only; see docs/operations.md."""
-    wanted = os.environ.get("SEGSCALE_FAULT", "")
-    return wanted == f"{kind}:{uri.rstrip('/').rsplit('/', 1)[-1]}"
+    """A seam between the data files' write and the commit: tests replace it to inject faults and races."""

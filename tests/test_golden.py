@@ -1,0 +1,71 @@
+"""The golden run: the whole job on a fixed input for two snapshots (the first trains both models), and every
+published table compared row for row with the copy stored in tests/golden/expected.
+
+The input (tests/golden/input) is 800 generated customers with 1 % bad rows, shipped as CSV files so that neither
+a change of the generator nor a refactor can move it. Values that differ on every run by design (run ids, times,
+paths, the package version, the configuration's hash) are left out; everything else must match, doubles to a
+relative 1e-9. When a change of published values is intended, rewrite the copy with
+`.venv/bin/python -m pytest tests/test_golden.py --refresh-golden` and review the diff of tests/golden/expected as
+part of the change."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from deltalake import DeltaTable
+from frames import D1, D2
+
+from segscale.cli import main
+
+GOLDEN = Path(__file__).with_name("golden")
+TABLES = ("quarantine", "customer_features", "customer_scores", "segment_migration", "retention_plan",
+          "retention_summary", "runs")
+# Different on every run by design. Of `runs`, the stable part of each row is kept (below).
+VOLATILE = ("run_id",)
+
+
+@pytest.fixture(scope="module")
+def golden_warehouse(spark, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("golden")
+    config = root / "golden.yaml"
+    config.write_text(yaml.safe_dump({"paths": {"input": str(GOLDEN / "input"), "warehouse": str(root / "wh")},
+                                      "delta": {"backend": "delta-rs"}, "retention": {"budget": 2000.0}}))
+    for snapshot in (D1, D2):
+        assert main(["run", "--config", str(config), "--snapshot-date", snapshot.isoformat()], spark=spark) == 0
+    return root / "wh"
+
+
+def published(warehouse: Path, table: str) -> pd.DataFrame:
+    """The table as the stored copy holds it: stable columns, through CSV, rows in order of every column."""
+    frame = DeltaTable(str(warehouse / table)).to_pandas()
+    if table == "runs":
+        models = frame["summary_json"].map(lambda text: json.dumps(json.loads(text)["models"], sort_keys=True))
+        frame = frame[["command", "snapshot_date", "status", "warnings"]].assign(models=models)
+    frame = frame.drop(columns=[c for c in VOLATILE if c in frame.columns])
+    for column in frame.columns:  # arrays and maps as JSON text, as CSV stores them
+        if frame[column].map(lambda v: isinstance(v, (list, dict)) or hasattr(v, "tolist")).any():
+            frame[column] = frame[column].map(lambda v: None if v is None else json.dumps(
+                v.tolist() if hasattr(v, "tolist") else v, sort_keys=True))
+    return in_order(pd.read_csv(io.StringIO(frame.to_csv(index=False))))
+
+
+def in_order(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(list(frame.columns), na_position="last", kind="stable").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_every_published_table_matches_the_golden_copy(golden_warehouse, table, request):
+    actual = published(golden_warehouse, table)
+    expected_file = GOLDEN / "expected" / f"{table}.csv"
+    if request.config.getoption("--refresh-golden"):
+        expected_file.parent.mkdir(exist_ok=True)
+        actual.to_csv(expected_file, index=False)
+    expected = in_order(pd.read_csv(expected_file))
+    assert list(actual.columns) == list(expected.columns)
+    assert len(actual) == len(expected)
+    pd.testing.assert_frame_equal(actual, expected, check_exact=False, rtol=1e-9, atol=1e-12)
