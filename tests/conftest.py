@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 import pytest
-from frames import D1, D2, settings_for
+import yaml
+from frames import D1, D2, GOLDEN_INPUT, settings_for
 from pyspark.sql import SparkSession
 
 from segscale import tracking
-from segscale.config import DeltaSettings, Settings
-from segscale.pipeline import generate_inputs, run_pipeline
+from segscale.cli import main
+from segscale.config import DeltaSettings
 from segscale.tables import Warehouse
 
 
@@ -72,20 +74,18 @@ def delta_settings() -> DeltaSettings:
 
 
 @pytest.fixture(scope="session")
-def generated(spark, tmp_path_factory):
-    """Generated inputs (2,500 customers, 1 % dirty rows) shared by the end-to-end tests."""
-    out = tmp_path_factory.mktemp("gen")
-    settings = Settings.model_validate({"generate": {"customers": 2500, "seed": 11, "dirty_rate": 0.01}})
-    generate_inputs(spark, settings, str(out))
-    return out
-
-
-@pytest.fixture(scope="session")
-def two_snapshots(spark, generated, tmp_path_factory):
-    """A warehouse the whole pipeline published for D1 then D2 (churn and CLV trained on the first run, a retention
-    budget that binds): (settings, warehouse, first summary, second summary). Read it; never write to it."""
-    warehouse = tmp_path_factory.mktemp("pipeline") / "wh"  # its MLflow store sits beside it
-    settings = settings_for(generated, warehouse, retention={"budget": 2000.0})
-    first = run_pipeline(spark, settings, D1)
-    second = run_pipeline(spark, settings, D2)
-    return settings, Warehouse(spark, str(warehouse), settings.delta), first, second
+def two_snapshots(spark, tmp_path_factory):
+    """The golden run, published once per test session: `segscale run` on the shipped input (tests/golden/input,
+    800 customers, 1 % bad rows) for D1 then D2, churn and CLV trained on the first run, a retention budget that
+    binds: (settings, warehouse, first summary, second summary). Read it; never write to it."""
+    root = tmp_path_factory.mktemp("pipeline")  # the MLflow store sits beside the warehouse
+    settings = settings_for(GOLDEN_INPUT, root / "wh", retention={"budget": 2000.0})
+    config = root / "golden.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json", include={"paths", "delta", "retention"})))
+    summaries = []
+    for snapshot in (D1, D2):
+        out = root / f"summary-{snapshot}.json"
+        assert main(["run", "--config", str(config), "--snapshot-date", snapshot.isoformat(), "--summary-json",
+                     str(out)], spark=spark) == 0
+        summaries.append(json.loads(out.read_text()))
+    return settings, Warehouse(spark, str(root / "wh"), settings.delta), *summaries

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -16,8 +17,10 @@ from segscale.config import GenerateSettings, Settings
 from segscale.generate import generate_frames
 from segscale.ingest import CONTRACT
 
-# The snapshots of the warehouse the pipeline publishes once per test session (conftest.two_snapshots).
+# The snapshots of the warehouse the pipeline publishes once per test session (conftest.two_snapshots), and its
+# input: 800 generated customers with 1 % bad rows, shipped as CSV files (tests/test_golden.py).
 D1, D2 = dt.date(2024, 6, 30), dt.date(2024, 9, 30)
+GOLDEN_INPUT = Path(__file__).with_name("golden") / "input"
 
 
 def settings_for(inputs: object, warehouse: object, **sections: object) -> Settings:

@@ -1,8 +1,9 @@
 """The golden run: the whole job on a fixed input for two snapshots (the first trains both models), and every
 published table compared row for row with the copy stored in tests/golden/expected.
 
-The input (tests/golden/input) is 800 generated customers with 1 % bad rows, shipped as CSV files so that neither
-a change of the generator nor a refactor can move it. Values that differ on every run by design (run ids, times,
+The run is the session's shared warehouse (conftest.two_snapshots); its input (tests/golden/input) is 800
+generated customers with 1 % bad rows, shipped as CSV files so that neither a change of the generator nor a
+refactor can move it. Values that differ on every run by design (run ids, times,
 paths, the package version, the configuration's hash) are left out; everything else must match, doubles to a
 relative 1e-9. When a change of published values is intended, rewrite the copy with
 `.venv/bin/python -m pytest tests/test_golden.py --refresh-golden` and review the diff of tests/golden/expected as
@@ -16,28 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from deltalake import DeltaTable
-from frames import D1, D2
-
-from segscale.cli import main
 
 GOLDEN = Path(__file__).with_name("golden")
 TABLES = ("quarantine", "customer_features", "customer_scores", "segment_migration", "retention_plan",
           "retention_summary", "runs")
 # Different on every run by design. Of `runs`, the stable part of each row is kept (below).
 VOLATILE = ("run_id",)
-
-
-@pytest.fixture(scope="module")
-def golden_warehouse(spark, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("golden")
-    config = root / "golden.yaml"
-    config.write_text(yaml.safe_dump({"paths": {"input": str(GOLDEN / "input"), "warehouse": str(root / "wh")},
-                                      "delta": {"backend": "delta-rs"}, "retention": {"budget": 2000.0}}))
-    for snapshot in (D1, D2):
-        assert main(["run", "--config", str(config), "--snapshot-date", snapshot.isoformat()], spark=spark) == 0
-    return root / "wh"
 
 
 def published(warehouse: Path, table: str) -> pd.DataFrame:
@@ -59,8 +45,9 @@ def in_order(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_every_published_table_matches_the_golden_copy(golden_warehouse, table, request):
-    actual = published(golden_warehouse, table)
+def test_every_published_table_matches_the_golden_copy(two_snapshots, table, request):
+    _, warehouse, _, _ = two_snapshots
+    actual = published(Path(warehouse.root.removeprefix("file://")), table)
     expected_file = GOLDEN / "expected" / f"{table}.csv"
     if request.config.getoption("--refresh-golden"):
         expected_file.parent.mkdir(exist_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from deltalake import DeltaTable
-from frames import D1, D2, settings_for
+from frames import D1, D2, GOLDEN_INPUT, settings_for
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -112,12 +112,12 @@ def test_quarantine_and_summary_carry_counts_per_reason(two_snapshots):
     assert "retention plan:" in text and "dedicated_account_manager" in text
 
 
-def test_rerunning_a_snapshot_three_times_yields_the_same_content(spark, generated, two_snapshots, tmp_path):
+def test_rerunning_a_snapshot_three_times_yields_the_same_content(spark, two_snapshots, tmp_path):
     """The shared warehouse's D1 is the first run (it trained the champions); two reruns go to a copy of it."""
     settings, original, _, _ = two_snapshots
     # The warehouse and the MLflow store beside it.
     shutil.copytree(Path(original.root.removeprefix("file://")).parent, tmp_path / "copy")
-    copy_settings = settings_for(generated, tmp_path / "copy" / "wh", retention={"budget": 2000.0})
+    copy_settings = settings_for(settings.paths.input, tmp_path / "copy" / "wh", retention={"budget": 2000.0})
     warehouse = Warehouse(spark, str(tmp_path / "copy" / "wh"), settings.delta)
     names = ("quarantine", "customer_features", "customer_scores", "retention_plan", "retention_summary")
     versions = {n: DeltaTable(warehouse.uri(n)).version() for n in names}
@@ -143,11 +143,11 @@ def test_too_many_bad_rows_stop_the_run_before_anything_is_published(spark, tmp_
     assert run["status"] == "failed" and json.loads(run["summary_json"])["failed_stage"] == "validate"
 
 
-def test_stage_commands_run_their_stages(spark, generated, tmp_path, capsys, monkeypatch):
+def test_stage_commands_run_their_stages(spark, tmp_path, capsys, monkeypatch):
     for key, value in (("CHURN__ENABLED", "false"), ("CLV__ENABLED", "false"), ("TIERS__BASIS", "monetary")):
         monkeypatch.setenv(f"SEGSCALE_{key}", value)  # scoring by stage: tests/test_score.py
     warehouse = tmp_path / "wh"
-    common = ["--input", str(generated), "--warehouse", str(warehouse), "--snapshot-date", D1.isoformat()]
+    common = ["--input", str(GOLDEN_INPUT), "--warehouse", str(warehouse), "--snapshot-date", D1.isoformat()]
     assert main(["segment", *common[2:]], spark=spark) == 2  # nothing to segment yet
     assert "customer_features has no snapshot 2024-06-30" in capsys.readouterr().err
     assert main(["validate", *common], spark=spark) == 0
@@ -163,8 +163,8 @@ def test_stage_commands_run_their_stages(spark, generated, tmp_path, capsys, mon
     assert not (warehouse / "retention_plan").exists()
 
 
-def test_run_is_recorded_with_its_stages(spark, generated, tmp_path):
-    settings = settings_for(generated, tmp_path / "wh", churn={"enabled": False})
+def test_run_is_recorded_with_its_stages(spark, tmp_path):
+    settings = settings_for(GOLDEN_INPUT, tmp_path / "wh", churn={"enabled": False})
     summary = run_pipeline(spark, settings, D1, Run("run", settings, D1))
     assert list(summary["stages"]) == ["ingest", "validate", "clv fit", "features", "segment", "migration", "plan"]
     assert summary["models"] == {"churn": {"status": "disabled", "version": None, "skipped": None},
