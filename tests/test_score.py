@@ -173,7 +173,9 @@ def test_executors_score_exactly_what_the_model_predicts(spark, scored):
     root, _ = scored
     features = spark.read.parquet(*DeltaTable(str(root / "wh" / "customer_features")).file_uris())
     buyers = features.where(F.col("recency_days").isNotNull()).toPandas()  # small test snapshot
-    expected = pd.Series(predict_churn(tracking.load_classifier(NAME, 1), buyers), index=buyers["customer_id"])
+    with mlflow_store(root):
+        model = tracking.load_classifier(NAME, 1)
+    expected = pd.Series(predict_churn(model, buyers), index=buyers["customer_id"])
     published = (scores_of(spark, root).where(F.col("churn_probability").isNotNull())
                  .select("customer_id", "churn_probability").toPandas().set_index("customer_id")["churn_probability"])
     assert len(published) == len(expected)
