@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from frames import D1, D2, GOLDEN_INPUT, settings_for
+from frames import D1, D2, GOLDEN_INPUT, free_port, settings_for
 from pyspark.sql import SparkSession
 
 from segscale import tracking
@@ -66,6 +66,16 @@ def embedded_store(monkeypatch):
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     with tracking.scoped():
         yield
+
+
+@pytest.fixture
+def unreachable_mlflow(monkeypatch) -> str:
+    """MLFLOW_TRACKING_URI at a port nothing listens on, with MLflow's retries off: its URI."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    return uri
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,3 +62,10 @@ def mlflow_store(root: object) -> Iterator[MlflowClient]:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         yield MlflowClient(uri, uri)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on once this returns."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import pyspark
 import pytest
 import yaml
 from deltalake import DeltaTable
-from frames import D2
+from frames import D2, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARK_HOME = Path(pyspark.__file__).parent
@@ -35,12 +34,6 @@ SPARK_CONF = {"spark.sql.shuffle.partitions": "4", "spark.default.parallelism": 
               "spark.sql.session.timeZone": "UTC", "spark.sql.execution.arrow.pyspark.enabled": "true",
               "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
               "spark.executor.extraJavaOptions": "-Duser.timezone=UTC", "spark.ui.enabled": "false"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cluster_state(ui_port: int) -> dict:

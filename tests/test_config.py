@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from segscale.config import Settings, load_settings
 from segscale.errors import ConfigError
@@ -21,10 +23,24 @@ def test_base_yaml_states_exactly_the_built_in_defaults():
     assert load_settings(CONF / "base.yaml", environ={}) == Settings()
 
 
+def leaves(tree: dict, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    """Every (key path, value) a YAML mapping sets; lists are values."""
+    return [pair for key, value in tree.items() for pair in (
+        leaves(value, (*prefix, key)) if isinstance(value, dict) else [((*prefix, key), value)])]
+
+
 @pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml"])
-def test_shipped_config_files_are_valid(name):
-    settings = load_settings(CONF / name, environ={})
-    assert settings.paths.warehouse
+def test_every_key_a_shipped_config_file_sets_takes_effect(name):
+    """Each file loads over base.yaml, and the settings hold every value it sets: nothing it says is ignored."""
+    loaded = load_settings(CONF / name, environ={}).model_dump(mode="json")
+    own = leaves(yaml.safe_load((CONF / name).read_text()))
+    assert own, f"{name} sets nothing"
+    for path, value in own:
+        found = loaded
+        for key in path:
+            found = found[key]
+        assert found == json.loads(json.dumps(value, default=str)), f"{name}: {'.'.join(path)}"
+    assert loaded["delta"]["backend"] == {"local.yaml": "delta-rs", "cluster.yaml": "delta-spark"}[name]
 
 
 def test_local_yaml_is_layered_over_base_yaml(tmp_path):

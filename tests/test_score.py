@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import mlflow
@@ -76,6 +75,15 @@ def scored(spark, tmp_path_factory):
     return root, summary
 
 
+@pytest.fixture
+def own(scored, tmp_path) -> Path:
+    """A copy of the scored root (inputs, warehouse, MLflow store) for a test that writes: `scored` stays as its
+    first run left it, whatever order the tests run in."""
+    root, _ = scored
+    shutil.copytree(root, tmp_path / "own")
+    return tmp_path / "own"
+
+
 def test_first_run_trains_a_champion_then_scores_every_customer(spark, scored):
     root, summary = scored
     assert list(summary["stages"]) == ["ingest", "validate", "training set", "train", "clv fit", "features",
@@ -134,9 +142,9 @@ def test_first_run_fits_and_registers_clv_and_values_every_buyer(spark, scored):
     assert json.loads(artifacts.read_text())["bgnbd"]["converged"] is True
 
 
-def test_the_plan_spends_within_budget_and_its_summary_adds_up(spark, scored, monkeypatch):
+def test_the_plan_spends_within_budget_and_its_summary_adds_up(spark, own, monkeypatch):
     """A budget too small for every candidate: the plan is the top of the ranking that fits it."""
-    root, _ = scored
+    root = own
     monkeypatch.setenv("SEGSCALE_RETENTION__BUDGET", "300")
     out = root / "plan.json"
     assert main(["plan", "--warehouse", str(root / "wh"), "--snapshot-date", SNAPSHOT, "--summary-json", str(out)],
@@ -182,8 +190,8 @@ def test_executors_score_exactly_what_the_model_predicts(spark, scored):
     np.testing.assert_allclose(published.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=1e-12)
 
 
-def test_score_rescores_with_a_chosen_version_and_keeps_every_other_column(spark, scored):
-    root, _ = scored
+def test_score_rescores_with_a_chosen_version_and_keeps_every_other_column(spark, own):
+    root = own
     # Train version 2 on the same inputs with `run --train`; then score with version 1 again by hand.
     summary = run(spark, root, "--train")
     assert summary["stages"]["train"]["model_version"] == 2
@@ -202,8 +210,8 @@ def test_score_rescores_with_a_chosen_version_and_keeps_every_other_column(spark
     assert json.loads(history["userMetadata"])["stage"] == "score"
 
 
-def test_run_with_a_champion_scores_without_training(spark, scored):
-    root, _ = scored
+def test_run_with_a_champion_scores_without_training(spark, own):
+    root = own
     summary = run(spark, root)
     assert "train" not in summary["stages"]
     champion = int(client_of(root).get_model_version_by_alias(NAME, "champion").version)
@@ -243,14 +251,8 @@ def test_score_errors_name_the_cause_and_write_nothing(spark, scored, tmp_path, 
     assert DeltaTable(str(root / "wh" / "customer_scores")).version() == version
 
 
-def test_run_stops_before_publishing_when_mlflow_is_unreachable(spark, scored, tmp_path, monkeypatch, capsys):
+def test_run_stops_before_publishing_when_mlflow_is_unreachable(spark, scored, tmp_path, capsys, unreachable_mlflow):
     root, _ = scored
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     code = main(["run", "--input", str(root / "in"), "--warehouse", str(tmp_path / "wh"), "--snapshot-date",
                  SNAPSHOT], spark=spark)
     assert code == 3

@@ -15,7 +15,7 @@ import pytest
 import skops.io
 import yaml
 from deltalake import DeltaTable
-from frames import mlflow_store
+from frames import free_port, mlflow_store
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -205,22 +205,14 @@ def test_too_little_history_exits_2_naming_the_cause(spark, inputs, tmp_path, ca
     assert "churn model skipped: " in err and "churn.min_rows_per_class = 20 churned and 20 retained" in err
 
 
-def test_unreachable_tracking_server_exits_3(spark, inputs, tmp_path, capsys, monkeypatch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once the socket is closed
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+def test_unreachable_tracking_server_exits_3(spark, inputs, tmp_path, capsys, unreachable_mlflow):
     assert main(["promote", "--warehouse", str(tmp_path / "wh"), "--version", "1", "--reason", "x"]) == 3
-    assert f"MLflow tracking at http://127.0.0.1:{port} is unreachable" in capsys.readouterr().err
+    assert f"MLflow tracking at {unreachable_mlflow} is unreachable" in capsys.readouterr().err
 
 
 @pytest.fixture
 def tracking_server(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",

@@ -96,6 +96,12 @@ def unreadable_input(exc: BaseException) -> InputError | None:
                       f"replace it and run again")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def describe_exception(exc: BaseException) -> str:
     """The innermost Python error message of a failure, also when Spark wrapped it in a JVM stack trace."""
     text = str(exc)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from pyarrow import fs as pafs
 
-from segscale.errors import InputError
+from segscale.errors import InputError, first_line
 from segscale.tables import absolute_uri, open_table
 
 READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -51,7 +51,7 @@ def check_read_only(sql: str) -> None:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise InputError(f"{_first_line(exc)}\nquery: {sql}") from None
+        raise InputError(f"{first_line(exc)}\nquery: {sql}") from None
     if len(statements) != 1:
         raise InputError(f"segscale sql runs one statement at a time, got {len(statements)}")
     kind = statements[0].type
@@ -74,7 +74,7 @@ def run_query(root: str, sql: str, *, version: int | None = None, as_of: dt.date
     except duckdb.Error as exc:
         known = f" (published tables: {', '.join(tables) or 'none'})" if isinstance(exc, duckdb.CatalogException) \
             else ""
-        raise InputError(f"{_first_line(exc)}{known}\nquery: {sql}") from None
+        raise InputError(f"{first_line(exc)}{known}\nquery: {sql}") from None
     finally:
         con.close()
 
@@ -144,7 +144,3 @@ def aligned(result: pa.Table) -> str:
     lines += [line(r) for r in cells]
     lines.append(f"({len(rows):,} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(lines)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

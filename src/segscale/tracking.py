@@ -23,7 +23,7 @@ from pyspark.sql import Column, SparkSession
 
 from segscale.clv import ClvParams, predict_clv
 from segscale.config import ClvSettings
-from segscale.errors import DependencyError, InputError, SegscaleError
+from segscale.errors import DependencyError, InputError, SegscaleError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def connect(warehouse: str, experiment: str) -> MlflowClient:
                 location = (_beside(warehouse) / "mlartifacts" / experiment).as_uri()
             client.create_experiment(experiment, artifact_location=location)
     except (MlflowException, OSError) as exc:
-        raise DependencyError(f"MLflow tracking at {uri} is unreachable: {_first_line(exc)}") from exc
+        raise DependencyError(f"MLflow tracking at {uri} is unreachable: {first_line(exc)}") from exc
     mlflow.set_experiment(experiment)
     return client
 
@@ -277,8 +277,3 @@ def _versions(client: MlflowClient, name: str) -> Iterable:
         return client.search_model_versions(f"name = '{name}'")
     except MlflowException:
         return []
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
