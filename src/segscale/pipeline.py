@@ -229,11 +229,21 @@ def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date
                     run.models[kind] = ModelOutcome("champion", models[kind].version)
         if "validate" in stages:
             cached.append(_validate(warehouse, settings, snapshot_date, run))
-        # Before the features are published, so this run's models score them.
-        for kind in to_train:
-            models[kind] = _train_or_fall_back(kind, warehouse, settings, snapshot_date, run, cached[0], client)
-        if "features" in stages:
-            _features(warehouse, settings, snapshot_date, run, cached[0])
+        features_df = _features_of(settings, snapshot_date, cached[0]) if "features" in stages else None
+        if features_df is not None and CLV in to_train:  # computed once for the CLV fit and the features stage
+            features_df = features_df.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            # Before the features are published, so this run's models score them.
+            for kind in to_train:
+                models[kind] = _train_or_fall_back(kind, warehouse, settings, snapshot_date, run, cached[0],
+                                                   client, features_df)
+            if features_df is not None:
+                with run.stage("features") as record:
+                    _write_snapshot(warehouse, "customer_features", features_df, snapshot_date, run, "features",
+                                    record)
+        finally:
+            if features_df is not None:
+                features_df.unpersist()
         if "segment" in stages:
             _segment(warehouse, settings, snapshot_date, run, models.get(CHURN), models.get(CLV))
         if "plan" in stages:
@@ -242,12 +252,13 @@ def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date
 
 
 def _train_or_fall_back(kind: str, warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run,
-                        validated: Validated, client: MlflowClient) -> ScoringModel | None:
+                        validated: Validated, client: MlflowClient, features_df: DataFrame | None
+                        ) -> ScoringModel | None:
     """Train `kind` and return the champion left after its gate. When the data cannot support the model, warn
     and return a compatible champion of an earlier run, or None (the model's columns stay null)."""
     name = _enabled_models(settings)[kind].model_name
     try:
-        trained = _train(kind, warehouse, settings, snapshot_date, run, validated)
+        trained = _train(kind, warehouse, settings, snapshot_date, run, validated, features_df)
     except ModelSkipped as skipped:
         return _earlier_champion(kind, name, skipped.reason, run, client)
     model = tracking.scoring_model(client, name)
@@ -357,11 +368,12 @@ def train_models(spark: SparkSession, settings: Settings, snapshot_date: dt.date
 
 
 def _train(kind: str, warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run,
-           validated: Validated) -> int:
-    """Train the churn model or fit the CLV model; the registered version."""
+           validated: Validated, features_df: DataFrame | None = None) -> int:
+    """Train the churn model or fit the CLV model (on `features_df` when the run has computed them); the
+    registered version."""
     if kind == CHURN:
         return _train_churn(warehouse, settings, snapshot_date, run, validated)
-    return _fit_clv(settings, snapshot_date, run, validated)
+    return _fit_clv(settings, snapshot_date, run, validated, features_df)
 
 
 def _train_churn(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run, validated: Validated
@@ -512,29 +524,25 @@ def _features_of(settings: Settings, snapshot_date: dt.date, validated: Validate
                              settings.features, settings.rfm.lookback_days)
 
 
-def _features(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run,
-              validated: Validated) -> None:
-    with run.stage("features") as record:
-        _write_snapshot(warehouse, "customer_features", _features_of(settings, snapshot_date, validated),
-                        snapshot_date, run, "features", record)
-
-
-def _fit_clv(settings: Settings, snapshot_date: dt.date, run: Run, validated: Validated) -> int:
-    """Fit BG/NBD and Gamma-Gamma on the whole base as of the snapshot, log and register segscale_clv in MLflow
-    and make the new version champion (CLV has no labelled holdout to gate on); the new version. ModelSkipped
-    when the base cannot support the models or a fit does not converge."""
+def _fit_clv(settings: Settings, snapshot_date: dt.date, run: Run, validated: Validated,
+             features_df: DataFrame | None = None) -> int:
+    """Fit BG/NBD and Gamma-Gamma on the whole base as of the snapshot (`features_df`, persisted by the run, or
+    computed here), log and register segscale_clv in MLflow and make the new version champion (CLV has no
+    labelled holdout to gate on); the new version. ModelSkipped when the base cannot support the models or a fit
+    does not converge."""
     clv = settings.clv
     with run.stage("clv fit") as record:
-        # The resolution and the two histograms read the same inputs: compute the features once, keep only the
-        # model's columns.
+        # The resolution, the two histograms and the example read the same rows: computed once.
+        own = features_df is None
         inputs_df = (_features_of(settings, snapshot_date, validated).select(*CLV_INPUTS)
-                     .persist(StorageLevel.MEMORY_AND_DISK))
+                     .persist(StorageLevel.MEMORY_AND_DISK) if own else features_df.select(*CLV_INPUTS))
         try:
             resolution, estimates = choose_resolution(inputs_df, clv)
             histograms = bgnbd_histogram(inputs_df, resolution), spend_histogram(inputs_df, resolution)
             example = inputs_df.where(F.col("bgnbd_frequency") > 0).limit(5).toPandas()  # small: 5 rows
         finally:
-            inputs_df.unpersist()
+            if own:
+                inputs_df.unpersist()
         record.update(resolution=dataclasses.asdict(resolution), histogram_estimates=estimates)
         start = time.perf_counter()
         bgnbd, spend = fit_bgnbd(histograms[0], clv), fit_gamma_gamma(histograms[1], clv)
@@ -597,22 +605,28 @@ def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, r
             basis = "monetary"
             run.warn("value tiers follow monetary (spend so far) instead of tiers.basis clv: this snapshot has no "
                      "CLV model to score with")
-        # The tiers' basis joins the RFM dimensions in one sketch (CLV is predicted for it, and again when written).
-        sketch = quantile_sketch(valued_df, extra=(basis,) if basis == "clv" else ())
-        cuts = cut_points(sketch, settings.rfm)
-        thresholds = tier_thresholds(sketch[basis], settings.tiers, basis)
-        predict = tracking.churn_udf(warehouse.store.spark, churn_model) if churn_model else None
-        scored_df = valued_df.transform(with_churn_scores, settings.churn.risk_bands, churn_model, predict)
-        scores_df = customer_scores(scored_df, cuts, thresholds, settings, run.run_id)
-        record["rfm_cut_points"] = cuts.as_dict()
-        record["tier_thresholds"] = {"basis": basis, "high_value_above": thresholds.high_value_above,
-                                     "potential_above": thresholds.potential_above}
-        # The counts are gathered while the rows are written, not by reading them back.
-        counts, value = Observation("tiers_by_stage"), Observation("clv_by_tier")
-        observed_df = scores_df.observe(counts, *_tier_stage_counters()).observe(value, *_clv_by_tier())
-        _write_scores(warehouse, observed_df, snapshot_date, run, "segment", record, churn_model,
-                      rfm_cut_points=cuts.as_dict(), tier_thresholds=record["tier_thresholds"],
-                      clv_model=clv_model.uri if clv_model else None)
+        # The tiers' basis joins the RFM dimensions in one sketch. CLV is predicted once: the sketch and the write
+        # read the persisted predictions.
+        if clv_model is not None:
+            valued_df = valued_df.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            sketch = quantile_sketch(valued_df, extra=(basis,) if basis == "clv" else ())
+            cuts = cut_points(sketch, settings.rfm)
+            thresholds = tier_thresholds(sketch[basis], settings.tiers, basis)
+            predict = tracking.churn_udf(warehouse.store.spark, churn_model) if churn_model else None
+            scored_df = valued_df.transform(with_churn_scores, settings.churn.risk_bands, churn_model, predict)
+            scores_df = customer_scores(scored_df, cuts, thresholds, settings, run.run_id)
+            record["rfm_cut_points"] = cuts.as_dict()
+            record["tier_thresholds"] = {"basis": basis, "high_value_above": thresholds.high_value_above,
+                                         "potential_above": thresholds.potential_above}
+            # The counts are gathered while the rows are written, not by reading them back.
+            counts, value = Observation("tiers_by_stage"), Observation("clv_by_tier")
+            observed_df = scores_df.observe(counts, *_tier_stage_counters()).observe(value, *_clv_by_tier())
+            _write_scores(warehouse, observed_df, snapshot_date, run, "segment", record, churn_model,
+                          rfm_cut_points=cuts.as_dict(), tier_thresholds=record["tier_thresholds"],
+                          clv_model=clv_model.uri if clv_model else None)
+        finally:
+            valued_df.unpersist()
         record["tiers_by_stage"] = _tier_stage_counts(counts.get)
         record["clv_model"] = {"name": clv_model.name, "version": clv_model.version} if clv_model else None
         record["clv_by_tier"] = dict(value.get) if clv_model else None
