@@ -15,8 +15,8 @@ from pyspark.sql import types as T
 
 from segscale import tracking
 from segscale.config import GenerateSettings, Settings
+from segscale.contract import CONTRACT
 from segscale.generate import generate_frames
-from segscale.ingest import CONTRACT
 
 # The snapshots of the warehouse the pipeline publishes once per test session (conftest.two_snapshots), and its
 # input: 800 generated customers with 1 % bad rows, shipped as CSV files (tests/test_golden.py).

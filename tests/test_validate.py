@@ -13,9 +13,10 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from segscale.config import GenerateSettings, ValidationSettings
+from segscale.contract import CONTRACT
 from segscale.errors import InputError
 from segscale.generate import generate_frames
-from segscale.ingest import CONTRACT, InputTables, conform
+from segscale.ingest import InputTables, conform
 from segscale.validate import (
     QUARANTINE_SCHEMA,
     TableCounts,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from segscale.contract import CONTRACT
 from segscale.errors import ConfigError
 
 ENV_PREFIX = "SEGSCALE_"
@@ -46,8 +47,6 @@ class InputSettings(_Section):
 
     @model_validator(mode="after")
     def _contract_columns(self) -> InputSettings:
-        from segscale.ingest import CONTRACT  # the contract lives with the reader
-
         for table, mapping in self.columns.items():
             unknown = sorted(set(mapping) - {c.name for c in CONTRACT[table]})
             if unknown:

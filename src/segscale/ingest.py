@@ -1,7 +1,5 @@
-"""Read the three input tables (Delta, Parquet or CSV directories) into typed DataFrames.
-
-The input contract (docs/input-contract.md) lives here as data: each table's columns, their types and whether
-they are required. Missing optional columns arrive as typed nulls so every later stage sees one schema.
+"""Read the three input tables (Delta, Parquet or CSV directories) into typed DataFrames of the input contract
+(segscale.contract). Missing optional columns arrive as typed nulls so every later stage sees one schema.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from segscale.contract import CONTRACT
 from segscale.errors import InputError, SegscaleError, describe_exception
 from segscale.tables import DeltaStore
 
@@ -25,42 +24,6 @@ DELIMITERS = {"semicolons": ";", "tabs": "\t", "pipes": "|"}
 REPLACEMENT = "\ufffd"  # what undecodable bytes become when Spark reads text as UTF-8
 
 
-@dataclass(frozen=True)
-class ColumnSpec:
-    name: str
-    data_type: T.DataType
-    required: bool
-
-
-CONTRACT: dict[str, tuple[ColumnSpec, ...]] = {
-    "customers": (
-        ColumnSpec("customer_id", T.StringType(), True),
-        ColumnSpec("signup_date", T.DateType(), True),
-        ColumnSpec("region", T.StringType(), False),
-        ColumnSpec("city_tier", T.IntegerType(), False),
-        ColumnSpec("channel", T.StringType(), False),
-        ColumnSpec("birth_year", T.IntegerType(), False),
-        ColumnSpec("gender", T.StringType(), False),
-    ),
-    "transactions": (
-        ColumnSpec("transaction_id", T.StringType(), True),
-        ColumnSpec("customer_id", T.StringType(), True),
-        ColumnSpec("ts", T.TimestampType(), True),
-        ColumnSpec("amount", T.DoubleType(), True),
-        ColumnSpec("quantity", T.IntegerType(), False),
-        ColumnSpec("category", T.StringType(), False),
-        ColumnSpec("channel", T.StringType(), False),
-        ColumnSpec("transaction_type", T.StringType(), True),
-    ),
-    "interactions": (
-        ColumnSpec("interaction_id", T.StringType(), True),
-        ColumnSpec("customer_id", T.StringType(), True),
-        ColumnSpec("ts", T.TimestampType(), True),
-        ColumnSpec("kind", T.StringType(), True),
-        ColumnSpec("cost", T.DoubleType(), False),
-        ColumnSpec("satisfaction", T.IntegerType(), False),
-    ),
-}
 # Without a customers table, customers are derived from the transactions (segscale.validate).
 REQUIRED_TABLES = ("transactions",)
 RAW_PREFIX = "_raw_"
