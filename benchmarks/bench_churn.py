@@ -45,7 +45,7 @@ def _session(inputs: Path, work: Path):
 
 
 def step_train(inputs: Path, work: Path) -> dict:
-    from segscale.pipeline import train_models
+    from segscale.pipeline.commands import train_models
 
     spark, settings = _session(inputs, work)
     start = time.perf_counter()
@@ -64,10 +64,10 @@ def step_train(inputs: Path, work: Path) -> dict:
 def step_run(inputs: Path, work: Path) -> dict:
     from pyspark.sql import functions as F
 
-    from segscale import tracking
-    from segscale.churn import with_churn_scores
-    from segscale.pipeline import run_pipeline, score_snapshot
-    from segscale.tables import Warehouse
+    from segscale.io.delta import Warehouse
+    from segscale.models import registry
+    from segscale.models.churn import churn_udf, with_churn_scores
+    from segscale.pipeline.commands import run_pipeline, score_snapshot
 
     spark, settings = _session(inputs, work)
     start = time.perf_counter()
@@ -77,10 +77,10 @@ def step_run(inputs: Path, work: Path) -> dict:
 
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     features_df = warehouse.read("customer_features").where(F.col("snapshot_date") == F.lit(SNAPSHOT))
-    model = tracking.scoring_model(tracking.connect(settings.paths.warehouse, settings.churn.experiment),
+    model = registry.scoring_model(registry.connect(settings.paths.warehouse, settings.churn.experiment),
                                    settings.churn.model_name)
     scored_df = features_df.transform(with_churn_scores, settings.churn.risk_bands, model,
-                                      tracking.churn_udf(spark, model))
+                                      churn_udf(spark, model))
 
     def noop_seconds(df) -> float:
         begin = time.perf_counter()

@@ -34,18 +34,11 @@ SNAPSHOT = dt.date(2024, 12, 31)
 def measure(customers: int, data_dir: Path) -> dict:
     from pyspark.sql import functions as F
 
-    from segscale.clv import (
-        ClvParams,
-        bgnbd_histogram,
-        choose_resolution,
-        fit_bgnbd,
-        fit_gamma_gamma,
-        spend_histogram,
-        with_clv,
-    )
     from segscale.config import Settings
+    from segscale.io.delta import Warehouse
+    from segscale.models.bgnbd import ClvParams, fit_bgnbd, fit_gamma_gamma
+    from segscale.models.clv import bgnbd_histogram, choose_resolution, spend_histogram, with_clv
     from segscale.session import get_spark
-    from segscale.tables import Warehouse
 
     settings = Settings.model_validate({"paths": {"warehouse": str(data_dir / f"clv-{customers}")},
                                         "spark": {"driver_memory": "12g"}, "delta": {"backend": "delta-rs"}})
@@ -117,8 +110,8 @@ def simulated_histograms(rows: int, seed: int = 1) -> tuple:
 
 def measure_fits(rows: int) -> dict:
     """Both fits (with their standard errors) on histograms of `rows` rows, in this process."""
-    from segscale.clv import fit_bgnbd, fit_gamma_gamma
     from segscale.config import ClvSettings
+    from segscale.models.bgnbd import fit_bgnbd, fit_gamma_gamma
 
     bgnbd_hist, spend_hist = simulated_histograms(rows)
     settings = ClvSettings()

@@ -33,7 +33,7 @@ def _settings(inputs: Path, warehouse: Path):
 
 
 def engine_segscale(inputs: Path, work: Path) -> dict:
-    from segscale.pipeline import run_pipeline
+    from segscale.pipeline.commands import run_pipeline
     from segscale.session import get_spark
 
     settings = _settings(inputs, work / "warehouse")
@@ -72,7 +72,7 @@ def engine_plain_pyspark(inputs: Path, work: Path) -> dict:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from segscale.rfm import segment_name
+    from segscale.transforms.rfm import segment_name
 
     spark, store, settings = _plain_session(inputs, work)
     start = time.perf_counter()
@@ -201,8 +201,8 @@ def engine_plain_pyspark_narrow(inputs: Path, work: Path) -> dict:
 
 
 def _plain_session(inputs: Path, work: Path):
+    from segscale.io.delta import DeltaStore
     from segscale.session import get_spark
-    from segscale.tables import DeltaStore
 
     settings = _settings(inputs, work / "plain")
     spark = get_spark(settings)

@@ -28,9 +28,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from mlflow import MlflowClient
 
-from segscale.query import published_snapshots, run_query
-from segscale.segments import VALUE_TIERS
-from segscale.tracking import tracking_uri
+from segscale.analyst.sql import published_snapshots, run_query
+from segscale.models.registry import tracking_uri
+from segscale.transforms.segments import VALUE_TIERS
 
 WAREHOUSE = os.environ.get("SEGSCALE_WAREHOUSE", "../warehouse")
 

@@ -28,8 +28,8 @@ import os
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from segscale.query import published_snapshots, run_query
-from segscale.segments import TIER_LABELS, VALUE_TIERS
+from segscale.analyst.sql import published_snapshots, run_query
+from segscale.transforms.segments import TIER_LABELS, VALUE_TIERS
 
 WAREHOUSE = os.environ.get("SEGSCALE_WAREHOUSE", "../warehouse")
 

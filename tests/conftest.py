@@ -11,10 +11,10 @@ import yaml
 from frames import D1, D2, GOLDEN_INPUT, free_port, settings_for
 from pyspark.sql import SparkSession
 
-from segscale import tracking
 from segscale.cli import main
 from segscale.config import DeltaSettings
-from segscale.tables import Warehouse
+from segscale.io.delta import Warehouse
+from segscale.models import registry
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,7 +64,7 @@ def embedded_store(monkeypatch):
     leaves no process-wide MLflow URI to the next test."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    with tracking.scoped():
+    with registry.scoped():
         yield
 
 

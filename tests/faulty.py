@@ -1,5 +1,5 @@
 """`segscale` with one real fault injected from outside the library: `python tests/faulty.py FAULT ARGS...` runs
-the command ARGS in this process after replacing one seam of `segscale.tables` (test_faults.py runs it).
+the command ARGS in this process after replacing one seam of `segscale.io.delta` (test_faults.py runs it).
 
 FAULT is `kill-worker:TABLE` (the first attempt of the first task writing TABLE kills its Python worker after it has
 written part of its file; Spark must retry the task) or `exit-before-commit:TABLE` (the process exits with 137, as
@@ -11,8 +11,8 @@ import os
 import sys
 from collections.abc import Iterator
 
-from segscale import tables
 from segscale.cli import main
+from segscale.io.delta import rs_writer
 
 
 def _table_of(uri: str) -> str:
@@ -20,18 +20,18 @@ def _table_of(uri: str) -> str:
 
 
 def exit_before_commit(table: str) -> None:
-    seam = tables._before_commit
+    seam = rs_writer.before_commit
 
     def before_commit(uri: str, write_id: str) -> None:
         if _table_of(uri) == table:
             os._exit(137)
         seam(uri, write_id)
 
-    tables._before_commit = before_commit
+    rs_writer.before_commit = before_commit
 
 
 def kill_worker(table: str) -> None:
-    write_files = tables._write_files  # runs on the executors: this wrapper is shipped there by value
+    write_files = rs_writer.write_files  # runs on the executors: this wrapper is shipped there by value
 
     def dying(batches: Iterator) -> Iterator:
         for number, batch in enumerate(batches):
@@ -40,14 +40,14 @@ def kill_worker(table: str) -> None:
             yield batch
         os._exit(1)
 
-    def write_files_then_die(batches: Iterator, plan: tables._FilePlan) -> Iterator:
+    def write_files_then_die(batches: Iterator, plan: rs_writer.FilePlan) -> Iterator:
         from pyspark import TaskContext
 
         context = TaskContext.get()
         first = context is not None and context.partitionId() == 0 and context.attemptNumber() == 0
         return write_files(dying(batches) if first and _table_of(plan.table_uri) == table else batches, plan)
 
-    tables._write_files = write_files_then_die
+    rs_writer.write_files = write_files_then_die
 
 
 FAULTS = {"exit-before-commit": exit_before_commit, "kill-worker": kill_worker}

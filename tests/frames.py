@@ -13,10 +13,10 @@ from mlflow import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from segscale import tracking
 from segscale.config import GenerateSettings, Settings
 from segscale.contract import CONTRACT
-from segscale.generate import generate_frames
+from segscale.models import registry
+from segscale.synthetic.generator import generate_frames
 
 # The snapshots of the warehouse the pipeline publishes once per test session (conftest.two_snapshots), and its
 # input: 800 generated customers with 1 % bad rows, shipped as CSV files (tests/test_golden.py).
@@ -58,7 +58,7 @@ def mlflow_store(root: object) -> Iterator[MlflowClient]:
     """MLflow's process-wide URIs on the embedded store beside the warehouses under `root` while the block runs
     (segscale's commands leave them unset), for MLflow calls that take only a `models:/` URI."""
     uri = f"sqlite:///{root}/mlflow.db"
-    with tracking.scoped():
+    with registry.scoped():
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         yield MlflowClient(uri, uri)

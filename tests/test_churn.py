@@ -12,20 +12,10 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from segscale.churn import (
-    CHURN_COLUMNS,
-    CUTOFF,
-    LABEL,
-    TrainingSet,
-    capped_sample,
-    check_trainable,
-    label_counts,
-    labelled_cutoffs,
-    labelled_rows,
-    training_set,
-    with_churn_scores,
-)
-from segscale.churn_model import (
+from segscale.config import ChurnSettings, RiskBands, Settings
+from segscale.errors import InputError, ModelSkipped
+from segscale.models.churn import CHURN_COLUMNS, with_churn_scores
+from segscale.models.churn_classifier import (
     MODEL_FEATURES,
     build_estimator,
     classification_metrics,
@@ -36,10 +26,19 @@ from segscale.churn_model import (
     predict_churn,
     usable_features,
 )
-from segscale.config import ChurnSettings, RiskBands, Settings
-from segscale.errors import InputError, ModelSkipped
-from segscale.features import FEATURE_TYPES
-from segscale.tracking import ScoringModel
+from segscale.models.registry import ScoringModel
+from segscale.transforms.features import FEATURE_TYPES
+from segscale.transforms.labels import (
+    CUTOFF,
+    LABEL,
+    TrainingSet,
+    capped_sample,
+    check_trainable,
+    label_counts,
+    labelled_cutoffs,
+    labelled_rows,
+    training_set,
+)
 
 CUTOFF_DATE = dt.date(2024, 6, 30)  # horizon 90 days: (2024-06-30, 2024-09-28]
 SETTINGS = Settings()

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from segscale.cli import main
 from segscale.config import DeltaSettings
-from segscale.tables import CommitMetadata, DeltaStore
+from segscale.io.delta import CommitMetadata, DeltaStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = "2024-06-30"
@@ -234,7 +234,7 @@ def test_generate_writes_delta_inputs_and_ground_truth_that_run_reads(spark, tmp
 
 
 def test_generated_csv_holds_unparseable_timestamps_that_ingest_reads_as_null(spark, tmp_path):
-    from segscale.ingest import read_inputs
+    from segscale.io.inputs import read_inputs
 
     out = tmp_path / "gen"
     args = ["generate", "--customers", "3000", "--out", str(out), "--format", "csv", "--dirty-rate", "0.05"]
@@ -281,8 +281,8 @@ def test_backfill_runs_snapshots_in_order_and_skips_what_is_already_published(sp
 
 
 def test_backfill_stops_at_the_first_failure_with_its_exit_code(spark, tmp_path, capsys, monkeypatch):
-    from segscale import pipeline
     from segscale.errors import InputError
+    from segscale.pipeline import commands as pipeline
 
     inputs = write_inputs(spark, tmp_path / "in", "parquet")
     real = pipeline.run_pipeline
@@ -350,7 +350,7 @@ def test_a_csv_input_that_is_not_utf8_names_the_file(spark, tmp_path, capsys):
 
 
 def test_a_snapshot_command_without_a_date_scores_yesterday_in_utc(spark, tmp_path, monkeypatch):
-    import segscale.cli as cli
+    import segscale.cli.app as cli
 
     seen = []
 

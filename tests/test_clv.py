@@ -15,13 +15,12 @@ from pyspark.sql import functions as F
 from scipy import optimize
 
 from segscale.cli import main
-from segscale.clv import (
+from segscale.config import ClvSettings
+from segscale.errors import ModelSkipped
+from segscale.models.bgnbd import (
     CLV_COLUMNS,
     ClvParams,
-    Resolution,
-    bgnbd_histogram,
     bgnbd_log_likelihood,
-    choose_resolution,
     expected_avg_spend,
     expected_purchases,
     fit_bgnbd,
@@ -30,11 +29,8 @@ from segscale.clv import (
     lifetime_value,
     p_alive,
     predict_clv,
-    spend_histogram,
-    with_clv,
 )
-from segscale.config import ClvSettings
-from segscale.errors import ModelSkipped
+from segscale.models.clv import Resolution, bgnbd_histogram, choose_resolution, spend_histogram, with_clv
 
 EXACT = Resolution(bin_days=1, spend_bin_relative=0.0)
 SETTINGS = ClvSettings()

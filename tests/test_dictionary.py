@@ -7,7 +7,7 @@ from pathlib import Path
 
 from deltalake import DeltaTable
 
-from segscale.query import published_tables
+from segscale.analyst.sql import published_tables
 
 DICTIONARY = Path(__file__).resolve().parents[1] / "docs" / "tables.md"
 TYPES = {"string": "string", "date": "date", "integer": "int", "long": "long", "double": "double",

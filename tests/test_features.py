@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from segscale.config import FeatureSettings
-from segscale.features import customer_features
+from segscale.transforms.features import customer_features
 
 SNAPSHOT = dt.date(2024, 6, 30)
 SETTINGS = FeatureSettings()

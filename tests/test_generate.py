@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from segscale.config import GenerateSettings
-from segscale.generate import generate_frames
+from segscale.synthetic.generator import generate_frames
 
 CUSTOMERS = 3_000
 # Small blocks so that a few thousand customers still span several blocks and partitions.

@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inputs import REQUIRED, Base, draw, write
 
-from segscale.churn import RISK_BANDS
-from segscale.churn_model import MODEL_FEATURES
-from segscale.cli import format_summary, main
-from segscale.report import build_report
-from segscale.segments import LIFECYCLE_STAGES, VALUE_TIERS
+from segscale.analyst.report import build_report
+from segscale.cli.app import format_summary, main
+from segscale.models.churn import RISK_BANDS
+from segscale.models.churn_classifier import MODEL_FEATURES
+from segscale.transforms.segments import LIFECYCLE_STAGES, VALUE_TIERS
 
 SNAPSHOT = "2024-12-31"
 SNAPSHOT_TABLES = ("quarantine", "customer_features", "customer_scores", "retention_plan", "retention_summary")

@@ -15,12 +15,12 @@ from frames import D1, D2, GOLDEN_INPUT, settings_for
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from segscale.cli import format_summary, main
+from segscale.analyst.sql import run_query
+from segscale.cli.app import format_summary, main
 from segscale.config import Settings
 from segscale.errors import InputError
-from segscale.pipeline import STAGE_TAG, Run, generate_inputs, run_pipeline
-from segscale.query import run_query
-from segscale.tables import Warehouse
+from segscale.io.delta import Warehouse
+from segscale.pipeline.commands import STAGE_TAG, Run, generate_inputs, run_pipeline
 
 
 def snapshot(warehouse: Warehouse, name: str, day: dt.date):

@@ -12,7 +12,7 @@ from deltalake import DeltaTable
 
 from segscale.cli import main
 from segscale.config import DeltaSettings
-from segscale.tables import CommitMetadata, Warehouse
+from segscale.io.delta import CommitMetadata, Warehouse
 
 D1, D2 = dt.date(2024, 9, 30), dt.date(2024, 12, 31)
 SCORES = "customer_id string, snapshot_date date, value_tier string, clv double"

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from frames import D1, D2
 
+from segscale.analyst.sql import run_query
 from segscale.cli import main
-from segscale.query import run_query
 
 ALL_CHARTS = {"tier-pyramid", "rfm-heatmap", "rfm-segments", "lifecycle-funnel", "churn-distribution",
               "churn-risk-by-tier", "churn-calibration", "churn-lift", "clv-distribution", "clv-by-tier",

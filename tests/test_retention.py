@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from segscale.config import RetentionSettings
-from segscale.retention import candidates, ranked
+from segscale.transforms.plan import candidates, ranked
 
 D = dt.date(2024, 12, 31)
 SCHEMA = ("customer_id string, snapshot_date date, value_tier string, lifecycle_stage string, "

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from segscale import __version__
-from segscale.cli import build_parser
+from segscale.cli.app import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULES = ROOT / "conf" / "schedules"

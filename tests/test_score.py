@@ -19,14 +19,14 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 from sklearn.linear_model import LogisticRegression
 
-from segscale import tracking
-from segscale.churn import CHURN_COLUMNS
-from segscale.churn_model import predict_churn
 from segscale.cli import main
-from segscale.clv import CLV_COLUMNS
-from segscale.clv import INPUT_COLUMNS as CLV_INPUTS
 from segscale.config import Settings
-from segscale.pipeline import generate_inputs
+from segscale.models import registry
+from segscale.models.bgnbd import CLV_COLUMNS
+from segscale.models.bgnbd import INPUT_COLUMNS as CLV_INPUTS
+from segscale.models.churn import CHURN_COLUMNS, load_classifier, log_classifier
+from segscale.models.churn_classifier import predict_churn
+from segscale.pipeline.commands import generate_inputs
 
 SNAPSHOT = "2024-12-31"
 NAME = "segscale_churn"
@@ -182,7 +182,7 @@ def test_executors_score_exactly_what_the_model_predicts(spark, scored):
     features = spark.read.parquet(*DeltaTable(str(root / "wh" / "customer_features")).file_uris())
     buyers = features.where(F.col("recency_days").isNotNull()).toPandas()  # small test snapshot
     with mlflow_store(root):
-        model = tracking.load_classifier(NAME, 1)
+        model = load_classifier(NAME, 1)
     expected = pd.Series(predict_churn(model, buyers), index=buyers["customer_id"])
     published = (scores_of(spark, root).where(F.col("churn_probability").isNotNull())
                  .select("customer_id", "churn_probability").toPandas().set_index("customer_id")["churn_probability"])
@@ -222,12 +222,12 @@ def register(uri: str, columns: list[str], champion: bool) -> None:
     """A model version in the store at `uri` whose signature needs `columns`."""
     example = pd.DataFrame({c: [0.0, 1.0, 2.0, 3.0] for c in columns})
     model = LogisticRegression().fit(example, [0, 1, 0, 1])
-    with tracking.scoped():
+    with registry.scoped():
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         mlflow.set_experiment("hand-registered")
         with mlflow.start_run():
-            version = tracking.log_classifier(model, NAME, example)
+            version = log_classifier(model, NAME, example)
     if champion:
         MlflowClient(uri, uri).set_registered_model_alias(NAME, "champion", str(version))
 

@@ -15,10 +15,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
-from segscale import tables
 from segscale.config import DeltaSettings
 from segscale.errors import SchemaMismatchError, TableNotFoundError, WriteConflictError, WriteFailedError
-from segscale.tables import CommitMetadata, DeltaStore, Warehouse
+from segscale.io.delta import CommitMetadata, DeltaStore, Warehouse, rs_writer
 
 SCHEMA = T.StructType([
     T.StructField("customer_id", T.StringType()),
@@ -245,13 +244,13 @@ def test_python_worker_failure_is_reported_with_its_cause(spark, warehouse):
 def test_concurrent_replace_of_the_same_partition_one_wins_the_other_gets_a_conflict(spark, warehouse,
                                                                                       monkeypatch):
     write_snapshot(warehouse, spark, D1)
-    original = tables._before_commit
+    original = rs_writer.before_commit
 
     def race(uri: str, write_id: str) -> None:
-        monkeypatch.setattr(tables, "_before_commit", original)  # the rival commits without racing
+        monkeypatch.setattr(rs_writer, "before_commit", original)  # the rival commits without racing
         write_snapshot(warehouse, spark, D1, scale=5.0, run_id="rival")
 
-    monkeypatch.setattr(tables, "_before_commit", race)
+    monkeypatch.setattr(rs_writer, "before_commit", race)
     with pytest.raises(WriteConflictError, match="another writer"):
         write_snapshot(warehouse, spark, D1, scale=2.0, run_id="loser")
     table = DeltaTable(warehouse.uri("features"))
@@ -262,26 +261,26 @@ def test_concurrent_replace_of_the_same_partition_one_wins_the_other_gets_a_conf
 
 def test_concurrent_appends_both_land(spark, warehouse, monkeypatch):
     write_snapshot(warehouse, spark, D1)
-    original = tables._before_commit
+    original = rs_writer.before_commit
 
     def race(uri: str, write_id: str) -> None:
-        monkeypatch.setattr(tables, "_before_commit", original)
+        monkeypatch.setattr(rs_writer, "before_commit", original)
         warehouse.write("features", spark.createDataFrame(rows(D2, n=1), SCHEMA), mode="append", meta=meta())
 
-    monkeypatch.setattr(tables, "_before_commit", race)
+    monkeypatch.setattr(rs_writer, "before_commit", race)
     warehouse.write("features", spark.createDataFrame(rows(D2, n=2), SCHEMA), mode="append", meta=meta())
     assert DeltaTable(warehouse.uri("features")).version() == 2
     assert warehouse.read("features").count() == 4 + 2 + 3
 
 
 def test_a_table_created_by_another_writer_during_a_create_is_a_conflict(spark, warehouse, monkeypatch):
-    original = tables._before_commit
+    original = rs_writer.before_commit
 
     def race(uri: str, write_id: str) -> None:
-        monkeypatch.setattr(tables, "_before_commit", original)
+        monkeypatch.setattr(rs_writer, "before_commit", original)
         write_snapshot(warehouse, spark, D1, scale=5.0, run_id="rival")
 
-    monkeypatch.setattr(tables, "_before_commit", race)
+    monkeypatch.setattr(rs_writer, "before_commit", race)
     with pytest.raises(WriteConflictError, match="created by another writer"):
         write_snapshot(warehouse, spark, D1, run_id="loser")
     assert DeltaTable(warehouse.uri("features")).version() == 0
@@ -290,7 +289,7 @@ def test_a_table_created_by_another_writer_during_a_create_is_a_conflict(spark, 
 
 def test_two_writers_creating_the_same_table_at_once_one_wins_without_duplicates(spark, warehouse, monkeypatch):
     barrier = threading.Barrier(2, timeout=120)
-    monkeypatch.setattr(tables, "_before_commit", lambda uri, write_id: barrier.wait())
+    monkeypatch.setattr(rs_writer, "before_commit", lambda uri, write_id: barrier.wait())
     outcomes: list[str] = []
 
     def write(scale: float) -> None:

@@ -21,11 +21,12 @@ from pyspark.sql import functions as F
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 
-from segscale import tracking
 from segscale.cli import main
 from segscale.config import Settings
 from segscale.errors import SegscaleError
-from segscale.pipeline import generate_inputs
+from segscale.models import churn as churn_model
+from segscale.models import registry as mlflow_registry
+from segscale.pipeline.commands import generate_inputs
 
 SNAPSHOT = "2024-12-31"
 NAME = "segscale_churn"
@@ -118,7 +119,7 @@ def test_training_run_logs_params_lineage_metrics_artifacts_and_a_skops_model(re
     assert info.saved_input_example_info is not None
     flavor = info.flavors["sklearn"]
     assert flavor["serialization_format"] == "skops"
-    assert sorted(flavor["skops_trusted_types"]) == sorted(tracking.TRUSTED_TYPES - {
+    assert sorted(flavor["skops_trusted_types"]) == sorted(churn_model.TRUSTED_TYPES - {
         "sklearn.calibration._SigmoidCalibration"})  # isotonic calibration by default
     assert (root / "mlartifacts").is_dir()  # the embedded store keeps artifacts beside it
 
@@ -161,16 +162,16 @@ def test_the_clv_model_is_logged_as_code_with_its_parameters_in_the_config(regis
 
 def test_each_warehouse_uses_its_own_embedded_store_and_a_command_leaves_no_uri_behind(tmp_path, monkeypatch):
     for name in ("a", "b"):
-        with tracking.scoped():
-            tracking.connect(str(tmp_path / name / "wh"), "segscale")
+        with mlflow_registry.scoped():
+            mlflow_registry.connect(str(tmp_path / name / "wh"), "segscale")
             assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / name / 'mlflow.db'}"
             mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")  # MLflow's own calls export it too
         # Neither store passes for the user's setting, so the next warehouse still gets the store beside it.
         assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
-        assert tracking.tracking_uri(str(tmp_path / "c" / "wh")) == f"sqlite:///{tmp_path / 'c' / 'mlflow.db'}"
+        assert mlflow_registry.tracking_uri(str(tmp_path / "c" / "wh")) == f"sqlite:///{tmp_path / 'c' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", user := f"sqlite:///{tmp_path / 'user.db'}")
-    with tracking.scoped():
-        tracking.connect(str(tmp_path / "a" / "wh"), "segscale")
+    with mlflow_registry.scoped():
+        mlflow_registry.connect(str(tmp_path / "a" / "wh"), "segscale")
         assert mlflow.get_tracking_uri() == user
     assert os.environ["MLFLOW_TRACKING_URI"] == user and mlflow.get_tracking_uri() == user
 
@@ -182,13 +183,13 @@ class HandWrittenClassifier(BaseEstimator, ClassifierMixin):
 def test_model_with_an_untrusted_type_is_refused_when_saved_and_when_loaded(tmp_path):
     model = CalibratedClassifierCV(HandWrittenClassifier())
     with pytest.raises(SegscaleError, match=r"does not trust for loading: .*HandWrittenClassifier"):
-        tracking.trusted_types_for(model)
+        churn_model.trusted_types_for(model)
     # An artifact whose saved trust list misses a type it contains: skops refuses to load it.
     from sklearn.ensemble import HistGradientBoostingClassifier
     fitted = HistGradientBoostingClassifier(max_iter=2).fit([[0.0], [1.0], [2.0], [3.0]], [0, 1, 0, 1])
     path = tmp_path / "model"
     mlflow.sklearn.save_model(fitted, str(path), serialization_format="skops",
-                              skops_trusted_types=tracking.trusted_types_for(fitted))
+                              skops_trusted_types=churn_model.trusted_types_for(fitted))
     mlmodel = yaml.safe_load((path / "MLmodel").read_text())
     assert mlmodel["flavors"]["sklearn"]["skops_trusted_types"]
     mlmodel["flavors"]["sklearn"]["skops_trusted_types"] = []

@@ -15,9 +15,9 @@ from pyspark.testing import assertDataFrameEqual
 from segscale.config import GenerateSettings, ValidationSettings
 from segscale.contract import CONTRACT
 from segscale.errors import InputError
-from segscale.generate import generate_frames
-from segscale.ingest import InputTables, conform
-from segscale.validate import (
+from segscale.synthetic.generator import generate_frames
+from segscale.transforms.conform import InputTables, conform
+from segscale.transforms.validate import (
     QUARANTINE_SCHEMA,
     TableCounts,
     Validated,

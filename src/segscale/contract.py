@@ -1,5 +1,5 @@
 """The input contract (docs/input-contract.md) as data: each input table's columns, their types and whether they
-are required. The reader (segscale.ingest), validation and the config's column mappings all take it from here."""
+are required. The reader (segscale.io.inputs), validation and the config's column mappings all take it from here."""
 
 from __future__ import annotations
 

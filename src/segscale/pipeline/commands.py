@@ -8,16 +8,12 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import mlflow
-import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 from mlflow import MlflowClient
@@ -26,47 +22,18 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from segscale import __version__, tracking
-from segscale.churn import (
-    CHURN_COLUMNS,
-    LABEL,
-    RISK_BANDS,
-    TrainingSet,
-    capped_sample,
-    check_trainable,
-    label_counts,
-    require_inputs,
-    training_set,
-    with_churn_scores,
-    with_true_dropout,
-)
-from segscale.churn_model import (
-    build_estimator,
-    charts,
-    classification_metrics,
-    evaluate,
-    fit_model,
-    flat_metrics,
-    model_inputs,
-    predict_churn,
-    usable_features,
-)
-from segscale.clv import INPUT_COLUMNS as CLV_INPUTS
-from segscale.clv import (
-    ClvParams,
-    bgnbd_histogram,
-    choose_resolution,
-    fit_bgnbd,
-    fit_gamma_gamma,
-    spend_histogram,
-    with_clv,
-)
+from segscale import __version__
 from segscale.config import ChurnSettings, ClvSettings, Settings
-from segscale.errors import ConfigError, InputError, ModelSkipped
-from segscale.features import FEATURE_TYPES, customer_features, filter_signed_up_by
-from segscale.generate import as_csv_text, generate_frames
-from segscale.ingest import detect_format, input_versions, read_inputs
-from segscale.retention import (
+from segscale.errors import InputError, ModelSkipped
+from segscale.io.delta import CommitMetadata, DeltaStore, Warehouse, open_table
+from segscale.io.inputs import detect_format, input_versions, read_inputs
+from segscale.models import MODELS, TrainingData, registry
+from segscale.models.churn import CHURN_COLUMNS, RISK_BANDS, churn_udf, with_churn_scores
+from segscale.models.clv import clv_params, with_clv
+from segscale.models.registry import ScoringModel, require_inputs
+from segscale.synthetic.generator import as_csv_text, generate_frames
+from segscale.transforms.features import FEATURE_TYPES, customer_features, filter_signed_up_by
+from segscale.transforms.plan import (
     PLAN_METRICS,
     SUMMARY_SCHEMA,
     candidates,
@@ -76,11 +43,15 @@ from segscale.retention import (
     scored_by_tier,
     summary_rows,
 )
-from segscale.rfm import cut_points, quantile_sketch
-from segscale.segments import LIFECYCLE_STAGES, VALUE_TIERS, customer_scores, segment_migration, tier_thresholds
-from segscale.tables import CommitMetadata, DeltaStore, Warehouse, open_table
-from segscale.tracking import ScoringModel
-from segscale.validate import Validated, check_bad_ratios, reason_counts, validate_inputs
+from segscale.transforms.rfm import cut_points, quantile_sketch
+from segscale.transforms.segments import (
+    LIFECYCLE_STAGES,
+    VALUE_TIERS,
+    customer_scores,
+    segment_migration,
+    tier_thresholds,
+)
+from segscale.transforms.validate import Validated, check_bad_ratios, reason_counts, validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +119,7 @@ class Run:
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
         """Time a stage and tag its Spark jobs `segscale-stage:<name>` (the Spark UI and its REST API show the
         tag and the description, so a job's shuffle and spill can be traced to the stage that ran it)."""
-        record: dict[str, Any] = {}
+        record = _StageRecord()
         self.current_stage = name
         log.info("stage %s: start", name)
         spark = SparkSession.getActiveSession()
@@ -169,6 +140,15 @@ class Run:
             log.info("stage %s: end after %.1f s %s", name, record["seconds"],
                      {k: v for k, v in record.items() if k != "seconds"})
 
+    def lineage_tags(self) -> dict[str, str]:
+        return {
+            "segscale.run_id": self.run_id, "segscale.config_hash": self.settings.config_hash(),
+            "segscale.snapshot_date": self.snapshot_date.isoformat(), "segscale.version": __version__,
+            "segscale.input": self.settings.paths.input,
+            **{f"lineage.{name}.delta_version": str(version)
+               for name, version in self.stages["ingest"]["input_versions"].items()},
+        }
+
     def summary(self, status: str) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
@@ -182,6 +162,21 @@ class Run:
             "warnings": list(self.warnings),
             **({"failed_stage": self.current_stage} if status == "failed" else {}),
         }
+
+
+class _StageRecord(dict):
+    """A stage's record: a typed record set by a model's stage is kept as its fields."""
+
+    typed: Any = None
+
+    @property
+    def record(self) -> Any:
+        return self.typed
+
+    @record.setter
+    def record(self, value: Any) -> None:
+        self.typed = value
+        self.update(dataclasses.asdict(value))
 
 
 SNAPSHOT_PARTITION = {"partition_by": ["snapshot_date"], "mode": "replace_partition"}
@@ -219,12 +214,12 @@ def run_pipeline(spark: SparkSession, settings: Settings, snapshot_date: dt.date
             run.models.update({kind: ModelOutcome("disabled") for kind in (CHURN, CLV) if kind not in enabled})
         if "segment" in stages and enabled:
             # Checked before anything is published: MLflow reachable, usable models (or training planned).
-            client = tracking.connect(settings.paths.warehouse, settings.churn.experiment)
+            client = registry.connect(settings.paths.warehouse, settings.churn.experiment)
             for kind, section in enabled.items():
-                if "features" in stages and (train or tracking.champion_version(client, section.model_name) is None):
+                if "features" in stages and (train or registry.champion_version(client, section.model_name) is None):
                     to_train.append(kind)
                 else:
-                    models[kind] = tracking.scoring_model(client, section.model_name)
+                    models[kind] = registry.scoring_model(client, section.model_name)
                     require_inputs(models[kind], FEATURE_TYPES)
                     run.models[kind] = ModelOutcome("champion", models[kind].version)
         if "validate" in stages:
@@ -261,14 +256,14 @@ def _train_or_fall_back(kind: str, warehouse: Warehouse, settings: Settings, sna
         trained = _train(kind, warehouse, settings, snapshot_date, run, validated, features_df)
     except ModelSkipped as skipped:
         return _earlier_champion(kind, name, skipped.reason, run, client)
-    model = tracking.scoring_model(client, name)
+    model = registry.scoring_model(client, name)
     run.models[kind] = ModelOutcome("trained" if model.version == trained else "champion", model.version)
     return model
 
 
 def _earlier_champion(kind: str, name: str, reason: str, run: Run, client: MlflowClient) -> ScoringModel | None:
-    version = tracking.champion_version(client, name)
-    model = tracking.scoring_model(client, name, version) if version is not None else None
+    version = registry.champion_version(client, name)
+    model = registry.scoring_model(client, name, version) if version is not None else None
     incompatible = None
     if model is not None:
         try:
@@ -305,13 +300,13 @@ def score_snapshot(spark: SparkSession, settings: Settings, snapshot_date: dt.da
         raise InputError("churn.enabled is false, so there is no churn model to score with")
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     with _recorded(warehouse, run):
-        client = tracking.connect(settings.paths.warehouse, churn.experiment)
-        model = tracking.scoring_model(client, churn.model_name, model_version)
+        client = registry.connect(settings.paths.warehouse, churn.experiment)
+        model = registry.scoring_model(client, churn.model_name, model_version)
         with run.stage("score") as record:
             scores_df = _snapshot_of(warehouse, "customer_scores", snapshot_date)
             features_df = _snapshot_of(warehouse, "customer_features", snapshot_date)
             churn_df = features_df.transform(with_churn_scores, churn.risk_bands, model,
-                                             tracking.churn_udf(spark, model))
+                                             churn_udf(spark, model))
             rescored_df = (scores_df.drop(*CHURN_COLUMNS, "run_id")
                            .join(churn_df.select("customer_id", *CHURN_COLUMNS), "customer_id", how="left")
                            .select(*[F.lit(run.run_id).alias(c) if c == "run_id" else F.col(c)
@@ -328,7 +323,7 @@ def _recorded(warehouse: Warehouse, run: Run) -> Iterator[list[Validated]]:
     and MLflow's process-wide state."""
     cached: list[Validated] = []
     try:
-        with tracking.scoped():
+        with registry.scoped():
             yield cached
     except Exception:
         _record_run(warehouse, run, "failed")
@@ -350,7 +345,7 @@ def train_models(spark: SparkSession, settings: Settings, snapshot_date: dt.date
         raise InputError("churn.enabled and clv.enabled are both false: there is no model to train")
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     with _recorded(warehouse, run) as cached:
-        tracking.connect(settings.paths.warehouse, settings.churn.experiment)
+        registry.connect(settings.paths.warehouse, settings.churn.experiment)
         cached.append(_validate(warehouse, settings, snapshot_date, run, publish_quarantine=False))
         skipped = []
         for kind in enabled:
@@ -371,114 +366,12 @@ def _train(kind: str, warehouse: Warehouse, settings: Settings, snapshot_date: d
            validated: Validated, features_df: DataFrame | None = None) -> int:
     """Train the churn model or fit the CLV model (on `features_df` when the run has computed them); the
     registered version."""
-    if kind == CHURN:
-        return _train_churn(warehouse, settings, snapshot_date, run, validated)
-    return _fit_clv(settings, snapshot_date, run, validated, features_df)
-
-
-def _train_churn(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run, validated: Validated
-                 ) -> int:
-    """The training set from the validated inputs, then fit, evaluate, track, register and gate; the new version.
-    ModelSkipped when the data cannot support a model."""
-    churn = settings.churn
-    try:
-        build_estimator(churn)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    with run.stage("training set") as record:
-        data = training_set(validated.customers, validated.transactions, validated.interactions,
-                            snapshot_date, settings)
-        holdout_df = data.holdout
-        truth = f"{settings.paths.input.rstrip('/')}/customer_truth"
-        if detect_format(truth) == "delta":
-            holdout_df = with_true_dropout(holdout_df, warehouse.store.read(truth), data.holdout_cutoff)
-        # Counting the labels, then sampling, reads the labelled rows twice: keep them.
-        labelled = [data.train.persist(StorageLevel.MEMORY_AND_DISK),
-                    holdout_df.persist(StorageLevel.MEMORY_AND_DISK)]
-        try:
-            counts = [label_counts(rows_df) for rows_df in labelled]
-            record.update(holdout_cutoff=data.holdout_cutoff.isoformat(),
-                          train_cutoffs=[c.isoformat() for c in data.cutoffs[1:]],
-                          labelled={side: {"churned": c[True], "retained": c[False]}
-                                    for side, c in zip(("train", "holdout"), counts, strict=True)})
-            check_trainable(*counts, data, churn)
-            # The only rows pulled to the driver: at most churn.max_train_rows per side, one fraction per label.
-            capped = [capped_sample(rows_df, c, churn.max_train_rows, churn.sample_seed)
-                      for rows_df, c in zip(labelled, counts, strict=True)]
-            train, holdout = [rows_df.toPandas() for rows_df in capped]  # small: at most churn.max_train_rows each
-        finally:
-            for rows_df in labelled:
-                rows_df.unpersist()
-        record.update(train_rows=len(train), holdout_rows=len(holdout))
-    with run.stage("train") as record:
-        record.update(_train_and_register(settings, run, train, holdout, data))
-    return record["model_version"]
-
-
-def _train_and_register(settings: Settings, run: Run, train: pd.DataFrame, holdout: pd.DataFrame,
-                        data: TrainingSet) -> dict[str, Any]:
-    churn = settings.churn
-    client = tracking.connect(settings.paths.warehouse, churn.experiment)
-    features, dropped = usable_features(train)
-    if not features:
-        raise ModelSkipped("churn", "every feature is missing or has one value in every training row")
-    try:
-        model = fit_model(train, features, churn)
-    except ValueError as exc:  # scikit-learn's word for data it cannot fit
-        raise ModelSkipped("churn", f"{churn.estimator} could not be fitted on the training rows: {exc}") from None
-    evaluation = evaluate(model, train, holdout, settings.lifecycle)
-    y_holdout = holdout[LABEL].astype(int).to_numpy()
-
-    def champion_auc(version: int) -> float:
-        return classification_metrics(y_holdout, predict_churn(tracking.load_classifier(churn.model_name,
-                                                                                        version), holdout))["roc_auc"]
-
-    with mlflow.start_run(run_name=f"churn {run.run_id}") as ml_run:
-        mlflow.log_params({
-            "estimator": churn.estimator, **{f"estimator.{k}": v for k, v in churn.estimator_params.items()},
-            "horizon_days": churn.horizon_days, "labelled_cutoffs": churn.labelled_cutoffs,
-            "calibration": churn.calibration, "calibration_folds": churn.calibration_folds,
-            "max_train_rows": churn.max_train_rows, "sample_seed": churn.sample_seed,
-            "holdout_cutoff": data.holdout_cutoff.isoformat(),
-            "train_cutoffs": ",".join(c.isoformat() for c in data.cutoffs[1:]),
-            "train_rows": len(train), "holdout_rows": len(holdout),
-            "features": ",".join(features), "features_dropped": ",".join(dropped) or "-",
-        })
-        mlflow.set_tags(_lineage_tags(settings, run))
-        mlflow.log_metrics({k: v for k, v in flat_metrics(evaluation).items() if v == v})  # NaN is not loggable
-        mlflow.log_dict(evaluation, "evaluation.json")
-        mlflow.log_dict({"features": features, "dropped": dropped}, "features.json")
-        with tempfile.TemporaryDirectory() as charts_dir:
-            for chart in charts(model, holdout, evaluation, Path(charts_dir), churn.sample_seed):
-                mlflow.log_artifact(str(chart), "charts")
-        version = tracking.log_classifier(model, churn.model_name, model_inputs(holdout.head(5), features))
-        promotion = tracking.gate(client, churn.model_name, version, evaluation["model"]["roc_auc"],
-                                  churn.promotion_tolerance, champion_auc)
-        if promotion.champion_auc is not None:
-            mlflow.log_metric("champion_holdout_roc_auc", promotion.champion_auc)
-        mlflow.set_tags({"promotion_decision": "promoted" if promotion.promoted else "kept champion",
-                         "promotion_reason": promotion.reason})
-    if not evaluation["beats_baselines"]:
-        run.warn(f"churn model v{version} does not beat both baselines on the holdout: ROC-AUC "
-                 f"{evaluation['model']['roc_auc']:.4f} against " + ", ".join(
-                     f"{name} {m['roc_auc']:.4f}" for name, m in evaluation["baselines"].items()))
-    return {
-        "mlflow_run_id": ml_run.info.run_id, "tracking_uri": mlflow.get_tracking_uri(),
-        "model": churn.model_name, "model_version": version, "metrics": evaluation["model"],
-        "baselines_roc_auc": {name: m["roc_auc"] for name, m in evaluation["baselines"].items()},
-        "beats_baselines": evaluation["beats_baselines"], "promotion": dataclasses.asdict(promotion),
-        "features": features, "features_dropped": dropped,
-    }
-
-
-def _lineage_tags(settings: Settings, run: Run) -> dict[str, str]:
-    return {
-        "segscale.run_id": run.run_id, "segscale.config_hash": settings.config_hash(),
-        "segscale.snapshot_date": run.snapshot_date.isoformat(), "segscale.version": __version__,
-        "segscale.input": settings.paths.input,
-        **{f"lineage.{name}.delta_version": str(version)
-           for name, version in run.stages["ingest"]["input_versions"].items()},
-    }
+    model = next(m for m in MODELS if m.kind == kind)
+    if features_df is None:
+        features_df = _features_of(settings, snapshot_date, validated)
+    truth = f"{settings.paths.input.rstrip('/')}/customer_truth"
+    truth_df = warehouse.store.read(truth) if detect_format(truth) == "delta" else None
+    return model.train(TrainingData(snapshot_date, validated, features_df, truth_df), settings, run)
 
 
 def _write_snapshot(warehouse: Warehouse, name: str, df: DataFrame, snapshot_date: dt.date, run: Run,
@@ -524,81 +417,13 @@ def _features_of(settings: Settings, snapshot_date: dt.date, validated: Validate
                              settings.features, settings.rfm.lookback_days)
 
 
-def _fit_clv(settings: Settings, snapshot_date: dt.date, run: Run, validated: Validated,
-             features_df: DataFrame | None = None) -> int:
-    """Fit BG/NBD and Gamma-Gamma on the whole base as of the snapshot (`features_df`, persisted by the run, or
-    computed here), log and register segscale_clv in MLflow and make the new version champion (CLV has no
-    labelled holdout to gate on); the new version. ModelSkipped when the base cannot support the models or a fit
-    does not converge."""
-    clv = settings.clv
-    with run.stage("clv fit") as record:
-        # The resolution, the two histograms and the example read the same rows: computed once.
-        own = features_df is None
-        inputs_df = (_features_of(settings, snapshot_date, validated).select(*CLV_INPUTS)
-                     .persist(StorageLevel.MEMORY_AND_DISK) if own else features_df.select(*CLV_INPUTS))
-        try:
-            resolution, estimates = choose_resolution(inputs_df, clv)
-            histograms = bgnbd_histogram(inputs_df, resolution), spend_histogram(inputs_df, resolution)
-            example = inputs_df.where(F.col("bgnbd_frequency") > 0).limit(5).toPandas()  # small: 5 rows
-        finally:
-            if own:
-                inputs_df.unpersist()
-        record.update(resolution=dataclasses.asdict(resolution), histogram_estimates=estimates)
-        start = time.perf_counter()
-        bgnbd, spend = fit_bgnbd(histograms[0], clv), fit_gamma_gamma(histograms[1], clv)
-        fit_seconds = round(time.perf_counter() - start, 3)
-        for model, fit in (("BG/NBD", bgnbd), ("Gamma-Gamma", spend)):
-            if fit.boundary:
-                run.warn(f"the {model} fit is a boundary solution: {'; '.join(fit.boundary)} "
-                         f"(parameters {_rounded(fit.params)}); it is published, see docs/models.md")
-        params = ClvParams(bgnbd.params, spend.params, clv.time_unit_days)
-        client = tracking.connect(settings.paths.warehouse, settings.churn.experiment)
-        with mlflow.start_run(run_name=f"clv {run.run_id}") as ml_run:
-            mlflow.log_params({
-                **{f"bgnbd.{k}": v for k, v in bgnbd.params.items()},
-                **{f"gamma_gamma.{k}": v for k, v in spend.params.items()},
-                "bin_days": resolution.bin_days, "spend_bin_relative": resolution.spend_bin_relative,
-                **{k: getattr(clv, k) for k in ("max_histogram_rows", "time_unit_days", "max_iterations",
-                                                  "horizon_days", "annual_discount_rate")},
-            })
-            mlflow.log_metrics({
-                "bgnbd_log_likelihood": bgnbd.log_likelihood, "gamma_gamma_log_likelihood": spend.log_likelihood,
-                "buyers": bgnbd.customers, "repeat_buyers": spend.customers,
-                "bgnbd_histogram_rows": bgnbd.histogram_rows, "spend_histogram_rows": spend.histogram_rows,
-                "bgnbd_iterations": bgnbd.iterations, "gamma_gamma_iterations": spend.iterations,
-                "fit_seconds": fit_seconds,
-                **{f"{part}.{k}.standard_error": v for part, fit in (("bgnbd", bgnbd), ("gamma_gamma", spend))
-                   for k, v in fit.standard_errors.items() if v is not None},
-            })
-            mlflow.log_dict({"bgnbd": dataclasses.asdict(bgnbd), "gamma_gamma": dataclasses.asdict(spend),
-                             "resolution": dataclasses.asdict(resolution), "histogram_estimates": estimates},
-                            "fit.json")
-            mlflow.set_tags({**_lineage_tags(settings, run),
-                             "boundary_solution": str(bool(bgnbd.boundary or spend.boundary)).lower()})
-            version = tracking.log_clv(params, clv, example)
-            tracking.set_champion(client, clv.model_name, version,
-                                  f"fitted on all {bgnbd.customers:,} buyers as of {snapshot_date}")
-        record.update(mlflow_run_id=ml_run.info.run_id, model=clv.model_name, model_version=version,
-                      buyers=bgnbd.customers, repeat_buyers=spend.customers, fit_seconds=fit_seconds,
-                      histogram_rows={"bgnbd": bgnbd.histogram_rows, "gamma_gamma": spend.histogram_rows},
-                      params={"bgnbd": bgnbd.params, "gamma_gamma": spend.params},
-                      standard_errors={"bgnbd": bgnbd.standard_errors, "gamma_gamma": spend.standard_errors},
-                      log_likelihood={"bgnbd": bgnbd.log_likelihood, "gamma_gamma": spend.log_likelihood},
-                      boundary=[*bgnbd.boundary, *spend.boundary])
-    return version
-
-
-def _rounded(params: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in params.items())
-
-
 def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, run: Run,
              churn_model: ScoringModel | None, clv_model: ScoringModel | None) -> None:
     with run.stage("segment") as record:
         # Scores are computed from the published features, so this stage never re-reads the transactions.
         features_df = _snapshot_of(warehouse, "customer_features", snapshot_date, run)
-        clv_params = tracking.clv_params(clv_model) if clv_model else None
-        valued_df = features_df.transform(with_clv, clv_params, settings.clv,
+        params = clv_params(clv_model) if clv_model else None
+        valued_df = features_df.transform(with_clv, params, settings.clv,
                                           clv_model.version if clv_model else None)
         basis = settings.tiers.basis
         if basis == "clv" and clv_model is None:
@@ -613,7 +438,7 @@ def _segment(warehouse: Warehouse, settings: Settings, snapshot_date: dt.date, r
             sketch = quantile_sketch(valued_df, extra=(basis,) if basis == "clv" else ())
             cuts = cut_points(sketch, settings.rfm)
             thresholds = tier_thresholds(sketch[basis], settings.tiers, basis)
-            predict = tracking.churn_udf(warehouse.store.spark, churn_model) if churn_model else None
+            predict = churn_udf(warehouse.store.spark, churn_model) if churn_model else None
             scored_df = valued_df.transform(with_churn_scores, settings.churn.risk_bands, churn_model, predict)
             scores_df = customer_scores(scored_df, cuts, thresholds, settings, run.run_id)
             record["rfm_cut_points"] = cuts.as_dict()

@@ -11,32 +11,16 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
-import pandas as pd
-import skops.io
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
-from mlflow.models import infer_signature
-from pyspark.sql import Column, SparkSession
 
-from segscale.clv import ClvParams, predict_clv
-from segscale.config import ClvSettings
-from segscale.errors import DependencyError, InputError, SegscaleError, first_line
+from segscale.errors import DependencyError, InputError, first_line
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-# The code MLflow logs for the CLV model (models from code).
-CLV_MODEL_CODE = Path(__file__).with_name("clv_model.py")
-# The only types outside skops' own safe set that segscale's models may contain. A model needing anything else
-# is refused when it is saved (and skops refuses it when it is loaded), whatever its origin.
-TRUSTED_TYPES = frozenset({
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-})
 
 
 def tracking_uri(warehouse: str) -> str:
@@ -92,28 +76,7 @@ def connect(warehouse: str, experiment: str) -> MlflowClient:
     return client
 
 
-def trusted_types_for(model: object) -> list[str]:
-    """The model's types that skops does not trust by default; all must be in TRUSTED_TYPES."""
-    needed = set(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
-    refused = needed - TRUSTED_TYPES
-    if refused:
-        raise SegscaleError(f"the model contains types segscale does not trust for loading: {sorted(refused)}; "
-                            f"only {sorted(TRUSTED_TYPES)} are allowed (see docs/models.md)")
-    return sorted(needed)
-
-
-def log_classifier(model: object, name: str, example: pd.DataFrame) -> int:
-    """Log `model` to the active run in skops format (pyfunc predicts probabilities), register it under `name`
-    and return the new version."""
-    signature = infer_signature(example, model.predict_proba(example))
-    info = mlflow.sklearn.log_model(
-        model, name="model", serialization_format="skops", skops_trusted_types=trusted_types_for(model),
-        signature=signature, input_example=example, registered_model_name=name, pyfunc_predict_fn="predict_proba",
-        pip_requirements=_pinned("mlflow", "numpy", "pandas", "scikit-learn", "scipy", "skops"))
-    return int(info.registered_model_version)
-
-
-def _pinned(*packages: str) -> list[str]:
+def pinned(*packages: str) -> list[str]:
     """The installed versions of `packages`, as the model's requirements. Named explicitly, so MLflow does not
     load the model in a subprocess to infer them (seconds per model)."""
     return [f"{package}=={importlib.metadata.version(package)}" for package in packages]
@@ -154,60 +117,11 @@ def scoring_model(client: MlflowClient, name: str, version: int | None = None) -
     return ScoringModel(name, version, tuple(signature.inputs.input_names()))
 
 
-def churn_udf(spark: SparkSession, model: ScoringModel) -> Callable[[Column], Column]:
-    """The model as a Spark UDF that predicts on the executors in Arrow batches: struct of the inputs in,
-    [P(retained), P(churned)] out. The driver downloads the model once and ships it to the executors."""
-    return mlflow.pyfunc.spark_udf(spark, model.uri, result_type="array<double>", env_manager="local")
-
-
-class ClvModel(mlflow.pyfunc.PythonModel):
-    """segscale_clv as an MLflow pyfunc: the four CLV inputs of customer_features in, CLV_COLUMNS out (NaN for
-    prospects). Logged as code (segscale/clv_model.py) with the fitted parameters in the model config, so the
-    artifact holds no pickle; `params` may override the horizon and discount rate it was logged with."""
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        config = context.model_config
-        self.params = ClvParams.from_config(config)
-        self.settings = ClvSettings(horizon_days=config["horizon_days"],
-                                    annual_discount_rate=config["annual_discount_rate"],
-                                    time_unit_days=self.params.time_unit_days)
-
-    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
-        settings = self.settings.model_copy(update=params or {})
-        return predict_clv(self.params, pd.DataFrame(model_input), settings)
-
-
-def log_clv(params: ClvParams, settings: ClvSettings, example: pd.DataFrame) -> int:
-    """Log the CLV model to the active run (models from code), register it under clv.model_name and return the
-    new version."""
-    config = {**params.as_config(), "horizon_days": settings.horizon_days,
-              "annual_discount_rate": settings.annual_discount_rate}
-    signature = infer_signature(example, predict_clv(params, example, settings),
-                                params={"horizon_days": settings.horizon_days,
-                                        "annual_discount_rate": settings.annual_discount_rate})
-    info = mlflow.pyfunc.log_model(
-        name="model", python_model=str(CLV_MODEL_CODE), model_config=config, signature=signature,
-        input_example=example, registered_model_name=settings.model_name,
-        pip_requirements=_pinned("mlflow", "numpy", "pandas", "pydantic", "pyspark", "scipy"))
-    return int(info.registered_model_version)
-
-
-def clv_params(model: ScoringModel) -> ClvParams:
-    """The fitted parameters of a registered CLV version, read through its pyfunc wrapper."""
-    return mlflow.pyfunc.load_model(model.uri).unwrap_python_model().params
-
-
 def set_champion(client: MlflowClient, name: str, version: int, reason: str) -> None:
     """Point champion at `version` and record why on the version (models without a gate, such as CLV)."""
     client.set_registered_model_alias(name, CHAMPION, str(version))
     for key, value in (("promotion_decision", "promoted"), ("promotion_reason", reason)):
         client.set_model_version_tag(name, str(version), key, value)
-
-
-def load_classifier(name: str, version: int) -> object:
-    """A registered scikit-learn model; skops refuses any type the version was not saved as trusting."""
-    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
 
 
 @dataclass(frozen=True)
@@ -277,3 +191,11 @@ def _versions(client: MlflowClient, name: str) -> Iterable:
         return client.search_model_versions(f"name = '{name}'")
     except MlflowException:
         return []
+
+
+def require_inputs(model: ScoringModel, columns: Iterable[str]) -> None:
+    """InputError naming every input of the model's signature that is not among `columns`."""
+    missing = sorted(set(model.inputs) - set(columns))
+    if missing:
+        raise InputError(f"the features lack {missing}, which model {model.name} version {model.version} needs "
+                         f"(its signature); score with a version trained on the current features")

@@ -18,10 +18,14 @@ import yaml
 from pyspark.logger import PySparkLogger
 from pyspark.sql import SparkSession
 
-from segscale import __version__, tracking
+from segscale import __version__
+from segscale.analyst.report import write_report
+from segscale.analyst.sql import FORMATS, run_query, write_result
 from segscale.config import Settings, load_settings
 from segscale.errors import DegradedRunError, InputError, SegscaleError, describe_exception, unreadable_input
-from segscale.pipeline import (
+from segscale.io.delta import Warehouse
+from segscale.models import registry
+from segscale.pipeline.commands import (
     Run,
     backfill,
     generate_inputs,
@@ -30,10 +34,7 @@ from segscale.pipeline import (
     snapshot_dates,
     train_models,
 )
-from segscale.query import FORMATS, run_query, write_result
-from segscale.report import write_report
 from segscale.session import get_spark
-from segscale.tables import Warehouse
 
 log = logging.getLogger("segscale")
 
@@ -375,9 +376,9 @@ def _backfill(spark: SparkSession, settings: Settings, args: argparse.Namespace)
 
 def _promote(spark: SparkSession | None, settings: Settings, args: argparse.Namespace) -> int:
     name = settings.churn.model_name if args.model == "churn" else settings.clv.model_name
-    with tracking.scoped():
-        client = tracking.connect(settings.paths.warehouse, settings.churn.experiment)
-        previous = tracking.promote(client, name, args.model_version, args.reason)
+    with registry.scoped():
+        client = registry.connect(settings.paths.warehouse, settings.churn.experiment)
+        previous = registry.promote(client, name, args.model_version, args.reason)
     print(f"{name}: champion is now version {args.model_version} "
           f"(was {previous if previous is not None else 'none'}); reason recorded")
     return 0

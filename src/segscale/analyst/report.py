@@ -1,7 +1,7 @@
 """`segscale report`: one self-contained HTML page about a snapshot, for analysts (docs/report.md).
 
 Every figure comes from a small aggregate that DuckDB computes over the published Delta tables (through
-`segscale.query`, so only the snapshot's files are read) or from the churn model's holdout evaluation in MLflow;
+`segscale.analyst.sql`, so only the snapshot's files are read) or from the churn model's holdout evaluation in MLflow;
 no customer rows reach this process. Charts are matplotlib PNGs embedded as data URIs, so the file opens offline.
 A section whose input is missing (no previous snapshot, no model, churn or CLV switched off) says so instead of
 failing. Nothing here writes to the warehouse or the MLflow store.
@@ -25,11 +25,11 @@ import duckdb
 import pandas as pd
 
 from segscale import __version__
+from segscale.analyst.sql import connect, published_snapshots, published_tables
 from segscale.config import DeltaSettings
 from segscale.errors import InputError
-from segscale.query import connect, published_snapshots, published_tables
-from segscale.segments import LIFECYCLE_STAGES, TIER_LABELS, VALUE_TIERS
-from segscale.tables import DeltaStore, absolute_uri
+from segscale.io.delta import DeltaStore, absolute_uri
+from segscale.transforms.segments import LIFECYCLE_STAGES, TIER_LABELS, VALUE_TIERS
 
 TIER_COLOURS = {"high_value": "#c8871a", "potential": "#3f7fbf", "regular": "#9a9a9a"}
 STAGE_COLOURS = {"prospect": "#c9d6e3", "new": "#8fb3d9", "repeat": "#4f86c6", "loyal": "#1f4e8c",
@@ -494,7 +494,7 @@ def _holdout_evaluation(root: str, name: str, version: int) -> dict[str, Any]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from segscale.tracking import tracking_uri
+    from segscale.models.registry import tracking_uri
 
     uri = tracking_uri(root)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():

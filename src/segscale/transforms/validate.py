@@ -21,8 +21,8 @@ from pyspark.sql import types as T
 from segscale.config import ValidationSettings
 from segscale.contract import CONTRACT
 from segscale.errors import InputError
-from segscale.features import utc_day
-from segscale.ingest import InputTables, original_record, without_raw
+from segscale.transforms.conform import InputTables, original_record, without_raw
+from segscale.transforms.features import utc_day
 
 # ---- reason codes ------------------------------------------------------------------------------------------
 NULL_TRANSACTION_ID = "null_transaction_id"  # transaction_id null, empty or whitespace only

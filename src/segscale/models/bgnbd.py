@@ -1,11 +1,6 @@
-"""Customer lifetime value: BG/NBD (purchase and dropout) and Gamma-Gamma (spend per order) fitted on the whole
-base by maximum likelihood (definitions: docs/models.md).
-
-The fit never sees customers one by one: Spark aggregates the model inputs into a weighted histogram of distinct
-input tuples, only the histogram reaches the driver, and scipy maximises the likelihood with the counts as weights.
-The histogram holds exact days and exact spend while it stays under `clv.max_histogram_rows`; beyond, recency and
-T are rounded to coarser day bins and spend to a log grid, the finest that fit (`choose_resolution`).
-"""
+"""BG/NBD (purchase and dropout) and Gamma-Gamma (spend per purchase day): weighted maximum-likelihood fits on
+histograms of distinct inputs, and vectorised predictions (definitions: docs/models.md). Pure numpy and scipy; the
+Spark side (histograms, predictions on the executors) is `segscale.models.clv`."""
 
 from __future__ import annotations
 
@@ -14,8 +9,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame
-from pyspark.sql import functions as F
 from scipy import differentiate, optimize
 from scipy.special import betaln, digamma, expit, hyp1f1, hyp2f1
 
@@ -28,100 +21,6 @@ CLV_COLUMNS = ("p_alive", "expected_purchases", "expected_avg_spend", "clv")
 # What the models read from customer_features: x, t_x and T in days, mean spend per repeat purchase day.
 INPUT_COLUMNS = ("bgnbd_frequency", "bgnbd_recency", "bgnbd_T", "bgnbd_monetary")
 DISCOUNT_STEP_DAYS = 30  # future purchases are discounted month by month
-# The resolutions tried, finest first, when clv.bin_days or clv.spend_bin_relative is not fixed in the config.
-DAY_BINS = (1, 2, 3, 7, 14, 28, 56, 91)
-SPEND_BINS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """How finely the histograms hold the inputs: recency and T rounded to multiples of `bin_days` (1: exact days),
-    mean spend to a log grid of relative width `spend_bin_relative` (0: exact)."""
-
-    bin_days: int
-    spend_bin_relative: float
-
-
-def binned(days: Column, bin_days: int) -> Column:
-    """Days rounded to the nearest multiple of `bin_days` (monotone, so t_x <= T survives binning)."""
-    if bin_days == 1:
-        return days.cast("double")
-    return (F.floor(days / F.lit(bin_days) + F.lit(0.5)) * F.lit(bin_days)).cast("double")
-
-
-def binned_spend(spend: Column, relative: float) -> Column:
-    """Spend rounded on a log grid of relative width `relative` (0: exact)."""
-    spend = spend.cast("double")
-    if relative == 0:
-        return spend
-    width = F.log1p(F.lit(relative))
-    return F.exp(F.round(F.log(spend) / width) * width)
-
-
-def _is_buyer() -> Column:
-    return F.col("bgnbd_frequency").isNotNull() & F.col("bgnbd_T").isNotNull()
-
-
-def _is_repeat_spender() -> Column:
-    return (F.col("bgnbd_frequency") > 0) & (F.col("bgnbd_monetary") > 0)
-
-
-def _frequency() -> Column:
-    return F.col("bgnbd_frequency").cast("double")
-
-
-def choose_resolution(features_df: DataFrame, settings: ClvSettings) -> tuple[Resolution, dict[str, dict]]:
-    """The finest resolution whose histograms stay under clv.max_histogram_rows (the configured bin_days or
-    spend_bin_relative when set), and the estimated rows at every candidate. One pass over the inputs counts
-    the distinct keys of every candidate histogram with HyperLogLog sketches (order-independent, so the choice
-    is the same on any cluster)."""
-    day_bins = DAY_BINS if settings.bin_days is None else (settings.bin_days,)
-    spend_bins = SPEND_BINS if settings.spend_bin_relative is None else (settings.spend_bin_relative,)
-    x = _frequency()
-    counters = [
-        *[F.approx_count_distinct(F.when(_is_buyer(), F.xxhash64(
-            x, binned(F.col("bgnbd_recency"), k), binned(F.col("bgnbd_T"), k)))).alias(f"days_{k}")
-          for k in day_bins],
-        *[F.approx_count_distinct(F.when(_is_repeat_spender(), F.xxhash64(
-            x, binned_spend(F.col("bgnbd_monetary"), rel)))).alias(f"spend_{i}")
-          for i, rel in enumerate(spend_bins)],
-    ]
-    estimate = features_df.agg(*counters).first()  # small: one row of counts
-    limit = settings.max_histogram_rows
-    days = {k: int(estimate[f"days_{k}"]) for k in day_bins}
-    spend = {rel: int(estimate[f"spend_{i}"]) for i, rel in enumerate(spend_bins)}
-    # The coarsest candidate when even that one is over the limit: the fit then takes longer, nothing fails.
-    chosen_days = next((k for k in day_bins if days[k] <= limit), day_bins[-1])
-    chosen_spend = next((rel for rel in spend_bins if spend[rel] <= limit), spend_bins[-1])
-    return (Resolution(chosen_days, chosen_spend),
-            {"bgnbd_rows_by_bin_days": days, "spend_rows_by_relative_width": spend, "max_rows": limit})
-
-
-def bgnbd_histogram(features_df: DataFrame, resolution: Resolution) -> pd.DataFrame:
-    """Buyers' (x, t_x, T) in days, binned to `resolution.bin_days`, with the number of customers at each
-    triple."""
-    histogram_df = features_df.where(_is_buyer()).groupBy(
-        _frequency().alias("x"),
-        binned(F.col("bgnbd_recency"), resolution.bin_days).alias("t_x"),
-        binned(F.col("bgnbd_T"), resolution.bin_days).alias("T"),
-    ).agg(F.count(F.lit(1)).alias(HISTOGRAM_WEIGHT))
-    return _in_key_order(histogram_df.toPandas(), ["x", "t_x", "T"])  # small: bounded by clv.max_histogram_rows
-
-
-def spend_histogram(features_df: DataFrame, resolution: Resolution) -> pd.DataFrame:
-    """Repeat buyers' (x, mean spend per repeat purchase day), spend binned to `resolution.spend_bin_relative`,
-    with the number of customers at each pair. Spend must be positive."""
-    histogram_df = features_df.where(_is_repeat_spender()).groupBy(
-        _frequency().alias("x"),
-        binned_spend(F.col("bgnbd_monetary"), resolution.spend_bin_relative).alias("m"),
-    ).agg(F.count(F.lit(1)).alias(HISTOGRAM_WEIGHT))
-    return _in_key_order(histogram_df.toPandas(), ["x", "m"])  # small: bounded by clv.max_histogram_rows
-
-
-def _in_key_order(histogram: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """The histogram sorted by its keys: Spark returns groups in any order, and the sums of the log-likelihood
-    (so the fit, to its last bits) depend on it."""
-    return histogram.sort_values(keys, ignore_index=True)
 
 
 # ---- the fits ----------------------------------------------------------------------------------------------------
@@ -155,6 +54,8 @@ BGNBD_COORDINATES = (
     Coordinate("log(a + b)", np.log(1e-4), np.log(LARGE), "a + b at its lower bound 1e-4",
                "a + b at its upper bound 1e8: every customer shares one dropout probability"),
 )
+
+
 GAMMA_GAMMA_COORDINATES = (
     Coordinate("log p", np.log(1e-4), np.log(LARGE), "p at its lower bound 1e-4",
                "p at its upper bound 1e8: a customer's orders all cost the same"),
@@ -481,22 +382,3 @@ def predict_clv(params: ClvParams, inputs: pd.DataFrame, settings: ClvSettings) 
     return predicted.where(known[:, None] & np.isfinite(predicted.to_numpy()))
 
 
-def with_clv(features_df: DataFrame, params: ClvParams | None, settings: ClvSettings,
-             model_version: int | None = None) -> DataFrame:
-    """Adds CLV_COLUMNS, predicted on the executors in Arrow batches (null for prospects and for any value that
-    is not a finite number); all null without a model (clv.enabled: false)."""
-    if params is None:
-        return features_df.select("*", *[F.lit(None).cast("double").alias(c) for c in CLV_COLUMNS],
-                                  F.lit(None).cast("int").alias("clv_model_version"))
-    schema = ", ".join(f"{name} double" for name in CLV_COLUMNS)
-
-    @F.pandas_udf(schema)
-    def predict(x: pd.Series, t_x: pd.Series, T: pd.Series, m: pd.Series) -> pd.DataFrame:
-        return predict_clv(params, pd.DataFrame(dict(zip(INPUT_COLUMNS, (x, t_x, T, m), strict=True))), settings)
-
-    inputs = [F.col(c).cast("double") for c in INPUT_COLUMNS]
-    predicted_df = features_df.select("*", predict(*inputs).alias("_clv"))
-    # Arrow brings NaN back as NaN, not null: the table holds null.
-    return predicted_df.select(*features_df.columns, *[
-        F.when(~F.isnan(F.col("_clv")[name]), F.col("_clv")[name]).alias(name) for name in CLV_COLUMNS],
-        F.lit(model_version).cast("int").alias("clv_model_version"))

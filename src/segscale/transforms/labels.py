@@ -10,25 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from segscale.config import ChurnSettings, RiskBands, Settings
-from segscale.errors import InputError, ModelSkipped
-from segscale.features import PURCHASE, customer_features, filter_signed_up_by, snapshot_end
-from segscale.rfm import is_buyer
-from segscale.tracking import ScoringModel
+from segscale.config import ChurnSettings, Settings
+from segscale.errors import ModelSkipped
+from segscale.transforms.features import PURCHASE, customer_features, filter_signed_up_by, snapshot_end
 
 LABEL = "churned"
 CUTOFF = "cutoff_date"
 TRUE_LABEL = "true_churned"
-# What scoring adds to customer_scores.
-CHURN_COLUMNS = ("churn_probability", "churn_risk_band", "model_name", "model_version")
-LOW, MEDIUM, HIGH, CRITICAL = "low", "medium", "high", "critical"
-RISK_BANDS = (LOW, MEDIUM, HIGH, CRITICAL)
 
 
 @dataclass(frozen=True)
@@ -124,37 +118,3 @@ def capped_sample(rows_df: DataFrame, counts: Mapping[bool, int], max_rows: int,
     return rows_df.sampleBy(LABEL, {label: fraction for label in counts}, seed).limit(max_rows)
 
 
-def risk_band(probability: Column, bands: RiskBands) -> Column:
-    """low / medium / high / critical from the bands' inclusive lower bounds; null stays null."""
-    return (
-        F.when(probability >= bands.critical, F.lit(CRITICAL))
-        .when(probability >= bands.high, F.lit(HIGH))
-        .when(probability >= bands.medium, F.lit(MEDIUM))
-        .when(probability.isNotNull(), F.lit(LOW))
-    )
-
-
-def require_inputs(model: ScoringModel, columns: Iterable[str]) -> None:
-    """InputError naming every input of the model's signature that is not among `columns`."""
-    missing = sorted(set(model.inputs) - set(columns))
-    if missing:
-        raise InputError(f"the features lack {missing}, which model {model.name} version {model.version} needs "
-                         f"(its signature); score with a version trained on the current features")
-
-
-def with_churn_scores(features_df: DataFrame, bands: RiskBands, model: ScoringModel | None = None,
-                      predict: Callable[[Column], Column] | None = None) -> DataFrame:
-    """Adds churn_probability (null for prospects), churn_risk_band, model_name and model_version. `predict`
-    maps a struct of the model's inputs to [P(retained), P(churned)]; without a model the four columns are null."""
-    if model is None or predict is None:
-        return features_df.select(
-            "*", F.lit(None).cast("double").alias("churn_probability"),
-            F.lit(None).cast("string").alias("churn_risk_band"), F.lit(None).cast("string").alias("model_name"),
-            F.lit(None).cast("int").alias("model_version"))
-    require_inputs(model, features_df.columns)
-    # The model sees float64 (nullable integers arrive as NaN, as in training).
-    inputs = F.struct(*[F.col(name).cast("double").alias(name) for name in model.inputs])
-    probability_df = features_df.select("*", F.when(is_buyer(), predict(inputs)[1]).alias("churn_probability"))
-    return probability_df.select(
-        "*", risk_band(F.col("churn_probability"), bands).alias("churn_risk_band"),
-        F.lit(model.name).alias("model_name"), F.lit(model.version).alias("model_version"))

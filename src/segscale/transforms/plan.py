@@ -20,8 +20,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from segscale.config import RetentionSettings
-from segscale.features import MONEY_UNITS, exact_units, money_sum
-from segscale.segments import VALUE_TIERS
+from segscale.transforms.features import MONEY_UNITS, exact_units, money_sum
+from segscale.transforms.segments import VALUE_TIERS
 
 # What the plan needs from customer_scores.
 PLAN_INPUTS = ("customer_id", "snapshot_date", "value_tier", "lifecycle_stage", "churn_probability", "clv")

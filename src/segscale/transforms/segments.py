@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from segscale.churn import CHURN_COLUMNS
-from segscale.clv import CLV_COLUMNS
 from segscale.config import LifecycleSettings, Settings, TierSettings
-from segscale.rfm import SKETCH_POINTS, CutPoints, is_buyer, with_rfm_scores
+from segscale.models.bgnbd import CLV_COLUMNS
+from segscale.models.churn import CHURN_COLUMNS
+from segscale.transforms.rfm import SKETCH_POINTS, CutPoints, is_buyer, with_rfm_scores
 
 HIGH_VALUE, POTENTIAL, REGULAR = "high_value", "potential", "regular"
 VALUE_TIERS = (HIGH_VALUE, POTENTIAL, REGULAR)

@@ -1,6 +1,7 @@
 """The churn classifier on the driver: a calibrated scikit-learn pipeline, its holdout evaluation and baselines.
 
-Everything here works on the capped pandas samples that `segscale.churn` pulls to the driver; the scoring of the
+Everything here works on the capped pandas samples that `segscale.transforms.labels` pulls to the driver; the
+scoring of the
 whole base happens on the executors. Definitions of the metrics and baselines: docs/models.md.
 """
 
@@ -20,8 +21,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from segscale.churn import LABEL, TRUE_LABEL
 from segscale.config import ChurnSettings, LifecycleSettings
+from segscale.transforms.labels import LABEL, TRUE_LABEL
 
 # The candidate inputs: every numeric feature of customer_features (missing values are left to the estimator;
 # HistGradientBoosting routes them natively). A model uses those its training rows carry (`usable_features`).
@@ -239,3 +240,5 @@ def flat_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
     for name, metrics in evaluation["baselines"].items():
         flat.update({f"baseline_{name}_{k}": v for k, v in metrics.items()})
     return flat
+
+

@@ -21,7 +21,7 @@ from deltalake import DeltaTable
 from pyarrow import fs as pafs
 
 from segscale.errors import InputError, first_line
-from segscale.tables import absolute_uri, open_table
+from segscale.io.delta import absolute_uri, open_table
 
 READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 FORMATS = ("table", "csv", "json", "parquet")

@@ -6,34 +6,25 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from segscale.contract import CONTRACT
 from segscale.errors import InputError, SegscaleError, describe_exception
-from segscale.tables import DeltaStore
+from segscale.io.delta import DeltaStore
+from segscale.transforms.conform import InputTables, conform
 
 InputFormat = Literal["delta", "parquet", "csv"]
 DELIMITERS = {"semicolons": ";", "tabs": "\t", "pipes": "|"}
 REPLACEMENT = "\ufffd"  # what undecodable bytes become when Spark reads text as UTF-8
 
 
-# Without a customers table, customers are derived from the transactions (segscale.validate).
+# Without a customers table, customers are derived from the transactions (segscale.transforms.validate).
 REQUIRED_TABLES = ("transactions",)
-RAW_PREFIX = "_raw_"
-
-
-@dataclass(frozen=True)
-class InputTables:
-    customers: DataFrame | None
-    transactions: DataFrame
-    interactions: DataFrame | None
 
 
 def read_inputs(store: DeltaStore, input_dir: str, columns: Mapping[str, Mapping[str, str]] | None = None
@@ -169,50 +160,3 @@ def _first_file(df: DataFrame, path: str) -> str:
     return files[0] if files else path
 
 
-def conform(name: str, df: DataFrame, where: str) -> DataFrame:
-    """Select the contract's columns with their types; missing required columns stop the run.
-
-    A column converted from text keeps its original text in `RAW_PREFIX + name`, so a quarantined row can be
-    shown as it arrived (`original_record`); `without_raw` drops these columns from clean rows.
-    """
-    present = set(df.columns)
-    missing = [c.name for c in CONTRACT[name] if c.required and c.name not in present]
-    if missing:
-        raise InputError(f"input table {name} at {where} lacks required columns {missing} "
-                         f"(it has {sorted(present)}); see docs/input-contract.md")
-    converted = [c for c in CONTRACT[name] if c.name in present
-                 and isinstance(df.schema[c.name].dataType, T.StringType) and c.data_type != T.StringType()]
-    return df.select(
-        *[
-            _typed(F.col(c.name), df.schema[c.name].dataType, c.data_type).alias(c.name) if c.name in present
-            else F.lit(None).cast(c.data_type).alias(c.name)
-            for c in CONTRACT[name]
-        ],
-        *[F.col(c.name).alias(RAW_PREFIX + c.name) for c in converted],
-    )
-
-
-def original_record(df: DataFrame) -> Column:
-    """The row as it arrived, as JSON text: original text for converted columns, values for the others."""
-    raw = {c[len(RAW_PREFIX):] for c in df.columns if c.startswith(RAW_PREFIX)}
-    fields = [F.col(RAW_PREFIX + c).alias(c) if c in raw else F.col(c)
-              for c in df.columns if not c.startswith(RAW_PREFIX)]
-    return F.to_json(F.struct(*fields), {"ignoreNullFields": "false"})
-
-
-def without_raw(df: DataFrame) -> DataFrame:
-    """The contract's columns only."""
-    return df.select(*[c for c in df.columns if not c.startswith(RAW_PREFIX)])
-
-
-def _typed(column: Column, source: T.DataType, target: T.DataType) -> Column:
-    if source == target:
-        return column
-    if isinstance(source, T.StringType):
-        # Unparseable text becomes null here; validation reports it.
-        if isinstance(target, T.TimestampType):
-            return F.try_to_timestamp(F.trim(column))
-        if isinstance(target, T.DateType):
-            return F.try_to_timestamp(F.trim(column)).cast(T.DateType())
-        return F.trim(column).try_cast(target) if not isinstance(target, T.StringType) else column
-    return column.cast(target)

@@ -1,0 +1,5 @@
+"""The `segscale` command line."""
+
+from segscale.cli.app import main
+
+__all__ = ["main"]

@@ -1,0 +1,146 @@
+"""The table store: every read and write of a segscale table goes through `DeltaStore` (by URI) or `Warehouse` (by
+table name under one root).
+
+Two writer backends stand behind one interface: `rs_writer` (delta-rs, the embedded default) and `spark_writer`
+(delta-spark, clusters with the Delta jars). Both write the same layout (Hive-style partition directories,
+partition columns kept out of the data files, commit metadata in the commit's ``userMetadata``), so either reads
+what the other wrote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from deltalake import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from segscale.config import DeltaSettings
+from segscale.errors import SegscaleError
+from segscale.io.delta import log, rs_writer, spark_writer
+from segscale.io.delta.log import CommitMetadata, TableVersion, WriteMode, WriteResult, absolute_uri, open_table
+from segscale.session import has_delta_extension
+
+Backend = Literal["delta-rs", "delta-spark"]
+
+
+class DeltaStore:
+    """Reads and writes Delta tables by URI with the chosen backend."""
+
+    def __init__(self, spark: SparkSession | None, settings: DeltaSettings):
+        # Without a session only the log-level operations work: exists, version, history, vacuum.
+        self.spark = spark
+        self.settings = settings
+        self.backend: Backend = _choose_backend(spark, settings)
+
+    # ---- reads -------------------------------------------------------------------------------------------
+    def exists(self, uri: str) -> bool:
+        return DeltaTable.is_deltatable(absolute_uri(uri))
+
+    def version(self, uri: str) -> int:
+        return open_table(absolute_uri(uri)).version()
+
+    def read(self, uri: str, version: int | None = None,
+             timestamp: str | dt.datetime | None = None) -> DataFrame:
+        """The table's current version, or the given version / timestamp, as a Spark DataFrame."""
+        uri = absolute_uri(uri)
+        if self.backend == "delta-spark":
+            reader = self.spark.read.format("delta")
+            if version is not None:
+                reader = reader.option("versionAsOf", version)
+            elif timestamp is not None:
+                reader = reader.option("timestampAsOf", str(timestamp))
+            return reader.load(uri)
+        table = open_table(uri, version, timestamp)
+        return log.read_snapshot(self.spark, table, uri)
+
+    def partition_values(self, uri: str, column: str) -> list[str]:
+        """The values of a partition column present in the current version, from the log (no data read)."""
+        return log.partition_values(uri, column)
+
+    def history(self, uri: str, limit: int | None = None) -> list[TableVersion]:
+        return log.history(uri, limit)
+
+    # ---- writes ------------------------------------------------------------------------------------------
+    def write(self, uri: str, df: DataFrame, *, mode: WriteMode, meta: CommitMetadata,
+              partition_by: Sequence[str] = (), replace: Mapping[str, Any] | None = None,
+              added_columns: Sequence[str] = ()) -> WriteResult:
+        """Write `df` as one commit. `replace_partition` replaces exactly the partition named in `replace`.
+        `added_columns`: columns a newer segscale added to the table, which a table written by an older one
+        gains (null in its earlier rows) whatever delta.allow_schema_evolution says."""
+        uri = absolute_uri(uri)
+        if replace and mode != "replace_partition":
+            raise ValueError(f"`replace` only applies to mode replace_partition, not {mode}")
+        if mode == "replace_partition" and not partition_by:
+            partition_by = list(replace or {})
+        if mode == "replace_partition" and (not replace or set(replace) != set(partition_by)):
+            raise ValueError("replace_partition needs `replace` with a value for every partition column")
+        table = log.open_if_exists(uri)
+        if table is not None and mode == "create":
+            raise SegscaleError(f"table {uri} already exists (mode create)")
+        df = log.normalise_columns(df)
+        new_columns: list[T.StructField] = []
+        if table is not None:
+            log.check_partitioning(uri, table, partition_by)
+            partition_by = table.metadata().partition_columns
+            new_columns = log.check_schema(uri, table, df.schema, self.settings.allow_schema_evolution, added_columns)
+            table_columns = [f.name for f in log.spark_schema(table).fields]
+            df = df.select(*table_columns, *[f.name for f in new_columns])
+        if self.backend == "delta-spark":
+            return spark_writer.write(uri, df, mode, meta, partition_by, replace, table, bool(new_columns))
+        return rs_writer.write(uri, df, mode, meta, list(partition_by), replace, table, new_columns,
+                               self.settings)
+
+    def vacuum(self, uri: str, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
+        """Delete data files no version within the retention window needs, including orphans of failed writes."""
+        hours = self.settings.vacuum_retention_hours if retention_hours is None else retention_hours
+        table = open_table(absolute_uri(uri))
+        # full=True also lists files never committed (those of failed writes), not only removed ones; the
+        # retention window protects files that an in-flight write has not committed yet.
+        return table.vacuum(retention_hours=math.ceil(hours), dry_run=dry_run, enforce_retention_duration=False,
+                            full=True)
+
+
+class Warehouse:
+    """The segscale tables under one root directory, addressed by name."""
+
+    def __init__(self, spark: SparkSession | None, root: str, settings: DeltaSettings):
+        self.root = absolute_uri(root)
+        self.store = DeltaStore(spark, settings)
+
+    def uri(self, name: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise SegscaleError(f"{name!r} is not a segscale table name")
+        return f"{self.root}/{name}"
+
+    def exists(self, name: str) -> bool:
+        return self.store.exists(self.uri(name))
+
+    def read(self, name: str, version: int | None = None,
+             timestamp: str | dt.datetime | None = None) -> DataFrame:
+        return self.store.read(self.uri(name), version, timestamp)
+
+    def write(self, name: str, df: DataFrame, **kwargs: Any) -> WriteResult:
+        return self.store.write(self.uri(name), df, **kwargs)
+
+    def history(self, name: str, limit: int | None = None) -> list[TableVersion]:
+        return self.store.history(self.uri(name), limit)
+
+    def partition_values(self, name: str, column: str) -> list[str]:
+        return self.store.partition_values(self.uri(name), column)
+
+    def vacuum(self, name: str, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
+        return self.store.vacuum(self.uri(name), retention_hours, dry_run)
+
+
+# ---- backend choice, opening, reading -----------------------------------------------------------------------
+def _choose_backend(spark: SparkSession | None, settings: DeltaSettings) -> Backend:
+    if settings.backend != "auto":
+        return settings.backend
+    return "delta-spark" if spark is not None and has_delta_extension(spark) else "delta-rs"
+
+

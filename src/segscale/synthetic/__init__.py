@@ -1,0 +1,1 @@
+"""The synthetic data generator for tests and benchmarks."""
