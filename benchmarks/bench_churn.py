@@ -45,7 +45,7 @@ def _session(inputs: Path, work: Path):
 
 
 def step_train(inputs: Path, work: Path) -> dict:
-    from segscale.pipeline.commands import train_models
+    from segscale.pipeline import train_models
 
     spark, settings = _session(inputs, work)
     start = time.perf_counter()
@@ -67,7 +67,7 @@ def step_run(inputs: Path, work: Path) -> dict:
     from segscale.io.delta import Warehouse
     from segscale.models import registry
     from segscale.models.churn import churn_udf, with_churn_scores
-    from segscale.pipeline.commands import run_pipeline, score_snapshot
+    from segscale.pipeline import run_pipeline, score_snapshot
 
     spark, settings = _session(inputs, work)
     start = time.perf_counter()

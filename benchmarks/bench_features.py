@@ -33,7 +33,7 @@ def _settings(inputs: Path, warehouse: Path):
 
 
 def engine_segscale(inputs: Path, work: Path) -> dict:
-    from segscale.pipeline.commands import run_pipeline
+    from segscale.pipeline import run_pipeline
     from segscale.session import get_spark
 
     settings = _settings(inputs, work / "warehouse")

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 
 def run_one(customers: int, data_dir: Path) -> dict:
     from segscale.config import Settings
-    from segscale.pipeline.commands import generate_inputs
+    from segscale.pipeline import generate_inputs
     from segscale.session import get_spark
 
     settings = Settings.model_validate({

@@ -43,7 +43,7 @@ METRICS = {"shuffle_write_bytes": "shuffleWriteBytes", "memory_spill_bytes": "me
 
 def step_segscale(inputs: Path, work: Path) -> dict:
     from segscale.config import load_settings
-    from segscale.pipeline.commands import STAGE_TAG, run_pipeline
+    from segscale.pipeline import STAGE_TAG, run_pipeline
     from segscale.session import get_spark
 
     # The defaults, plus a Spark UI that keeps every job and stage of the run for the metrics read at the end.

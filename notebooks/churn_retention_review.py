@@ -17,7 +17,7 @@
 # Is the churn model that scored the latest snapshot any good, did its earlier predictions come true, and is the
 # retention budget spent where it saves the most value?
 #
-# Reads the published Delta tables with `segscale.query.run_query` (DuckDB over delta-rs) and the model registry
+# Reads the published Delta tables with `segscale.analyst.sql.run_query` (DuckDB over delta-rs) and the model registry
 # from the MLflow store that segscale uses (`MLFLOW_TRACKING_URI`, or `mlflow.db` beside the warehouse); it writes
 # nothing. Set `SEGSCALE_WAREHOUSE` to your warehouse directory (default: the `make demo` warehouse).
 

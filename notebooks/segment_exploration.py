@@ -17,7 +17,7 @@
 # Who the customers are at the latest snapshot: value tiers (高价值 / 潜力 / 普通), RFM segments, lifecycle
 # stages, what sets the segments apart, and who moved between tiers since the previous snapshot.
 #
-# The notebook reads the published Delta tables only, with `segscale.query.run_query` (DuckDB over delta-rs, the
+# The notebook reads the published Delta tables only, with `segscale.analyst.sql.run_query` (DuckDB over delta-rs, the
 # engine behind `segscale sql`): every query is an aggregate or a short list, so it runs on a laptop for any size
 # of customer base. Open it with Jupyter and jupytext (`pip install jupyterlab jupytext`), or run it as a script.
 # Set `SEGSCALE_WAREHOUSE` to your warehouse directory (default: the `make demo` warehouse).

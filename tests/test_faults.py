@@ -19,7 +19,7 @@ from pyspark.testing import assertDataFrameEqual
 from segscale.cli import main
 from segscale.config import Settings
 from segscale.io.delta import Warehouse
-from segscale.pipeline.commands import generate_inputs, run_pipeline
+from segscale.pipeline import generate_inputs, run_pipeline
 
 SNAPSHOT = dt.date(2024, 6, 30)
 TABLES = ("quarantine", "customer_features", "customer_scores")

@@ -20,7 +20,7 @@ from segscale.cli.app import format_summary, main
 from segscale.config import Settings
 from segscale.errors import InputError
 from segscale.io.delta import Warehouse
-from segscale.pipeline.commands import STAGE_TAG, Run, generate_inputs, run_pipeline
+from segscale.pipeline import STAGE_TAG, Run, generate_inputs, run_pipeline
 
 
 def snapshot(warehouse: Warehouse, name: str, day: dt.date):

@@ -26,7 +26,7 @@ from segscale.models.bgnbd import CLV_COLUMNS
 from segscale.models.bgnbd import INPUT_COLUMNS as CLV_INPUTS
 from segscale.models.churn import CHURN_COLUMNS, load_classifier, log_classifier
 from segscale.models.churn_classifier import predict_churn
-from segscale.pipeline.commands import generate_inputs
+from segscale.pipeline import generate_inputs
 
 SNAPSHOT = "2024-12-31"
 NAME = "segscale_churn"

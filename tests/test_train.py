@@ -26,7 +26,7 @@ from segscale.config import Settings
 from segscale.errors import SegscaleError
 from segscale.models import churn as churn_model
 from segscale.models import registry as mlflow_registry
-from segscale.pipeline.commands import generate_inputs
+from segscale.pipeline import generate_inputs
 
 SNAPSHOT = "2024-12-31"
 NAME = "segscale_churn"
@@ -153,7 +153,7 @@ def test_the_clv_model_is_logged_as_code_with_its_parameters_in_the_config(regis
         local = Path(mlflow.artifacts.download_artifacts("models:/segscale_clv/1", dst_path=str(root / "clv")))
     pyfunc = info.flavors["python_function"]
     assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
-    assert pyfunc["model_code_path"].endswith("clv_model.py")
+    assert pyfunc["model_code_path"].endswith("clv_pyfunc.py")
     assert pyfunc["config"]["bgnbd"] == pytest.approx(fitted["params"]["bgnbd"])
     assert info.signature.inputs.input_names() == ["bgnbd_frequency", "bgnbd_recency", "bgnbd_T", "bgnbd_monetary"]
     assert not [f.name for f in local.rglob("*") if f.suffix in (".pkl", ".pickle")]

@@ -49,6 +49,7 @@ class Model(Protocol):
 
     kind: str
     columns: tuple[str, ...]
+    uses_features: bool  # whether `train` reads the snapshot's features (the run then keeps them for both)
 
     def enabled(self, settings: Settings) -> bool: ...
 

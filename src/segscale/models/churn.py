@@ -102,6 +102,8 @@ class ChurnScorer:
 class ChurnModel:
     kind = "churn"
     columns = CHURN_COLUMNS
+    # Trains on labelled rows of earlier cutoffs, not on the snapshot's features.
+    uses_features = False
 
     def enabled(self, settings: Settings) -> bool:
         return settings.churn.enabled

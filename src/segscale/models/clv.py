@@ -217,6 +217,8 @@ class ClvScorer:
 class ClvModel:
     kind = "clv"
     columns = (*CLV_COLUMNS, "clv_model_version")
+    # Fitted on the snapshot's features.
+    uses_features = True
 
     def enabled(self, settings: Settings) -> bool:
         return settings.clv.enabled

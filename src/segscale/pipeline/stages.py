@@ -1,0 +1,456 @@
+"""The stages the commands are made of (`segscale.pipeline.graph` wires them).
+
+Each stage is `fn(run, **needs) -> value`: it reads through the run's warehouse, calls the transforms and the
+models, publishes through `run.publish`, and sets the typed record the summary shows (`run.stage(...)`). The
+values passed between stages are the typed results below, never dicts with string keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import Column, DataFrame, Observation
+from pyspark.sql import functions as F
+
+from segscale.errors import InputError, ModelSkipped
+from segscale.io.inputs import detect_format, input_versions, read_inputs
+from segscale.models import MODELS, Model, TrainingData, registry
+from segscale.models.churn import CHURN_COLUMNS, RISK_BANDS
+from segscale.models.registry import ScoringModel, require_inputs
+from segscale.pipeline.context import ModelOutcome, Run
+from segscale.transforms.conform import InputTables
+from segscale.transforms.features import FEATURE_TYPES, customer_features, filter_signed_up_by
+from segscale.transforms.migration import segment_migration
+from segscale.transforms.plan import (
+    PLAN_METRICS,
+    SUMMARY_SCHEMA,
+    candidates,
+    plan_counters,
+    ranked,
+    retention_plan,
+    scored_by_tier,
+    summary_rows,
+)
+from segscale.transforms.rfm import cut_points, quantile_sketch
+from segscale.transforms.segments import LIFECYCLE_STAGES, VALUE_TIERS, customer_scores, tier_thresholds
+from segscale.transforms.validate import TableCounts, Validated, check_bad_ratios, reason_counts, validate_inputs
+
+CHURN, CLV = "churn", "clv"
+
+
+# ---- the values stages pass on -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelChoice:
+    """What the run does with one model: score with the pinned `scoring` version, train it first, or neither
+    (disabled, or training skipped without an earlier champion: its columns stay null)."""
+
+    model: Model
+    scoring: ScoringModel | None = None
+    train: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The run's choice for every model of `segscale.models.MODELS`, in that order."""
+
+    choices: tuple[ModelChoice, ...]
+
+    def __iter__(self) -> Iterator[ModelChoice]:
+        return iter(self.choices)
+
+    def scoring(self, kind: str) -> ScoringModel | None:
+        return next(c.scoring for c in self.choices if c.model.kind == kind)
+
+    def with_choice(self, choice: ModelChoice) -> ModelSet:
+        return ModelSet(tuple(choice if c.model.kind == choice.model.kind else c for c in self.choices))
+
+
+@dataclass(frozen=True)
+class Features:
+    """The snapshot's features: computed from the validated inputs, or read from the published table."""
+
+    df: DataFrame
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The snapshot of customer_scores this run published."""
+
+    df: DataFrame
+
+
+# ---- the records stages leave in the summary ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class IngestRecord:
+    input: str
+    input_versions: dict[str, int | None]
+
+
+@dataclass(frozen=True)
+class ValidateRecord:
+    tables: dict[str, TableCounts]
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """Who scored churn and how many customers fell in each risk band (counted while the rows were written)."""
+
+    churn_model: dict[str, Any] | None
+    churn_risk_bands: dict[str, int]
+
+
+@dataclass(frozen=True)
+class SegmentRecord(ScoreRecord):
+    rfm_cut_points: dict[str, list[float]]
+    tier_thresholds: dict[str, Any]
+    tiers_by_stage: dict[str, dict[str, int]]
+    clv_model: dict[str, Any] | None
+    clv_by_tier: dict[str, float] | None
+    clv_horizon_days: int
+
+
+@dataclass(frozen=True)
+class MigrationRecord:
+    previous_snapshot: str | None
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    retention: dict[str, Any]
+
+
+# ---- models --------------------------------------------------------------------------------------------------
+def choose_models(run: Run, train: bool) -> ModelSet:
+    """Which model scores the snapshot: the champion, or a new version this run trains first (with --train, or
+    when there is no champion yet). Checked before anything is read: MLflow answers, champions can score."""
+    return _choose(run, may_train=True, train=train)
+
+
+def champions(run: Run) -> ModelSet:
+    """The champions that score the published features (every enabled model must have one)."""
+    return _choose(run, may_train=False, train=False)
+
+
+def every_model_to_train(run: Run) -> ModelSet:
+    """Every enabled model, to be trained (MLflow must answer)."""
+    registry.connect(run.settings.paths.warehouse, run.settings.churn.experiment)
+    return ModelSet(tuple(ModelChoice(m, train=m.enabled(run.settings)) for m in MODELS))
+
+
+def _choose(run: Run, *, may_train: bool, train: bool) -> ModelSet:
+    settings = run.settings
+    choices = []
+    client = None
+    for model in MODELS:
+        if not model.enabled(settings):
+            run.models[model.kind] = ModelOutcome("disabled")
+            choices.append(ModelChoice(model))
+            continue
+        client = client or registry.connect(settings.paths.warehouse, settings.churn.experiment)
+        name = model.registered_name(settings)
+        if may_train and (train or registry.champion_version(client, name) is None):
+            choices.append(ModelChoice(model, train=True))
+            continue
+        scoring = registry.scoring_model(client, name)
+        require_inputs(scoring, FEATURE_TYPES)
+        run.models[model.kind] = ModelOutcome("champion", scoring.version)
+        choices.append(ModelChoice(model, scoring))
+    return ModelSet(tuple(choices))
+
+
+def train_models(run: Run, models: ModelSet, validated: Validated, features: Features) -> ModelSet:
+    """Train the models chosen for training, before the features are published so this run's models score them.
+    A model the data cannot support is skipped with a warning; a compatible champion of an earlier run scores
+    instead, if there is one."""
+    to_train = [choice for choice in models if choice.train]
+    if any(choice.model.uses_features for choice in to_train):
+        run.keep(features.df)  # a second reader: the features stage writes them (and releases them)
+    data = _training_data(run, validated, features)
+    client = registry.connect(run.settings.paths.warehouse, run.settings.churn.experiment) if to_train else None
+    for choice in to_train:
+        model, name = choice.model, choice.model.registered_name(run.settings)
+        try:
+            trained = model.train(data, run.settings, run)
+        except ModelSkipped as skipped:
+            scoring = _earlier_champion(run, model, name, skipped.reason, client)
+        else:
+            scoring = registry.scoring_model(client, name)
+            run.models[model.kind] = ModelOutcome("trained" if scoring.version == trained else "champion",
+                                                  scoring.version)
+        models = models.with_choice(ModelChoice(model, scoring))
+    return models
+
+
+def train_every_model(run: Run, models: ModelSet, validated: Validated, features: Features) -> ModelSet:
+    """`segscale train`: train every enabled model; a model the data cannot support fails the command (training
+    is its only job) after the others are registered."""
+    data = _training_data(run, validated, features)
+    skipped = []
+    for choice in models:
+        if not choice.train:
+            continue
+        try:
+            run.models[choice.model.kind] = ModelOutcome("trained", choice.model.train(data, run.settings, run))
+        except ModelSkipped as exc:
+            run.models[choice.model.kind] = ModelOutcome("skipped", None, exc.reason)
+            skipped.append(exc)
+    if skipped:
+        registered = [f"{kind} v{o.version}" for kind, o in run.models.items() if o.status == "trained"]
+        raise InputError("; ".join(str(exc) for exc in skipped)
+                         + (f" (registered: {', '.join(registered)})" if registered else ""))
+    return models
+
+
+def _training_data(run: Run, validated: Validated, features: Features) -> TrainingData:
+    truth = f"{run.settings.paths.input.rstrip('/')}/customer_truth"  # only generated inputs have one
+    truth_df = run.warehouse.store.read(truth) if detect_format(truth) == "delta" else None
+    return TrainingData(run.snapshot_date, validated, features.df, truth_df)
+
+
+def _earlier_champion(run: Run, model: Model, name: str, reason: str, client: Any) -> ScoringModel | None:
+    version = registry.champion_version(client, name)
+    scoring = registry.scoring_model(client, name, version) if version is not None else None
+    incompatible = None
+    if scoring is not None:
+        try:
+            require_inputs(scoring, FEATURE_TYPES)
+        except InputError as exc:
+            incompatible = str(exc)
+    kind = model.kind
+    if scoring is None or incompatible:
+        run.models[kind] = ModelOutcome("skipped", None, reason)
+        why_not = f"its champion v{version} cannot score: {incompatible}" if incompatible else "no earlier champion"
+        run.warn(f"{kind} model skipped: {reason}. Its columns of customer_scores are null ({why_not}).")
+        return None
+    run.models[kind] = ModelOutcome("earlier champion", scoring.version, reason)
+    run.warn(f"{kind} model skipped: {reason}. Scored with {scoring.uri}, the champion of an earlier run.")
+    return scoring
+
+
+# ---- inputs and features -------------------------------------------------------------------------------------
+def ingest(run: Run) -> InputTables:
+    """Read the input tables (Delta, Parquet or CSV) into frames of the input contract."""
+    settings = run.settings
+    with run.stage("ingest") as stage:
+        inputs = read_inputs(run.warehouse.store, settings.paths.input, settings.input.columns)
+        stage.record = IngestRecord(settings.paths.input, input_versions(settings.paths.input))
+    return inputs
+
+
+def validate(run: Run, inputs: InputTables) -> Validated:
+    """Flag every input row, stop when a table's bad share is too high, publish the snapshot's quarantine."""
+    return _validated(run, inputs, publish=True)
+
+
+def check_inputs(run: Run, inputs: InputTables) -> Validated:
+    """Validate like `validate`, without publishing the quarantine (`segscale train`)."""
+    return _validated(run, inputs, publish=False)
+
+
+def _validated(run: Run, inputs: InputTables, *, publish: bool) -> Validated:
+    settings = run.settings
+    with run.stage("validate") as stage:
+        validated = validate_inputs(inputs, settings.validation, run.snapshot_date, run.run_id, run.started_at)
+        # Counts, quarantine and features all read the flagged rows: computed once, kept for the whole run.
+        for flagged_df in validated.flagged.values():
+            run.keep(flagged_df)
+        counts = reason_counts(validated)
+        stage.record = ValidateRecord(counts)
+        check_bad_ratios(counts, settings.validation.max_bad_ratio)
+        if publish:
+            run.publish(stage, "quarantine", validated.quarantine, quarantined=counts)
+    return validated
+
+
+def compute_features(run: Run, validated: Validated) -> Features:
+    """One row of features per customer signed up by the snapshot date (defined here, computed when read)."""
+    settings = run.settings
+    customers_df = validated.customers.transform(filter_signed_up_by, run.snapshot_date)
+    return Features(customer_features(customers_df, validated.transactions, validated.interactions,
+                                      run.snapshot_date, settings.features, settings.rfm.lookback_days))
+
+
+def publish_features(run: Run, features: Features) -> Features:
+    """Publish customer_features; later stages read the published rows, never the events again."""
+    with run.stage("features") as stage:
+        run.publish(stage, "customer_features", features.df)
+    run.release(features.df)
+    return Features(run.snapshot_of("customer_features"))
+
+
+def published_features(run: Run) -> Features:
+    """The snapshot's published customer_features (`segscale segment`)."""
+    return Features(run.snapshot_of("customer_features"))
+
+
+# ---- scores ------------------------------------------------------------------------------------------------------
+def segment(run: Run, features: Features, models: ModelSet) -> Scores:
+    """Score every customer with the chosen models, then RFM, value tiers and lifecycle stages; publish
+    customer_scores."""
+    settings = run.settings
+    with run.stage("segment") as stage:
+        clv_model, churn_model = models.scoring(CLV), models.scoring(CHURN)
+        basis = settings.tiers.basis
+        if basis == "clv" and clv_model is None:
+            basis = "monetary"
+            run.warn("value tiers follow monetary (spend so far) instead of tiers.basis clv: this snapshot has no "
+                     "CLV model to score with")
+        predicted_df = _predicted(run, features.df, models)
+        # The sketch and the write read the same predictions: computed once.
+        if clv_model or churn_model:
+            run.keep(predicted_df)
+        sketch = quantile_sketch(predicted_df, extra=(basis,) if basis == "clv" else ())
+        cuts = cut_points(sketch, settings.rfm)
+        thresholds = tier_thresholds(sketch[basis], settings.tiers, basis)
+        thresholds_record = {"basis": basis, "high_value_above": thresholds.high_value_above,
+                             "potential_above": thresholds.potential_above}
+        scores_df = customer_scores(predicted_df, cuts, thresholds, settings, run.run_id)
+        # The counts are gathered while the rows are written, not by reading them back.
+        counts, value = Observation("tiers_by_stage"), Observation("clv_by_tier")
+        observed_df = scores_df.observe(counts, *_tier_stage_counters()).observe(value, *_clv_by_tier())
+        bands = _publish_scores(run, stage, observed_df, churn_model, rfm_cut_points=cuts.as_dict(),
+                                tier_thresholds=thresholds_record, clv_model=clv_model.uri if clv_model else None)
+        run.release(predicted_df)
+        stage.record = SegmentRecord(
+            churn_model=_named(churn_model), churn_risk_bands=bands, rfm_cut_points=cuts.as_dict(),
+            tier_thresholds=thresholds_record, tiers_by_stage=_tier_stage_counts(counts.get),
+            clv_model=_named(clv_model), clv_by_tier=dict(value.get) if clv_model else None,
+            clv_horizon_days=settings.clv.horizon_days)
+    return Scores(run.snapshot_of("customer_scores"))
+
+
+def rescore(run: Run, churn_version: int | None) -> Scores:
+    """`segscale score`: new churn columns for a published snapshot, every other column kept."""
+    settings = run.settings
+    client = registry.connect(settings.paths.warehouse, settings.churn.experiment)
+    churn = next(model for model in MODELS if model.kind == CHURN)
+    scoring = registry.scoring_model(client, settings.churn.model_name, churn_version)
+    with run.stage("score") as stage:
+        scores_df = run.snapshot_of("customer_scores")
+        churn_df = churn.predict(run.snapshot_of("customer_features"), churn.load(run.spark, scoring), settings)
+        rescored_df = (scores_df.drop(*CHURN_COLUMNS, "run_id")
+                       .join(churn_df.select("customer_id", *CHURN_COLUMNS), "customer_id", how="left")
+                       .select(*[F.lit(run.run_id).alias(c) if c == "run_id" else F.col(c)
+                                 for c in scores_df.columns]))
+        bands = _publish_scores(run, stage, rescored_df, scoring)
+        stage.record = ScoreRecord(_named(scoring), bands)
+    return Scores(run.snapshot_of("customer_scores"))
+
+
+def _predicted(run: Run, features_df: DataFrame, models: ModelSet) -> DataFrame:
+    """The features with every model's columns (null for a model that does not score)."""
+    predicted_df = features_df
+    for choice in models:
+        loaded = choice.model.load(run.spark, choice.scoring) if choice.scoring else None
+        predicted_df = choice.model.predict(predicted_df, loaded, run.settings)
+    return predicted_df
+
+
+def _publish_scores(run: Run, stage: Any, scores_df: DataFrame, churn_model: ScoringModel | None,
+                    **extra: Any) -> dict[str, int]:
+    """Publish the snapshot of customer_scores (the commit names the churn model); the rows per risk band,
+    counted during the write."""
+    bands = Observation("churn_risk_bands")
+    band = F.col("churn_risk_band")
+    observed_df = scores_df.observe(bands, *[F.count_if(band == F.lit(b)).alias(b) for b in RISK_BANDS],
+                                    F.count_if(band.isNull()).alias("unscored"))
+    run.publish(stage, "customer_scores", observed_df, model_version=churn_model.uri if churn_model else None,
+                **extra)
+    return dict(bands.get)
+
+
+def _named(model: ScoringModel | None) -> dict[str, Any] | None:
+    return {"name": model.name, "version": model.version} if model else None
+
+
+def _tier_stage_counters() -> list[Column]:
+    tier, stage = F.col("value_tier"), F.col("lifecycle_stage")
+    return [F.count_if((tier == F.lit(t)) & (stage == F.lit(s))).alias(f"{t}/{s}")
+            for t in VALUE_TIERS for s in LIFECYCLE_STAGES]
+
+
+def _tier_stage_counts(observed: dict[str, int]) -> dict[str, dict[str, int]]:
+    """{tier: {stage: customers}} from the observed counters, leaving out empty combinations."""
+    counts: dict[str, dict[str, int]] = {}
+    for key, customers in observed.items():
+        if customers:
+            tier, stage = key.split("/")
+            counts.setdefault(tier, {})[stage] = customers
+    return counts
+
+
+def _clv_by_tier() -> list[Column]:
+    tier = F.col("value_tier")
+    return [F.coalesce(F.sum(F.when(tier == F.lit(t), F.col("clv"))), F.lit(0.0)).alias(t) for t in VALUE_TIERS]
+
+
+def migration(run: Run, scores: Scores) -> None:
+    """Customers moving between (value tier, lifecycle stage) since the previous snapshot."""
+    warehouse = run.warehouse
+    with run.stage("migration") as stage:
+        previous = [d for d in warehouse.partition_values("customer_scores", "snapshot_date")
+                    if d < run.snapshot_date.isoformat()]
+        stage.record = MigrationRecord(previous[-1] if previous else None)
+        if not previous:
+            return
+        previous_date = dt.date.fromisoformat(previous[-1])
+        migration_df = segment_migration(run.snapshot_of("customer_scores", previous_date), scores.df,
+                                         previous_date, run.snapshot_date, run.run_id)
+        run.publish(stage, "segment_migration", migration_df)
+
+
+# ---- the plan ----------------------------------------------------------------------------------------------------
+def published_scores(run: Run) -> Scores:
+    """The snapshot's published customer_scores (`segscale plan`)."""
+    return Scores(run.snapshot_of("customer_scores"))
+
+
+def plan(run: Run, scores: Scores) -> None:
+    """Publish retention_plan and retention_summary from the snapshot's customer_scores. Without a churn
+    probability and a CLV for anyone (a model disabled or skipped), the plan is empty and retention_summary says
+    why, so an earlier plan of the snapshot never stays behind."""
+    settings = run.settings
+    with run.stage("plan") as stage:
+        retention = settings.retention
+        scored = scored_by_tier(scores.df)
+        note = None if sum(scored.values()) else _why_no_plan(run)
+        with ranked(candidates(scores.df, retention), retention.budget) as ranked_df:
+            counted = Observation("plan_by_tier")
+            run.publish(stage, "retention_plan", retention_plan(ranked_df, run.run_id).observe(counted,
+                                                                                              *plan_counters()),
+                        budget=retention.budget)
+            rows = summary_rows(counted.get, scored, retention, note)
+        summary_df = run.spark.createDataFrame(
+            [{**row, "snapshot_date": run.snapshot_date, "run_id": run.run_id} for row in rows], SUMMARY_SCHEMA)
+        run.publish(stage, "retention_summary", summary_df, added_columns=("note",), budget=retention.budget)
+        if note and settings.churn.enabled and settings.clv.enabled:  # not what the config asked for
+            run.warn(f"the retention plan is empty: {note}")
+        stage.record = PlanRecord({
+            "budget": retention.budget, "spend": sum(row["spend"] for row in rows), "note": note,
+            "customers_targeted": sum(row["customers_targeted"] for row in rows),
+            "expected_saved_value": sum(row["expected_saved_value"] for row in rows),
+            "tiers": {row["value_tier"]: {k: row[k] for k in ("treatment", "scored_customers", *PLAN_METRICS,
+                                                               "share_of_budget", "roi")} for row in rows},
+        })
+
+
+def plan_if_scored(run: Run, scores: Scores) -> None:
+    """After a rescore, rebuild the plan (it ranks by churn probability) when CLV is enabled."""
+    if run.settings.clv.enabled:
+        plan(run, scores)
+
+
+def _why_no_plan(run: Run) -> str:
+    """Why no customer of the snapshot has both a churn probability and a CLV."""
+    disabled = [f"{model.kind}.enabled is false" for model in MODELS if not model.enabled(run.settings)]
+    if disabled:
+        return " and ".join(disabled)
+    skipped = [f"no {kind} model ({outcome.skipped})" for kind, outcome in run.models.items()
+               if outcome.status == "skipped"]
+    if skipped:
+        return "; ".join(skipped)
+    return "no customer of this snapshot has both a churn probability and a CLV (they need a purchase)"
+
