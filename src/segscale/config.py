@@ -1,27 +1,40 @@
 """Load and validate segscale's configuration.
 
-Layers, lowest first: the defaults below (mirrored by conf/base.yaml), conf/base.yaml next to the chosen file,
-the chosen file, SEGSCALE_* environment variables, command-line flags. Every value remembers the layer it came
-from, so a bad value is reported with the file, variable or flag that set it.
+`Settings` is a pydantic-settings `BaseSettings`. `load_settings` layers it, highest first: command-line flags,
+SEGSCALE_<SECTION>__<KEY> environment variables, the chosen YAML file, conf/base.yaml next to it, the defaults below
+(mirrored by conf/base.yaml). Every source records the keys it set, so a bad value is reported with the flag,
+variable or file it came from. `Settings(...)` itself is the defaults and what it is given, nothing from outside.
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from segscale.contract import CONTRACT
 from segscale.errors import ConfigError
 
 ENV_PREFIX = "SEGSCALE_"
+ENV_NESTED_DELIMITER = "__"
 # The one SEGSCALE_* variable that is not a config key: it names the config file.
 CONFIG_FILE_ENV = "SEGSCALE_CONFIG"
 DEFAULT_CONFIG_FILE = Path("conf/local.yaml")
@@ -302,7 +315,10 @@ class RetentionSettings(_Section):
     treatments: Treatments = Field(default_factory=Treatments)
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, case_sensitive=False, env_prefix=ENV_PREFIX,
+                                      env_nested_delimiter=ENV_NESTED_DELIMITER)
+
     paths: PathSettings = Field(default_factory=PathSettings)
     input: InputSettings = Field(default_factory=InputSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
@@ -344,6 +360,84 @@ class Settings(_Section):
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Highest first: init (the flags), environment, the chosen file, base.yaml; the defaults come last."""
+        layers = _LAYERS.get()
+        if layers is None:  # Settings(...) outside load_settings: the defaults and its arguments only
+            return (init_settings,)
+        return (init_settings, _Environment(settings_cls, layers.environ, layers.origins),
+                *(_YamlFile(settings_cls, path, layers.origins) for path in reversed(layers.files)))
+
+
+@dataclass
+class _Layers:
+    """What load_settings puts under the flags: config files (lowest first) and the environment; `origins` maps
+    each dotted key to the flag, variable or file that set it (the highest layer first, so setdefault)."""
+
+    files: tuple[Path, ...]
+    environ: Mapping[str, str]
+    origins: dict[str, str] = field(default_factory=dict)
+
+
+_LAYERS: contextvars.ContextVar[_Layers | None] = contextvars.ContextVar("segscale_config_layers", default=None)
+
+
+class _Environment(EnvSettingsSource):
+    """SEGSCALE_<SECTION>__<KEY> variables of `environ`. A value is read as YAML, as it would be in a file
+    (`false`, `7`, `null`, `[a, b]`), also inside free-form mappings such as churn.estimator_params."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str], origins: dict[str, str]):
+        super().__init__(settings_cls)
+        self.env_vars = parse_env_vars(environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+        self.config_variables = {name: (name[len(ENV_PREFIX):].lower(), raw)
+                                 for name, raw in sorted(environ.items()) if is_config_variable(name)}
+        for name, (key, _) in self.config_variables.items():
+            origins.setdefault(key.replace(ENV_NESTED_DELIMITER, "."), f"environment {name}")
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        return _yaml_value(value)
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        for key, raw in self.config_variables.values():
+            *parents, leaf = key.split(ENV_NESTED_DELIMITER)
+            if (parents or [leaf])[0] not in self.settings_cls.model_fields:
+                # names no section (a typo like SEGSCALE_CHURN_ENABLED): extra="forbid" refuses it as an unknown key
+                data[key.replace(ENV_NESTED_DELIMITER, ".")] = raw
+                continue
+            node: Any = data
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and node.get(leaf) == raw and raw != "":
+                node[leaf] = _yaml_value(raw)  # a scalar the library left as the variable's text
+        return data
+
+
+class _YamlFile(YamlConfigSettingsSource):
+    """One YAML config file; unreadable YAML or a file that is not a mapping of sections is a ConfigError."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path, origins: dict[str, str]):
+        super().__init__(settings_cls, yaml_file=path)
+        for key in _dotted_keys(self.yaml_data):
+            origins.setdefault(key, str(path))
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file_path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {file_path} must hold a mapping of sections, not {type(data).__name__}")
+        return data
+
 
 def load_settings(
     config_file: str | Path | None = None,
@@ -352,40 +446,43 @@ def load_settings(
 ) -> Settings:
     """Build the effective settings from defaults, files, environment and flags (dotted keys in `overrides`)."""
     environ = os.environ if environ is None else environ
-    merged: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-
+    files: tuple[Path, ...] = ()
     path = _choose_config_file(config_file, environ)
     if path is not None:
         base = path.parent / BASE_FILE_NAME
-        if base.exists() and base.resolve() != path.resolve():
-            _merge(merged, sources, _read_yaml(base), str(base))
-        _merge(merged, sources, _read_yaml(path), str(path))
+        files = (base, path) if base.exists() and base.resolve() != path.resolve() else (path,)
 
-    for name, raw in sorted(environ.items()):
-        if is_config_variable(name):
-            key = name[len(ENV_PREFIX):].lower().replace("__", ".")
-            _merge(merged, sources, _nest(key, yaml.safe_load(raw) if raw != "" else raw), f"environment {name}")
-
+    flags: dict[str, Any] = {}
+    layers = _Layers(files, environ)
     for key, value in (overrides or {}).items():
         if value is not None:
-            flag = "--" + key.split(".")[-1].replace("_", "-")
-            _merge(merged, sources, _nest(key, value), f"command-line flag {flag}")
+            *sections, name = key.split(".")
+            node = flags
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[name] = value
+            layers.origins[key] = f"command-line flag --{name.replace('_', '-')}"
 
+    token = _LAYERS.set(layers)
     try:
-        return Settings.model_validate(merged)
+        return Settings(**flags)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, sources)) from None
+        raise ConfigError(_describe(exc, layers.origins)) from None
+    finally:
+        _LAYERS.reset(token)
 
 
 def is_config_variable(name: str) -> bool:
-    """SEGSCALE_<SECTION>__<KEY> sets a config key. A SEGSCALE_* variable whose name starts with a section's
-    name is taken as one too, so a typo (SEGSCALE_CHURN_ENABLED) is an error rather than silently ignored; other
-    SEGSCALE_* variables (SEGSCALE_CONFIG, SEGSCALE_WAREHOUSE for the notebooks) are not config."""
-    if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
+    """SEGSCALE_<SECTION>__<KEY> sets a config key (names are case-insensitive, as pydantic-settings reads them).
+    A SEGSCALE_* variable whose name starts with a section's name is taken as one too, so a typo
+    (SEGSCALE_CHURN_ENABLED) is an error rather than silently ignored; other SEGSCALE_* variables (SEGSCALE_CONFIG,
+    SEGSCALE_WAREHOUSE for the notebooks) are not config."""
+    upper = name.upper()
+    if not upper.startswith(ENV_PREFIX) or upper == CONFIG_FILE_ENV:
         return False
-    rest = name[len(ENV_PREFIX):].lower()
-    return "__" in rest or any(rest == section or rest.startswith(section + "_") for section in Settings.model_fields)
+    rest = upper[len(ENV_PREFIX):].lower()
+    return ENV_NESTED_DELIMITER in rest or any(rest == section or rest.startswith(section + "_")
+                                               for section in Settings.model_fields)
 
 
 def _choose_config_file(config_file: str | Path | None, environ: Mapping[str, str]) -> Path | None:
@@ -398,37 +495,20 @@ def _choose_config_file(config_file: str | Path | None, environ: Mapping[str, st
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _yaml_value(raw: Any) -> Any:
+    """A variable's text as YAML; text that is not valid YAML stays text, for validation to refuse by key."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
-    return data
+        return yaml.safe_load(raw) if isinstance(raw, str) else raw
+    except yaml.YAMLError:
+        return raw
 
 
-def _nest(dotted: str, value: Any) -> dict[str, Any]:
-    out: Any = value
-    for part in reversed(dotted.split(".")):
-        out = {part: out}
-    return out
-
-
-def _merge(into: dict[str, Any], sources: dict[str, str], layer: Mapping[str, Any], origin: str,
-           prefix: str = "") -> None:
-    for key, value in layer.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict) and key != "conf":
-            _merge(into[key], sources, value, origin, dotted + ".")
-        elif isinstance(value, Mapping) and key not in into:
-            into[key] = {}
-            _merge(into[key], sources, value, origin, dotted + ".")
+def _dotted_keys(tree: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            yield from _dotted_keys(value, f"{prefix}{key}.")
         else:
-            into[key] = value
-            sources[dotted] = origin
+            yield f"{prefix}{key}"
 
 
 def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
