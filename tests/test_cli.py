@@ -143,6 +143,16 @@ def test_bad_config_exits_2_with_key_and_file(spark, tmp_path, capsys):
     assert code == 2 and "delta.max_commit_retries" in err and str(config) in err
 
 
+def test_bad_config_variable_exits_2_naming_the_variable_and_its_value(spark, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEGSCALE_VALIDATION__MAX_BAD_RATIO", "1.5")
+    code = main(["run", "--warehouse", str(tmp_path / "wh"), "--snapshot-date", SNAPSHOT], spark=spark)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "validation.max_bad_ratio: Input should be less than or equal to 1 (got 1.5) " \
+           "[from environment SEGSCALE_VALIDATION__MAX_BAD_RATIO]" in err
+    assert not (tmp_path / "wh").exists()
+
+
 def test_bad_date_is_an_argument_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--snapshot-date", "2024-02-30"])

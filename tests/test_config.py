@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from segscale.config import Settings, load_settings
-from segscale.errors import ConfigError
+from segscale.config import Settings, SparkSettings, load_settings
+from segscale.errors import ConfigError, InputError
+from segscale.models import registry
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 
 
 def write(path: Path, text: str) -> Path:
@@ -40,7 +43,139 @@ def test_every_key_a_shipped_config_file_sets_takes_effect(name):
         for key in path:
             found = found[key]
         assert found == json.loads(json.dumps(value, default=str)), f"{name}: {'.'.join(path)}"
-    assert loaded["delta"]["backend"] == {"local.yaml": "delta-rs", "cluster.yaml": "delta-spark"}[name]
+
+
+# What each shipped file must give, over base.yaml: where it reads and publishes, which Delta backend and Spark
+# master it runs on, where MLflow tracks (None: the file needs MLFLOW_TRACKING_URI), and that both models run.
+EMBEDDED_STORE = f"sqlite:///{ROOT / 'mlflow.db'}"  # beside the relative warehouse/, in the checkout
+SHIPPED = {
+    "base.yaml": {"paths.input": "data/input", "paths.warehouse": "warehouse", "delta.backend": "auto",
+                  "spark.master": "local[*]", "spark.driver_memory": "4g", "mlflow": EMBEDDED_STORE},
+    "local.yaml": {"paths.input": "data/demo", "paths.warehouse": "warehouse", "delta.backend": "delta-rs",
+                   "spark.master": "local[*]", "spark.driver_memory": "8g", "mlflow": EMBEDDED_STORE},
+    "cluster.yaml": {"paths.input": "s3a://example-bucket/segscale/input",
+                     "paths.warehouse": "s3a://example-bucket/segscale/warehouse", "delta.backend": "delta-spark",
+                     "delta.max_rows_per_file": 5_000_000, "mlflow": None},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_config_files_are_valid(name, monkeypatch):
+    monkeypatch.chdir(ROOT)  # relative paths and the default MLflow store resolve against the checkout
+    settings = load_settings(CONF / name, environ={})
+    expected = SHIPPED[name]
+    for key, value in expected.items():
+        if key != "mlflow":
+            section, attribute = key.split(".")
+            assert getattr(getattr(settings, section), attribute) == value, f"{name}: {key}"
+    assert settings.churn.enabled and settings.clv.enabled and settings.tiers.basis == "clv", name
+    if expected["mlflow"] is None:
+        with pytest.raises(InputError, match="set MLFLOW_TRACKING_URI"):
+            registry.tracking_uri(settings.paths.warehouse)
+    else:
+        assert registry.tracking_uri(settings.paths.warehouse) == expected["mlflow"]
+    if name == "cluster.yaml":  # under spark-submit the cluster's session is taken as it is: nothing to set there
+        assert settings.spark == SparkSettings()
+
+
+def test_every_config_file_shipped_or_named_by_a_schedule_is_checked():
+    assert {path.name for path in CONF.glob("*.y*ml")} == set(SHIPPED)
+    named = {match for path in (CONF / "schedules").rglob("*") if path.is_file()
+             for match in re.findall(r"conf/([\w.-]+\.ya?ml)", path.read_text())}
+    assert named and named <= set(SHIPPED)
+
+
+def test_the_databricks_job_runs_cluster_yaml_with_the_tracking_it_sets(monkeypatch):
+    bundle = yaml.safe_load((CONF / "schedules" / "databricks" / "databricks.yml").read_text())
+    for job in bundle["resources"]["jobs"].values():
+        environment = {name: str(value) for cluster in job["job_clusters"]
+                       for name, value in cluster["new_cluster"].get("spark_env_vars", {}).items()}
+        for task in job["tasks"]:
+            parameters = task["spark_python_task"]["parameters"]
+            config = parameters[parameters.index("--config") + 1].replace("${workspace.file_path}", str(ROOT))
+            settings = load_settings(config, environ=environment)
+            assert settings.delta.backend == "delta-spark"
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", environment["MLFLOW_TRACKING_URI"])
+            assert registry.tracking_uri(settings.paths.warehouse) == "databricks"
+
+
+def test_each_layer_overrides_the_one_below(tmp_path):
+    """flag > SEGSCALE_* variable > chosen file > base.yaml beside it > built-in defaults, one key at a time."""
+    base = write(tmp_path / "base.yaml", "delta:\n  max_commit_retries: 1\n  row_group_rows: 1000\n")
+    chosen = write(tmp_path / "c.yaml", "delta:\n  max_commit_retries: 2\n")
+    env = {"SEGSCALE_DELTA__MAX_COMMIT_RETRIES": "3"}
+    assert load_settings(chosen, {"delta.max_commit_retries": 4}, environ=env).delta.max_commit_retries == 4
+    assert load_settings(chosen, {"delta.max_commit_retries": None}, environ=env).delta.max_commit_retries == 3
+    assert load_settings(chosen, environ={}).delta.max_commit_retries == 2
+    assert load_settings(base, environ={}).delta.max_commit_retries == 1
+    (tmp_path / "alone").mkdir()  # a file with no base.yaml beside it, setting nothing
+    alone = write(tmp_path / "alone" / "c.yaml", "")
+    assert load_settings(alone, environ={}).delta.max_commit_retries == Settings().delta.max_commit_retries == 5
+    for settings in (load_settings(chosen, {"delta.max_commit_retries": 4}, environ=env),
+                     load_settings(chosen, environ={})):
+        assert settings.delta.row_group_rows == 1000  # set by base.yaml only: nothing above touches it
+        assert settings.delta.compression == "zstd"  # set by no layer: the default
+
+
+def test_environment_overrides_a_nested_key_and_keeps_its_siblings(tmp_path):
+    config = write(tmp_path / "c.yaml", "churn:\n  risk_bands: {medium: 0.2}\n  estimator_params: {max_iter: 50}\n"
+                                        "rfm:\n  lookback_days: 400\n")
+    env = {"SEGSCALE_CHURN__RISK_BANDS__CRITICAL": "0.9", "SEGSCALE_CHURN__ESTIMATOR_PARAMS__LEARNING_RATE": "0.05",
+           "SEGSCALE_RFM__LOOKBACK_DAYS": "null", "SEGSCALE_FEATURES__ONLINE_CHANNELS": "[web, app]"}
+    settings = load_settings(config, environ=env)
+    assert settings.churn.risk_bands.model_dump() == {"medium": 0.2, "high": 0.5, "critical": 0.9}
+    # free-form parameters are typed as in YAML: the estimator gets a float, not the text "0.05"
+    assert settings.churn.estimator_params == {"max_iter": 50, "learning_rate": 0.05}
+    assert settings.rfm.lookback_days is None
+    assert settings.features.online_channels == ("web", "app")
+
+
+def test_a_whole_section_can_come_from_one_variable():
+    settings = load_settings(environ={"SEGSCALE_DELTA": "{backend: delta-spark, compression: snappy}",
+                                      "SEGSCALE_DELTA__COMPRESSION": "gzip"})
+    assert (settings.delta.backend, settings.delta.compression) == ("delta-spark", "gzip")
+
+
+def test_settings_itself_reads_neither_the_environment_nor_a_file(tmp_path, monkeypatch):
+    """Settings() is the defaults wherever it runs; load_settings() reads os.environ and conf/local.yaml."""
+    (tmp_path / "conf").mkdir()
+    write(tmp_path / "conf" / "local.yaml", "generate:\n  customers: 11\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SEGSCALE_DELTA__BACKEND", "delta-spark")
+    assert Settings() == Settings.model_validate({})
+    assert Settings().delta.backend == "auto" and Settings().generate.customers == 20_000
+    loaded = load_settings()
+    assert (loaded.delta.backend, loaded.generate.customers) == ("delta-spark", 11)
+
+
+def test_a_bad_value_in_base_yaml_names_base_yaml_not_the_chosen_file(tmp_path):
+    base = write(tmp_path / "base.yaml", "generate:\n  customers: many\n")
+    chosen = write(tmp_path / "c.yaml", "generate:\n  seed: 3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(chosen, environ={})
+    assert str(caught.value) == ("invalid configuration:\n  generate.customers: Input should be a valid integer, "
+                                 f"unable to parse string as an integer (got 'many') [from {base}]")
+
+
+def test_a_bad_variable_over_a_good_file_names_the_variable_and_its_value(tmp_path):
+    config = write(tmp_path / "c.yaml", "tiers:\n  high_value_share: 0.25\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={"SEGSCALE_TIERS__HIGH_VALUE_SHARE": "lots"})
+    assert str(caught.value) == ("invalid configuration:\n  tiers.high_value_share: Input should be a valid number, "
+                                 "unable to parse string as a number (got 'lots') "
+                                 "[from environment SEGSCALE_TIERS__HIGH_VALUE_SHARE]")
+    with pytest.raises(ConfigError, match=r"validation\.transaction_types: .*tuple \(got '\[unclosed'\) "
+                                          r"\[from environment SEGSCALE_VALIDATION__TRANSACTION_TYPES\]"):
+        load_settings(config, environ={"SEGSCALE_VALIDATION__TRANSACTION_TYPES": "[unclosed"})
+    with pytest.raises(ConfigError, match=r"spark\.conf\.a: .*valid string \(got 1\) "
+                                          r"\[from environment SEGSCALE_SPARK__CONF\]"):
+        load_settings(config, environ={"SEGSCALE_SPARK__CONF": "{a: 1}"})
+
+
+def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path):
+    config = write(tmp_path / "c.yaml", "- delta\n- spark\n")
+    with pytest.raises(ConfigError, match=rf"config file {config} must hold a mapping of sections, not list"):
+        load_settings(config, environ={})
 
 
 def test_local_yaml_is_layered_over_base_yaml(tmp_path):
@@ -146,5 +281,7 @@ def test_only_variables_naming_a_section_are_config():
     environ = {"SEGSCALE_WAREHOUSE": "/notebooks/read/this", "SEGSCALE_HOME": "/opt/segscale",
                "SEGSCALE_REQUIRE_BROWSER": "1", "SEGSCALE_RFM__BINS": "4"}
     assert load_settings(environ=environ).rfm.bins == 4
-    with pytest.raises(ConfigError, match="churn_enabled: unknown key"):  # a typo of SEGSCALE_CHURN__ENABLED
-        load_settings(environ={"SEGSCALE_CHURN_ENABLED": "false"})
+    with pytest.raises(ConfigError, match=r"churn_enabled: unknown key \[from environment SEGSCALE_CHURN_ENABLED\]"):
+        load_settings(environ={"SEGSCALE_CHURN_ENABLED": "false"})  # a typo of SEGSCALE_CHURN__ENABLED
+    with pytest.raises(ConfigError, match=r"colour\.delta: unknown key \[from environment SEGSCALE_COLOUR__DELTA\]"):
+        load_settings(environ={"SEGSCALE_COLOUR__DELTA": "blue"})
