@@ -130,6 +130,13 @@ def test_environment_overrides_a_nested_key_and_keeps_its_siblings(tmp_path):
     assert settings.features.online_channels == ("web", "app")
 
 
+def test_mappings_merge_across_layers(tmp_path):
+    write(tmp_path / "base.yaml", "spark:\n  conf: {spark.sql.ansi.enabled: 'true'}\n")
+    config = write(tmp_path / "c.yaml", "spark:\n  conf: {spark.speculation: 'false'}\n")
+    settings = load_settings(config, environ={"SEGSCALE_SPARK__CONF__SPARK.SPECULATION": "'true'"})  # YAML text
+    assert settings.spark.conf == {"spark.sql.ansi.enabled": "true", "spark.speculation": "true"}
+
+
 def test_a_whole_section_can_come_from_one_variable():
     settings = load_settings(environ={"SEGSCALE_DELTA": "{backend: delta-spark, compression: snappy}",
                                       "SEGSCALE_DELTA__COMPRESSION": "gzip"})
