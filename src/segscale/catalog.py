@@ -21,7 +21,7 @@ from typing import Literal
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from segscale.errors import SchemaMismatchError
+from segscale.errors import InputError, SchemaMismatchError
 
 WriteMode = Literal["replace_partition", "append"]
 DICTIONARY_FILE = "data-dictionary.md"
@@ -575,7 +575,7 @@ BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
 def table(name: str) -> Table:
     """The catalog entry of a table name a user typed (`segscale history NAME`, ...)."""
     if name not in BY_NAME:
-        raise SchemaMismatchError(f"{name!r} is not a segscale table; the catalog has {', '.join(BY_NAME)}")
+        raise InputError(f"{name!r} is not a segscale table; the catalog has {', '.join(BY_NAME)}")
     return BY_NAME[name]
 
 
