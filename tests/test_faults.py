@@ -16,6 +16,7 @@ from frames import settings_for
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from segscale import catalog
 from segscale.cli import main
 from segscale.config import Settings
 from segscale.io.delta import Warehouse
@@ -135,7 +136,7 @@ def test_two_runs_of_the_same_snapshot_at_once_publish_one_result(spark, inputs,
         history = DeltaTable(str(warehouse / name)).history()  # the log stays readable
         assert history and all("userMetadata" in entry for entry in history)
     assert_same_tables(spark, warehouse, clean)
-    scores = Warehouse(spark, str(warehouse), clean.store.settings).read("customer_scores")
+    scores = Warehouse(spark, str(warehouse), clean.store.settings).read(catalog.CUSTOMER_SCORES)
     assert scores.where(F.col("snapshot_date") != F.lit(SNAPSHOT)).count() == 0
 
 
