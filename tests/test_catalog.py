@@ -37,7 +37,8 @@ def test_every_column_is_in_the_dictionary_once_with_its_type():
     for table in catalog.TABLES:
         section = text.split(f"## `{table}`\n", 1)[1].split("\n## ", 1)[0]
         for column in table.columns:
-            rows = [line for line in section.splitlines() if f"`{column.name}`" in line.split(" | ")[0]]
+            rows = [line for line in section.splitlines()
+                    if line.startswith("| `") and f"`{column.name}`" in line.split(" | ")[0]]
             assert len(rows) == 1, f"{table}.{column.name}"
             assert column.type in rows[0].split(" | ")[1], f"{table}.{column.name}"
 
