@@ -9,7 +9,7 @@ DEMO_SNAPSHOT ?= 2024-12-31
 DEMO_PREVIOUS ?= 2024-09-30
 DEMO_CUSTOMERS ?= 20000
 
-.PHONY: demo test lint bench wheel clean check-java
+.PHONY: demo test lint docs bench wheel clean check-java
 
 check-java:
 	@java -version >/dev/null 2>&1 || { \
@@ -40,6 +40,10 @@ test: check-java $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src jobs tests benchmarks notebooks
+
+# The data dictionary (docs/data-dictionary.md) is generated from the table catalog (src/segscale/catalog.py).
+docs: $(STAMP)
+	$(PY) -m segscale.catalog --update docs
 
 # Not part of `make test`: the whole pipeline at 1M and 6M customers, with DuckDB and plain PySpark on the same
 # files; about 35 minutes on 2 cores. Results: benchmarks/results/, docs/benchmarks.md. The component benchmarks

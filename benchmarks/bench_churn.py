@@ -64,6 +64,7 @@ def step_train(inputs: Path, work: Path) -> dict:
 def step_run(inputs: Path, work: Path) -> dict:
     from pyspark.sql import functions as F
 
+    from segscale.catalog import CUSTOMER_FEATURES
     from segscale.io.delta import Warehouse
     from segscale.models import registry
     from segscale.models.churn import churn_udf, with_churn_scores
@@ -76,7 +77,7 @@ def step_run(inputs: Path, work: Path) -> dict:
     assert "train" not in summary["stages"], "the run step expects the champion of the train step"
 
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
-    features_df = warehouse.read("customer_features").where(F.col("snapshot_date") == F.lit(SNAPSHOT))
+    features_df = warehouse.read(CUSTOMER_FEATURES).where(F.col("snapshot_date") == F.lit(SNAPSHOT))
     model = registry.scoring_model(registry.connect(settings.paths.warehouse, settings.churn.experiment),
                                    settings.churn.model_name)
     scored_df = features_df.transform(with_churn_scores, settings.churn.risk_bands, model,

@@ -34,6 +34,7 @@ SNAPSHOT = dt.date(2024, 12, 31)
 def measure(customers: int, data_dir: Path) -> dict:
     from pyspark.sql import functions as F
 
+    from segscale.catalog import CUSTOMER_FEATURES
     from segscale.config import Settings
     from segscale.io.delta import Warehouse
     from segscale.models.bgnbd import ClvParams, fit_bgnbd, fit_gamma_gamma
@@ -44,7 +45,7 @@ def measure(customers: int, data_dir: Path) -> dict:
                                         "spark": {"driver_memory": "12g"}, "delta": {"backend": "delta-rs"}})
     spark = get_spark(settings)
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
-    features_df = warehouse.read("customer_features").where(F.col("snapshot_date") == F.lit(SNAPSHOT))
+    features_df = warehouse.read(CUSTOMER_FEATURES).where(F.col("snapshot_date") == F.lit(SNAPSHOT))
     timings = {}
 
     def timed(name, fn):

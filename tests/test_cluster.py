@@ -25,10 +25,11 @@ import yaml
 from deltalake import DeltaTable
 from frames import D2, free_port
 
+from segscale import catalog
+
 ROOT = Path(__file__).resolve().parents[1]
 SPARK_HOME = Path(pyspark.__file__).parent
-SNAPSHOT_TABLES = ("quarantine", "customer_features", "customer_scores", "segment_migration", "retention_plan",
-                   "retention_summary")
+SNAPSHOT_TABLES = tuple(t.name for t in catalog.TABLES if "snapshot_date" in t.partition_by)
 # The same partitioning as the local test session (conftest), so both runs split the data the same way.
 SPARK_CONF = {"spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "4",
               "spark.sql.session.timeZone": "UTC", "spark.sql.execution.arrow.pyspark.enabled": "true",
@@ -110,7 +111,7 @@ def table_at(root: Path, name: str) -> pa.Table:
 
 
 def assert_same_rows(local: pa.Table, cluster: pa.Table, name: str) -> None:
-    assert cluster.num_rows == local.num_rows > 0 or name == "quarantine", name
+    assert cluster.num_rows == local.num_rows > 0 or name == catalog.QUARANTINE.name, name
     assert cluster.schema == local.schema, name
     for column in local.column_names:
         a, b = local[column].to_pylist(), cluster[column].to_pylist()

@@ -16,13 +16,14 @@ from frames import settings_for
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from segscale import catalog
 from segscale.cli import main
 from segscale.config import Settings
 from segscale.io.delta import Warehouse
 from segscale.pipeline import generate_inputs, run_pipeline
 
 SNAPSHOT = dt.date(2024, 6, 30)
-TABLES = ("quarantine", "customer_features", "customer_scores")
+TABLES = (catalog.QUARANTINE, catalog.CUSTOMER_FEATURES, catalog.CUSTOMER_SCORES)
 # Small inputs and no models: these tests are about the writes, and each run starts its own JVM.
 WITHOUT_MODELS = {"churn": {"enabled": False}, "clv": {"enabled": False}, "tiers": {"basis": "monetary"}}
 ENV_WITHOUT_MODELS = {"SEGSCALE_CHURN__ENABLED": "false", "SEGSCALE_CLV__ENABLED": "false",
@@ -65,11 +66,11 @@ def finish(process: subprocess.Popen) -> tuple[int, str]:
 
 def assert_same_tables(spark, warehouse: Path, clean: Warehouse) -> None:
     published = Warehouse(spark, str(warehouse), clean.store.settings)
-    for name in TABLES:
-        got = published.read(name).drop("run_id")
-        assertDataFrameEqual(got, clean.read(name).drop("run_id"), rtol=0, atol=0)
-        if name != "quarantine":
-            assert got.count() == got.select("customer_id").distinct().count(), f"{name} has duplicates"
+    for table in TABLES:
+        got = published.read(table).drop("run_id")
+        assertDataFrameEqual(got, clean.read(table).drop("run_id"), rtol=0, atol=0)
+        if table.key:
+            assert got.count() == got.select(*table.key).distinct().count(), f"{table} has duplicates"
 
 
 def committed_files(table: Path) -> set[str]:
@@ -131,11 +132,11 @@ def test_two_runs_of_the_same_snapshot_at_once_publish_one_result(spark, inputs,
     for code, err in outcomes:
         if code == 1:  # the loser of a commit race says so, and published nothing half-way
             assert "another writer" in err and "Traceback" not in err
-    for name in TABLES:
-        history = DeltaTable(str(warehouse / name)).history()  # the log stays readable
+    for table in TABLES:
+        history = DeltaTable(str(warehouse / table.name)).history()  # the log stays readable
         assert history and all("userMetadata" in entry for entry in history)
     assert_same_tables(spark, warehouse, clean)
-    scores = Warehouse(spark, str(warehouse), clean.store.settings).read("customer_scores")
+    scores = Warehouse(spark, str(warehouse), clean.store.settings).read(catalog.CUSTOMER_SCORES)
     assert scores.where(F.col("snapshot_date") != F.lit(SNAPSHOT)).count() == 0
 
 
@@ -178,7 +179,7 @@ def test_a_warehouse_without_write_permission_is_a_clear_error_and_nothing_chang
                                                                                   capsys, no_models):
     settings = settings_for(inputs, warehouse, **WITHOUT_MODELS)
     run_pipeline(spark, settings, SNAPSHOT)
-    versions = {name: DeltaTable(str(warehouse / name)).version() for name in TABLES}
+    versions = {t: DeltaTable(str(warehouse / t.name)).version() for t in TABLES}
     # Root may write anywhere a mode allows, so the warehouse is made immutable instead of read-only.
     locked = subprocess.run(["chattr", "-R", "+i", str(warehouse)], capture_output=True)
     if locked.returncode != 0:
@@ -189,5 +190,5 @@ def test_a_warehouse_without_write_permission_is_a_clear_error_and_nothing_chang
         subprocess.run(["chattr", "-R", "-i", str(warehouse)], check=True)
     err = capsys.readouterr().err
     assert f"refused the write to {warehouse}/quarantine" in err and "Operation not permitted" in err
-    assert {name: DeltaTable(str(warehouse / name)).version() for name in TABLES} == versions
+    assert {t: DeltaTable(str(warehouse / t.name)).version() for t in TABLES} == versions
     assert_same_tables(spark, warehouse, clean)

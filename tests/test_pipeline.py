@@ -15,6 +15,7 @@ from frames import D1, D2, GOLDEN_INPUT, settings_for
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from segscale import catalog
 from segscale.analyst.sql import run_query
 from segscale.cli.app import format_summary, main
 from segscale.config import Settings
@@ -23,23 +24,23 @@ from segscale.io.delta import Warehouse
 from segscale.pipeline import STAGE_TAG, Run, generate_inputs, run_pipeline
 
 
-def snapshot(warehouse: Warehouse, name: str, day: dt.date):
-    return warehouse.read(name).where(F.col("snapshot_date") == F.lit(day))
+def snapshot(warehouse: Warehouse, table: catalog.Table, day: dt.date):
+    return warehouse.read(table).where(F.col("snapshot_date") == F.lit(day))
 
 
 def test_every_table_is_published_per_snapshot(two_snapshots):
     _, warehouse, first, second = two_snapshots
-    for name in ("quarantine", "customer_features", "customer_scores"):
-        assert warehouse.partition_values(name, "snapshot_date") == [D1.isoformat(), D2.isoformat()], name
-    assert warehouse.partition_values("segment_migration", "snapshot_date") == [D2.isoformat()]
+    for table in (catalog.QUARANTINE, catalog.CUSTOMER_FEATURES, catalog.CUSTOMER_SCORES):
+        assert warehouse.partition_values(table, "snapshot_date") == [D1.isoformat(), D2.isoformat()], table
+    assert warehouse.partition_values(catalog.SEGMENT_MIGRATION, "snapshot_date") == [D2.isoformat()]
     assert first["stages"]["migration"]["previous_snapshot"] is None
     assert second["stages"]["migration"]["previous_snapshot"] == D1.isoformat()
 
 
 def test_scores_cover_every_customer_once_with_consistent_columns(two_snapshots):
     _, warehouse, _, _ = two_snapshots
-    scores = snapshot(warehouse, "customer_scores", D2)
-    features = snapshot(warehouse, "customer_features", D2)
+    scores = snapshot(warehouse, catalog.CUSTOMER_SCORES, D2)
+    features = snapshot(warehouse, catalog.CUSTOMER_FEATURES, D2)
     assert scores.count() == features.count() == scores.select("customer_id").distinct().count()
     prospects = scores.where(F.col("lifecycle_stage") == "prospect")
     assert prospects.where(F.col("r_score").isNotNull() | (F.col("value_tier") != "regular")).count() == 0
@@ -54,9 +55,9 @@ def test_scores_match_an_independent_duckdb_computation(two_snapshots):
     """Given the published features and the recorded cut points, DuckDB scores every buyer the same way."""
     _, warehouse, _, second = two_snapshots
     cuts = second["stages"]["segment"]["rfm_cut_points"]
-    features = snapshot(warehouse, "customer_features", D2).select("customer_id", "recency_days", "frequency",
+    features = snapshot(warehouse, catalog.CUSTOMER_FEATURES, D2).select("customer_id", "recency_days", "frequency",
                                                                    "monetary").toArrow()
-    scores = snapshot(warehouse, "customer_scores", D2).select("customer_id", "r_score", "f_score",
+    scores = snapshot(warehouse, catalog.CUSTOMER_SCORES, D2).select("customer_id", "r_score", "f_score",
                                                                "m_score").toArrow()
 
     def bins(column: str, values: list[float]) -> str:
@@ -79,7 +80,7 @@ def test_scores_match_an_independent_duckdb_computation(two_snapshots):
 
 def test_summary_counts_tiers_by_stage_as_published(two_snapshots):
     _, warehouse, _, second = two_snapshots
-    published = snapshot(warehouse, "customer_scores", D2).groupBy("value_tier", "lifecycle_stage").count()
+    published = snapshot(warehouse, catalog.CUSTOMER_SCORES, D2).groupBy("value_tier", "lifecycle_stage").count()
     expected: dict[str, dict[str, int]] = {}
     for row in published.collect():
         expected.setdefault(row.value_tier, {})[row.lifecycle_stage] = row["count"]
@@ -88,9 +89,9 @@ def test_summary_counts_tiers_by_stage_as_published(two_snapshots):
 
 def test_migration_accounts_for_every_customer_of_both_snapshots(two_snapshots):
     _, warehouse, _, _ = two_snapshots
-    migration = snapshot(warehouse, "segment_migration", D2)
-    ids_d1 = {r.customer_id for r in snapshot(warehouse, "customer_scores", D1).select("customer_id").collect()}
-    ids_d2 = {r.customer_id for r in snapshot(warehouse, "customer_scores", D2).select("customer_id").collect()}
+    migration = snapshot(warehouse, catalog.SEGMENT_MIGRATION, D2)
+    ids_d1 = {r.customer_id for r in snapshot(warehouse, catalog.CUSTOMER_SCORES, D1).select("customer_id").collect()}
+    ids_d2 = {r.customer_id for r in snapshot(warehouse, catalog.CUSTOMER_SCORES, D2).select("customer_id").collect()}
     assert migration.agg(F.sum("customers")).first()[0] == len(ids_d1 | ids_d2)
     arrived = migration.where(F.col("from_value_tier").isNull()).agg(F.sum("customers")).first()[0]
     assert arrived == len(ids_d2 - ids_d1)
@@ -100,11 +101,11 @@ def test_migration_accounts_for_every_customer_of_both_snapshots(two_snapshots):
 def test_quarantine_and_summary_carry_counts_per_reason(two_snapshots):
     settings, warehouse, first, _ = two_snapshots
     tables = first["stages"]["validate"]["tables"]
-    quarantine = snapshot(warehouse, "quarantine", D1)
+    quarantine = snapshot(warehouse, catalog.QUARANTINE, D1)
     by_reason = {(r.source_table, r.reason): r["count"] for r in quarantine.groupBy("source_table", "reason")
                  .count().collect()}
     assert by_reason == {(t, reason): n for t, c in tables.items() for reason, n in c["bad"].items() if n}
-    meta = json.loads(DeltaTable(warehouse.uri("quarantine")).history(1)[0]["userMetadata"])
+    meta = json.loads(DeltaTable(warehouse.uri(catalog.QUARANTINE)).history(1)[0]["userMetadata"])
     assert meta["extra"]["quarantined"] == json.loads(json.dumps(tables))
     text = format_summary(first)
     assert "duplicate_transaction_id" in text and "RFM cut points" in text and "高价值" in text
@@ -119,15 +120,16 @@ def test_rerunning_a_snapshot_three_times_yields_the_same_content(spark, two_sna
     shutil.copytree(Path(original.root.removeprefix("file://")).parent, tmp_path / "copy")
     copy_settings = settings_for(settings.paths.input, tmp_path / "copy" / "wh", retention={"budget": 2000.0})
     warehouse = Warehouse(spark, str(tmp_path / "copy" / "wh"), settings.delta)
-    names = ("quarantine", "customer_features", "customer_scores", "retention_plan", "retention_summary")
-    versions = {n: DeltaTable(warehouse.uri(n)).version() for n in names}
+    tables = (catalog.QUARANTINE, catalog.CUSTOMER_FEATURES, catalog.CUSTOMER_SCORES, catalog.RETENTION_PLAN,
+              catalog.RETENTION_SUMMARY)
+    versions = {t: DeltaTable(warehouse.uri(t)).version() for t in tables}
     for rerun in (1, 2):  # with the champions the first run registered
         run_pipeline(spark, copy_settings, D1)
-        for name in names:
-            published = snapshot(warehouse, name, D1).drop("run_id")
-            assertDataFrameEqual(published, snapshot(original, name, D1).drop("run_id"), rtol=0, atol=0)  # bits
-            assert DeltaTable(warehouse.uri(name)).version() == versions[name] + rerun
-        scores = snapshot(warehouse, "customer_scores", D1)
+        for table in tables:
+            published = snapshot(warehouse, table, D1).drop("run_id")
+            assertDataFrameEqual(published, snapshot(original, table, D1).drop("run_id"), rtol=0, atol=0)  # bits
+            assert DeltaTable(warehouse.uri(table)).version() == versions[table] + rerun
+        scores = snapshot(warehouse, catalog.CUSTOMER_SCORES, D1)
         assert scores.count() == scores.select("customer_id").distinct().count()
 
 

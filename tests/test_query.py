@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
+from segscale import catalog
 from segscale.cli import main
 from segscale.config import DeltaSettings
-from segscale.io.delta import CommitMetadata, Warehouse
+from segscale.io.delta import CommitMetadata, DeltaStore
 
 D1, D2 = dt.date(2024, 9, 30), dt.date(2024, 12, 31)
 SCORES = "customer_id string, snapshot_date date, value_tier string, clv double"
@@ -22,22 +23,23 @@ SCORES = "customer_id string, snapshot_date date, value_tier string, clv double"
 def warehouse(spark, tmp_path_factory):
     """customer_scores with two snapshots (the second written twice) and a small runs table."""
     root = tmp_path_factory.mktemp("query") / "wh"
-    tables = Warehouse(spark, str(root), DeltaSettings(backend="delta-rs"))
+    store = DeltaStore(spark, DeltaSettings(backend="delta-rs"))  # partial tables: below the catalog's checks
     rows = {D1: [("a", D1, "high_value", 100.0), ("b", D1, "regular", 5.0)],
             D2: [("a", D2, "high_value", 120.0), ("b", D2, "potential", 40.0), ("c", D2, "regular", None)]}
     for day, day_rows in rows.items():
-        tables.write("customer_scores", spark.createDataFrame(day_rows, SCORES), mode="replace_partition",
-                     partition_by=["snapshot_date"], replace={"snapshot_date": day},
-                     meta=CommitMetadata("r", "segment", "h", day.isoformat()))
+        store.write(f"{root}/{catalog.CUSTOMER_SCORES}", spark.createDataFrame(day_rows, SCORES),
+                    mode="replace_partition", partition_by=["snapshot_date"], replace={"snapshot_date": day},
+                    meta=CommitMetadata("r", "segment", "h", day.isoformat()))
     time.sleep(1.1)  # version 1 and version 2 are a second apart, for --as-of
     between = dt.datetime.now(dt.UTC)
     time.sleep(1.1)
     rescored = [("a", D2, "high_value", 130.0), ("b", D2, "potential", 45.0), ("c", D2, "regular", 1.0)]
-    tables.write("customer_scores", spark.createDataFrame(rescored, SCORES), mode="replace_partition",
-                 partition_by=["snapshot_date"], replace={"snapshot_date": D2},
-                 meta=CommitMetadata("r2", "score", "h", D2.isoformat()))
-    tables.write("runs", spark.createDataFrame([("r", "run"), ("r2", "score")], "run_id string, command string"),
-                 mode="create", meta=CommitMetadata("r2", "record run", "h"))
+    store.write(f"{root}/{catalog.CUSTOMER_SCORES}", spark.createDataFrame(rescored, SCORES),
+                mode="replace_partition", partition_by=["snapshot_date"], replace={"snapshot_date": D2},
+                meta=CommitMetadata("r2", "score", "h", D2.isoformat()))
+    store.write(f"{root}/{catalog.RUNS}",
+                spark.createDataFrame([("r", "run"), ("r2", "score")], "run_id string, command string"),
+                mode="create", meta=CommitMetadata("r2", "record run", "h"))
     return root, between
 
 

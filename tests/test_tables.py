@@ -17,7 +17,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from segscale.config import DeltaSettings
 from segscale.errors import SchemaMismatchError, TableNotFoundError, WriteConflictError, WriteFailedError
-from segscale.io.delta import CommitMetadata, DeltaStore, Warehouse, rs_writer
+from segscale.io.delta import CommitMetadata, DeltaStore, rs_writer
 
 SCHEMA = T.StructType([
     T.StructField("customer_id", T.StringType()),
@@ -41,16 +41,42 @@ def meta(stage: str = "test", run_id: str = "run-1", snapshot: dt.date | None = 
                           snapshot_date=snapshot.isoformat() if snapshot else None)
 
 
+class Tables:
+    """Tables under one root by any name, straight on the store: the layer below the catalog's Warehouse, so these
+    tests write tables of their own schemas and modes."""
+
+    def __init__(self, spark, root: str, settings: DeltaSettings):
+        self.root, self.store = str(root), DeltaStore(spark, settings)
+
+    def uri(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def write(self, name: str, df, **kwargs):
+        return self.store.write(self.uri(name), df, **kwargs)
+
+    def read(self, name: str, version: int | None = None, timestamp=None):
+        return self.store.read(self.uri(name), version, timestamp)
+
+    def history(self, name: str):
+        return self.store.history(self.uri(name))
+
+    def partition_values(self, name: str, column: str) -> list[str]:
+        return self.store.partition_values(self.uri(name), column)
+
+    def vacuum(self, name: str, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
+        return self.store.vacuum(self.uri(name), retention_hours, dry_run)
+
+
 def data_files(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*.parquet")}
 
 
 @pytest.fixture
-def warehouse(spark, tmp_path, delta_settings) -> Warehouse:
-    return Warehouse(spark, str(tmp_path / "wh"), delta_settings)
+def warehouse(spark, tmp_path, delta_settings) -> Tables:
+    return Tables(spark, str(tmp_path / "wh"), delta_settings)
 
 
-def write_snapshot(warehouse: Warehouse, spark, snapshot: dt.date, scale: float = 1.0, run_id: str = "run-1"):
+def write_snapshot(warehouse: Tables, spark, snapshot: dt.date, scale: float = 1.0, run_id: str = "run-1"):
     df = spark.createDataFrame(rows(snapshot, scale=scale), SCHEMA).repartition(2)
     return warehouse.write("features", df, mode="replace_partition", partition_by=["snapshot_date"],
                            replace={"snapshot_date": snapshot}, meta=meta(run_id=run_id, snapshot=snapshot))
@@ -189,7 +215,7 @@ def test_schema_mismatch_names_the_columns_and_commits_nothing(spark, warehouse,
 
 
 def test_additive_schema_evolution_only_when_allowed(spark, tmp_path):
-    evolving = Warehouse(spark, str(tmp_path / "wh"), DeltaSettings(backend="delta-rs",
+    evolving = Tables(spark, str(tmp_path / "wh"), DeltaSettings(backend="delta-rs",
                                                                       allow_schema_evolution=True))
     write_snapshot(evolving, spark, D1)
     wider = spark.createDataFrame(rows(D2), SCHEMA).withColumn("score", F.col("frequency") * 2)
@@ -350,8 +376,8 @@ def test_delta_spark_backend_writes_the_same_table(spark, tmp_path):
     if not _delta_jars_available(spark):
         pytest.skip("Delta Lake jars are not on the Spark classpath (they come from Maven, which these "
                     "machines cannot reach); the delta-spark backend runs on clusters that have them")
-    rs = Warehouse(spark, str(tmp_path / "rs"), DeltaSettings(backend="delta-rs"))
-    ds = Warehouse(spark, str(tmp_path / "ds"), DeltaSettings(backend="delta-spark"))
+    rs = Tables(spark, str(tmp_path / "rs"), DeltaSettings(backend="delta-rs"))
+    ds = Tables(spark, str(tmp_path / "ds"), DeltaSettings(backend="delta-spark"))
     for wh in (rs, ds):
         write_snapshot(wh, spark, D1)
         write_snapshot(wh, spark, D1, scale=2.0)

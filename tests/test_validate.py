@@ -12,13 +12,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from segscale.catalog import QUARANTINE
 from segscale.config import GenerateSettings, ValidationSettings
 from segscale.contract import CONTRACT
 from segscale.errors import InputError
 from segscale.synthetic.generator import generate_frames
 from segscale.transforms.conform import InputTables, conform
 from segscale.transforms.validate import (
-    QUARANTINE_SCHEMA,
     TableCounts,
     Validated,
     bad_share,
@@ -271,7 +271,7 @@ def test_csv_text_is_kept_in_the_record(spark):
             ("transactions", "invalid_amount",
              '{"transaction_id":"t5","customer_id":"C1","ts":"2024-03-01T10:00:00Z","amount":"NaN",' + tx_tail),
     ]
-    expected = spark.createDataFrame([(*row, SNAPSHOT, RUN_ID) for row in bad], QUARANTINE_SCHEMA)
+    expected = spark.createDataFrame([(*row, SNAPSHOT, RUN_ID) for row in bad], QUARANTINE.spark_schema)
     assertDataFrameEqual(validated.quarantine, expected)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from segscale import __version__
+from segscale import __version__, catalog
 from segscale.analyst.sql import connect, published_snapshots, published_tables
 from segscale.config import DeltaSettings
 from segscale.errors import InputError
@@ -58,9 +58,9 @@ class Context:
     tables: dict[str, str]
     con: duckdb.DuckDBPyConnection  # every published table, registered once, showing only the snapshot
 
-    def query(self, sql: str, *needs: str) -> pd.DataFrame:
-        """The (small) result of `sql` over the snapshot's rows; Missing when a table it needs is not published."""
-        absent = [name for name in needs if name not in self.tables]
+    def query(self, sql: str) -> pd.DataFrame:
+        """The (small) result of `sql` over the snapshot's rows; Missing when a table it names is not published."""
+        absent = [t.name for t in catalog.named_in(sql) if t.name not in self.tables]
         if absent:
             raise Missing(f"table {', '.join(absent)} is not published in this warehouse")
         return self.con.sql(sql).to_arrow_table().to_pandas()  # small: aggregates only
@@ -118,7 +118,7 @@ def _headline(ctx: Context, s: Section) -> None:
                count(*) FILTER (WHERE lifecycle_stage = 'churned') AS churned,
                avg(churn_probability) AS mean_churn_probability,
                sum(clv) AS total_clv
-        FROM customer_scores""", "customer_scores").iloc[0]
+        FROM customer_scores""").iloc[0]
     share = row.high_value_revenue / row.revenue if row.revenue else None
     cards = [
         ("customers", _int(row.customers)),
@@ -139,7 +139,7 @@ def _headline(ctx: Context, s: Section) -> None:
 def _tiers(ctx: Context, s: Section) -> None:
     df = ctx.query("""
         SELECT value_tier, count(*) AS customers, sum(monetary) AS revenue, avg(clv) AS mean_clv
-        FROM customer_scores GROUP BY value_tier""", "customer_scores").set_index("value_tier")
+        FROM customer_scores GROUP BY value_tier""").set_index("value_tier")
     # Every tier is shown, an empty one with no customers.
     df = df.reindex(list(VALUE_TIERS)).fillna({"customers": 0, "revenue": 0.0})
     df["customer_share"] = df["customers"] / df["customers"].sum()
@@ -171,7 +171,7 @@ def _tiers(ctx: Context, s: Section) -> None:
 def _rfm(ctx: Context, s: Section) -> None:
     grid = ctx.query("""
         SELECT r_score, f_score, count(*) AS customers, avg(monetary) AS mean_monetary
-        FROM customer_scores WHERE r_score IS NOT NULL GROUP BY ALL""", "customer_scores")
+        FROM customer_scores WHERE r_score IS NOT NULL GROUP BY ALL""")
     if grid.empty:
         raise Missing("no buyers in this snapshot, so no RFM scores")
     means = grid.pivot(index="r_score", columns="f_score", values="mean_monetary").sort_index(ascending=False)
@@ -190,7 +190,7 @@ def _rfm(ctx: Context, s: Section) -> None:
 
     sizes = ctx.query("""
         SELECT rfm_segment, count(*) AS customers, avg(monetary) AS mean_monetary FROM customer_scores
-        WHERE rfm_segment IS NOT NULL GROUP BY ALL ORDER BY customers""", "customer_scores")
+        WHERE rfm_segment IS NOT NULL GROUP BY ALL ORDER BY customers""")
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(sizes) + 1.2))
     ax.barh(sizes["rfm_segment"], sizes["customers"], color="#4f86c6")
     for y, value in enumerate(sizes["customers"]):
@@ -201,8 +201,8 @@ def _rfm(ctx: Context, s: Section) -> None:
 
 
 def _lifecycle(ctx: Context, s: Section) -> None:
-    df = ctx.query("SELECT lifecycle_stage, count(*) AS customers FROM customer_scores GROUP BY ALL",
-                   "customer_scores").set_index("lifecycle_stage")["customers"]
+    df = ctx.query("SELECT lifecycle_stage, count(*) AS customers FROM customer_scores GROUP BY ALL"
+                   ).set_index("lifecycle_stage")["customers"]
     counts = [int(df.get(stage, 0)) for stage in LIFECYCLE_STAGES]
     total = max(sum(counts), 1)
     plt = _pyplot()
@@ -225,7 +225,7 @@ def _lifecycle(ctx: Context, s: Section) -> None:
 def _churn(ctx: Context, s: Section) -> None:
     scored = ctx.query("""
         SELECT model_name, model_version, count(*) AS customers FROM customer_scores
-        WHERE churn_probability IS NOT NULL GROUP BY ALL ORDER BY customers DESC""", "customer_scores")
+        WHERE churn_probability IS NOT NULL GROUP BY ALL ORDER BY customers DESC""")
     if scored.empty:
         raise Missing("no churn scores in this snapshot (churn.enabled is false, or no model had been trained)")
     name, version = scored["model_name"].iloc[0], int(scored["model_version"].iloc[0])
@@ -233,7 +233,7 @@ def _churn(ctx: Context, s: Section) -> None:
                   f"({_int(scored['customers'].sum())} customers with a purchase).</p>")
     bins = ctx.query("""
         SELECT least(floor(churn_probability * 20), 19) AS bin, count(*) AS customers FROM customer_scores
-        WHERE churn_probability IS NOT NULL GROUP BY ALL ORDER BY bin""", "customer_scores")
+        WHERE churn_probability IS NOT NULL GROUP BY ALL ORDER BY bin""")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     ax.bar(bins["bin"] / 20 + 0.025, bins["customers"], width=0.05, color="#c0392b", alpha=0.8)
@@ -243,7 +243,7 @@ def _churn(ctx: Context, s: Section) -> None:
 
     bands = ctx.query("""
         SELECT value_tier, churn_risk_band, count(*) AS customers FROM customer_scores
-        WHERE churn_risk_band IS NOT NULL GROUP BY ALL""", "customer_scores")
+        WHERE churn_risk_band IS NOT NULL GROUP BY ALL""")
     table = bands.pivot(index="value_tier", columns="churn_risk_band", values="customers").fillna(0)
     table = table.reindex([t for t in VALUE_TIERS if t in table.index])
     table = table[[b for b in BAND_ORDER if b in table.columns]]
@@ -302,7 +302,7 @@ def _churn(ctx: Context, s: Section) -> None:
 def _clv(ctx: Context, s: Section) -> None:
     bins = ctx.query("""
         SELECT floor(log10(1 + greatest(clv, 0)) * 10) / 10 AS bin, count(*) AS customers FROM customer_scores
-        WHERE clv IS NOT NULL GROUP BY ALL ORDER BY bin""", "customer_scores")
+        WHERE clv IS NOT NULL GROUP BY ALL ORDER BY bin""")
     if bins.empty:
         raise Missing("no CLV predictions in this snapshot (clv.enabled is false, or no CLV model was fitted)")
     plt = _pyplot()
@@ -317,7 +317,7 @@ def _clv(ctx: Context, s: Section) -> None:
     stats = ctx.query("""
         SELECT value_tier, count(*) AS customers, sum(clv) AS total, avg(clv) AS mean,
                approx_quantile(clv, [0.05, 0.25, 0.5, 0.75, 0.95]) AS q
-        FROM customer_scores WHERE clv IS NOT NULL GROUP BY ALL""", "customer_scores").set_index("value_tier")
+        FROM customer_scores WHERE clv IS NOT NULL GROUP BY ALL""").set_index("value_tier")
     stats = stats.reindex([t for t in VALUE_TIERS if t in stats.index])
     boxes = [{"label": t, "whislo": q[0], "q1": q[1], "med": q[2], "q3": q[3], "whishi": q[4], "mean": r["mean"],
               "fliers": []} for t, r in stats.iterrows() for q in [list(r["q"])]]
@@ -340,7 +340,7 @@ def _migration(ctx: Context, s: Section) -> None:
     df = ctx.query("""
         SELECT previous_snapshot_date, coalesce(from_value_tier, '(not a customer)') AS from_tier,
                coalesce(to_value_tier, '(gone)') AS to_tier, sum(customers) AS customers
-        FROM segment_migration GROUP BY ALL""", "segment_migration")
+        FROM segment_migration GROUP BY ALL""")
     if df.empty:
         raise Missing(f"no previous snapshot before {ctx.snapshot}, so no migration to show")
     previous = df["previous_snapshot_date"].iloc[0]
@@ -364,7 +364,7 @@ def _migration(ctx: Context, s: Section) -> None:
 
 
 def _retention(ctx: Context, s: Section) -> None:
-    df = ctx.query("SELECT * FROM retention_summary", "retention_summary")
+    df = ctx.query("SELECT * FROM retention_summary")
     if df.empty:
         raise Missing("no retention plan for this snapshot (it needs churn and CLV scores)")
     notes = df["note"].dropna().unique() if "note" in df.columns else []
@@ -398,7 +398,7 @@ def _retention(ctx: Context, s: Section) -> None:
 def _quality(ctx: Context, s: Section) -> None:
     df = ctx.query("""
         SELECT source_table, reason, count(*) AS rows FROM quarantine GROUP BY ALL
-        ORDER BY source_table, rows DESC""", "quarantine")
+        ORDER BY source_table, rows DESC""")
     if df.empty:
         s.body.append("<p>No row of this snapshot's input was quarantined.</p>")
         return
@@ -425,7 +425,7 @@ def _lineage(ctx: Context, s: Section) -> None:
         if not commits:
             continue
         newest = commits[0]
-        if name == "customer_scores":
+        if name == catalog.CUSTOMER_SCORES.name:
             scores_meta = newest.metadata
             # `segscale score` re-writes the partition without the segment stage's details: find those.
             segment_meta = next((c.metadata for c in commits if c.metadata.get("stage") == "segment"), {})
@@ -437,7 +437,7 @@ def _lineage(ctx: Context, s: Section) -> None:
     s.body.append(_table(["table", "version", "committed", "stage", "run id", "config hash"], rows))
     models = ctx.query("""
         SELECT any_value(model_name) AS churn_name, max(model_version) AS churn_version,
-               max(clv_model_version) AS clv_version FROM customer_scores""", "customer_scores").iloc[0]
+               max(clv_model_version) AS clv_version FROM customer_scores""").iloc[0]
     extra = segment_meta.get("extra", {})
     s.body.append(_table(["lineage", "value"], [
         ["churn model", "none" if _absent(models.churn_version)
@@ -455,7 +455,7 @@ def _notes(ctx: Context, s: Section) -> None:
     """The models the snapshot was scored with and what its run worked around, from the `runs` table."""
     runs = ctx.query("""
         SELECT command, started_at, summary_json FROM runs
-        WHERE run_id = (SELECT any_value(run_id) FROM customer_scores)""", "runs", "customer_scores")
+        WHERE run_id = (SELECT any_value(run_id) FROM customer_scores)""")
     if runs.empty:
         raise Missing("the run that published this snapshot's scores is not in the runs table")
     run = runs.iloc[0]

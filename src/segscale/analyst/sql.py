@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import sys
 from typing import IO
 
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from pyarrow import fs as pafs
 
+from segscale import catalog
 from segscale.errors import InputError, first_line
 from segscale.io.delta import absolute_uri, open_table
 
@@ -28,20 +28,18 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 
 def published_tables(root: str) -> dict[str, str]:
-    """Name → URI of every Delta table directly under the warehouse root."""
+    """Name → URI of every catalog table (segscale.catalog) published under the warehouse root."""
     base = absolute_uri(root)
     filesystem, path = pafs.FileSystem.from_uri(base)
-    try:
-        entries = filesystem.get_file_info(pafs.FileSelector(path))
-    except FileNotFoundError:
-        raise InputError(f"warehouse {root} does not exist") from None
-    tables = {e.base_name: f"{base}/{e.base_name}" for e in entries if e.type == pafs.FileType.Directory}
+    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
+        raise InputError(f"warehouse {root} does not exist")
+    tables = {table.name: f"{base}/{table.name}" for table in catalog.TABLES}
     return {name: uri for name, uri in sorted(tables.items()) if DeltaTable.is_deltatable(uri)}
 
 
-def published_snapshots(root: str, table: str = "customer_scores") -> list[dt.date]:
+def published_snapshots(root: str, table: catalog.Table = catalog.CUSTOMER_SCORES) -> list[dt.date]:
     """The snapshot dates of `table`, oldest first; InputError when the table is not published."""
-    if table not in published_tables(root):
+    if table.name not in published_tables(root):
         raise InputError(f"warehouse {root} has no {table} table: run segscale run first")
     return run_query(root, f"SELECT DISTINCT snapshot_date FROM {table} ORDER BY 1").column(0).to_pylist()
 
@@ -67,7 +65,7 @@ def run_query(root: str, sql: str, *, version: int | None = None, as_of: dt.date
     check_read_only(sql)
     tables = published_tables(root)
     # The tables the query names (a name inside a string literal only costs an extra registration).
-    named = {name: uri for name, uri in tables.items() if re.search(rf"\b{name}\b", sql, flags=re.IGNORECASE)}
+    named = {t.name: tables[t.name] for t in catalog.named_in(sql) if t.name in tables}
     con = connect(named, version=version, as_of=as_of, snapshot=snapshot)
     try:
         return con.sql(sql).to_arrow_table()

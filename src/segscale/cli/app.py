@@ -18,7 +18,7 @@ import yaml
 from pyspark.logger import PySparkLogger
 from pyspark.sql import SparkSession
 
-from segscale import __version__
+from segscale import __version__, catalog
 from segscale.analyst.report import write_report
 from segscale.analyst.sql import FORMATS, run_query, write_result
 from segscale.config import Settings, load_settings
@@ -393,7 +393,7 @@ def _history(spark: SparkSession | None, settings: Settings, args: argparse.Name
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     print(f"{'version':>7}  {'timestamp (UTC)':<19}  {'operation':<14}  {'stage':<20}  {'snapshot':<10}  "
           f"{'run id':<26}  {'config':<16}  models")
-    for entry in warehouse.history(args.table, args.limit):
+    for entry in warehouse.history(catalog.table(args.table), args.limit):
         m = entry.metadata
         print(f"{entry.version:>7}  {entry.timestamp:%Y-%m-%d %H:%M:%S}  {entry.operation:<14}  "
               f"{m.get('stage', ''):<20}  {m.get('snapshot_date', ''):<10}  {m.get('run_id', ''):<26}  "
@@ -422,7 +422,7 @@ def _vacuum(spark: SparkSession | None, settings: Settings, args: argparse.Names
     if args.retention_hours is not None and args.retention_hours < 0:
         raise InputError("--retention-hours must not be negative")
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
-    files = warehouse.vacuum(args.table, args.retention_hours, args.dry_run)
+    files = warehouse.vacuum(catalog.table(args.table), args.retention_hours, args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {len(files)} files from {args.table}")
     for name in files:

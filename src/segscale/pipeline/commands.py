@@ -14,11 +14,12 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from pyspark.sql import DataFrame, SparkSession
 
+from segscale.catalog import RUNS
 from segscale.config import Settings
 from segscale.errors import InputError
 from segscale.io.delta import DeltaStore, Warehouse, open_table
 from segscale.pipeline import stages as s
-from segscale.pipeline.context import RUNS_TABLE, Run
+from segscale.pipeline.context import Run
 from segscale.pipeline.graph import Graph, Stage
 from segscale.synthetic.generator import as_csv_text, generate_frames
 
@@ -111,9 +112,9 @@ def snapshot_dates(start: dt.date, end: dt.date, every_days: int) -> list[dt.dat
 def published_with(warehouse: Warehouse, snapshot_date: dt.date, config_hash: str) -> bool:
     """Whether the newest publishing run of the snapshot is a `run` that succeeded with this config hash, so its
     tables hold exactly what another run would publish (given the same input)."""
-    if not warehouse.exists(RUNS_TABLE):
+    if not warehouse.exists(RUNS):
         return False
-    runs = open_table(warehouse.uri(RUNS_TABLE)).to_pyarrow_dataset().to_table(
+    runs = open_table(warehouse.uri(RUNS)).to_pyarrow_dataset().to_table(
         columns=["command", "status", "config_hash", "started_at"],
         filter=pads.field("snapshot_date") == pa.scalar(snapshot_date, pa.date32()))
     rows = sorted((r for r in runs.to_pylist() if r["command"] in PUBLISHING), key=lambda r: r["started_at"])

@@ -18,9 +18,9 @@ from typing import Any
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from segscale import __version__
+from segscale.catalog import RUNS, Table
 from segscale.config import Settings
 from segscale.errors import InputError
 from segscale.io.delta import CommitMetadata, Warehouse
@@ -29,22 +29,6 @@ from segscale.models import registry
 log = logging.getLogger(__name__)
 
 STAGE_TAG = "segscale-stage:"  # Spark job tag of every job a pipeline stage runs, followed by the stage's name
-RUNS_TABLE = "runs"
-RUNS_SCHEMA = T.StructType([
-    T.StructField("run_id", T.StringType()),
-    T.StructField("command", T.StringType()),
-    T.StructField("snapshot_date", T.DateType()),
-    T.StructField("status", T.StringType()),
-    T.StructField("started_at", T.TimestampType()),
-    T.StructField("finished_at", T.TimestampType()),
-    T.StructField("config_hash", T.StringType()),
-    T.StructField("config_json", T.StringType()),
-    T.StructField("summary_json", T.StringType()),
-    T.StructField("package_version", T.StringType()),
-    # What the run worked around (a model skipped, tiers on another basis, an empty plan); empty when nothing.
-    T.StructField("warnings", T.ArrayType(T.StringType())),
-])
-SNAPSHOT_PARTITION = ("snapshot_date",)
 
 
 @dataclass(frozen=True)
@@ -177,20 +161,19 @@ class Run:
             extra=extra,
         )
 
-    def publish(self, stage: StageRecord, table: str, df: DataFrame, *, model_version: str | None = None,
-                added_columns: tuple[str, ...] = (), **extra: Any) -> Published:
+    def publish(self, stage: StageRecord, table: Table, df: DataFrame, *, model_version: str | None = None,
+                **extra: Any) -> Published:
         """Replace the snapshot's partition of `table` with `df` in one commit, recorded on `stage`."""
-        result = self.warehouse.write(table, df, mode="replace_partition", partition_by=list(SNAPSHOT_PARTITION),
-                                      replace={"snapshot_date": self.snapshot_date},
-                                      meta=self.meta(stage.name, model_version, **extra), added_columns=added_columns)
-        stage.published[table] = Published(result.rows, result.version)
-        return stage.published[table]
+        result = self.warehouse.write(table, df, partition={"snapshot_date": self.snapshot_date},
+                                      meta=self.meta(stage.name, model_version, **extra))
+        stage.published[table.name] = Published(result.rows, result.version)
+        return stage.published[table.name]
 
-    def published(self, table: str) -> bool:
+    def published(self, table: Table) -> bool:
         """Whether a stage of this run published `table`."""
-        return any(table in stage.published for stage in self.stages.values())
+        return any(table.name in stage.published for stage in self.stages.values())
 
-    def snapshot_of(self, table: str, snapshot_date: dt.date | None = None) -> DataFrame:
+    def snapshot_of(self, table: Table, snapshot_date: dt.date | None = None) -> DataFrame:
         """The rows of a snapshot (this run's by default) of a published table: written earlier in this run
         (perhaps none: a snapshot nobody had signed up by), or published before."""
         day = snapshot_date or self.snapshot_date
@@ -237,9 +220,8 @@ class Run:
                self.settings.config_hash(), self.settings.to_json(), json.dumps(self.summary(status), default=str),
                __version__, list(self.warnings))
         try:
-            runs_df = self.spark.createDataFrame([row], RUNS_SCHEMA)
-            self.warehouse.write(RUNS_TABLE, runs_df, mode="append", meta=self.meta("record run"),
-                                 added_columns=("warnings",))
+            runs_df = self.spark.createDataFrame([row], RUNS.spark_schema)
+            self.warehouse.write(RUNS, runs_df, meta=self.meta("record run"))
         except Exception as exc:  # recording must never hide the run's own outcome
             if status == "succeeded":
                 raise

@@ -15,6 +15,14 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
+from segscale.catalog import (
+    CUSTOMER_FEATURES,
+    CUSTOMER_SCORES,
+    QUARANTINE,
+    RETENTION_PLAN,
+    RETENTION_SUMMARY,
+    SEGMENT_MIGRATION,
+)
 from segscale.errors import InputError, ModelSkipped
 from segscale.io.inputs import detect_format, input_versions, read_inputs
 from segscale.models import MODELS, Model, TrainingData, registry
@@ -26,7 +34,6 @@ from segscale.transforms.features import FEATURE_TYPES, customer_features, filte
 from segscale.transforms.migration import segment_migration
 from segscale.transforms.plan import (
     PLAN_METRICS,
-    SUMMARY_SCHEMA,
     candidates,
     plan_counters,
     ranked,
@@ -261,7 +268,7 @@ def _validated(run: Run, inputs: InputTables, *, publish: bool) -> Validated:
         stage.record = ValidateRecord(counts)
         check_bad_ratios(counts, settings.validation.max_bad_ratio)
         if publish:
-            run.publish(stage, "quarantine", validated.quarantine, quarantined=counts)
+            run.publish(stage, QUARANTINE, validated.quarantine, quarantined=counts)
     return validated
 
 
@@ -276,14 +283,14 @@ def compute_features(run: Run, validated: Validated) -> Features:
 def publish_features(run: Run, features: Features) -> Features:
     """Publish customer_features; later stages read the published rows, never the events again."""
     with run.stage("features") as stage:
-        run.publish(stage, "customer_features", features.df)
+        run.publish(stage, CUSTOMER_FEATURES, features.df)
     run.release(features.df)
-    return Features(run.snapshot_of("customer_features"))
+    return Features(run.snapshot_of(CUSTOMER_FEATURES))
 
 
 def published_features(run: Run) -> Features:
     """The snapshot's published customer_features (`segscale segment`)."""
-    return Features(run.snapshot_of("customer_features"))
+    return Features(run.snapshot_of(CUSTOMER_FEATURES))
 
 
 # ---- scores ------------------------------------------------------------------------------------------------------
@@ -319,7 +326,7 @@ def segment(run: Run, features: Features, models: ModelSet) -> Scores:
             tier_thresholds=thresholds_record, tiers_by_stage=_tier_stage_counts(counts.get),
             clv_model=_named(clv_model), clv_by_tier=dict(value.get) if clv_model else None,
             clv_horizon_days=settings.clv.horizon_days)
-    return Scores(run.snapshot_of("customer_scores"))
+    return Scores(run.snapshot_of(CUSTOMER_SCORES))
 
 
 def rescore(run: Run, churn_version: int | None) -> Scores:
@@ -329,15 +336,15 @@ def rescore(run: Run, churn_version: int | None) -> Scores:
     churn = next(model for model in MODELS if model.kind == CHURN)
     scoring = registry.scoring_model(client, settings.churn.model_name, churn_version)
     with run.stage("score") as stage:
-        scores_df = run.snapshot_of("customer_scores")
-        churn_df = churn.predict(run.snapshot_of("customer_features"), churn.load(run.spark, scoring), settings)
+        scores_df = run.snapshot_of(CUSTOMER_SCORES)
+        churn_df = churn.predict(run.snapshot_of(CUSTOMER_FEATURES), churn.load(run.spark, scoring), settings)
         rescored_df = (scores_df.drop(*CHURN_COLUMNS, "run_id")
                        .join(churn_df.select("customer_id", *CHURN_COLUMNS), "customer_id", how="left")
                        .select(*[F.lit(run.run_id).alias(c) if c == "run_id" else F.col(c)
                                  for c in scores_df.columns]))
         bands = _publish_scores(run, stage, rescored_df, scoring)
         stage.record = ScoreRecord(_named(scoring), bands)
-    return Scores(run.snapshot_of("customer_scores"))
+    return Scores(run.snapshot_of(CUSTOMER_SCORES))
 
 
 def _predicted(run: Run, features_df: DataFrame, models: ModelSet) -> DataFrame:
@@ -357,7 +364,7 @@ def _publish_scores(run: Run, stage: Any, scores_df: DataFrame, churn_model: Sco
     band = F.col("churn_risk_band")
     observed_df = scores_df.observe(bands, *[F.count_if(band == F.lit(b)).alias(b) for b in RISK_BANDS],
                                     F.count_if(band.isNull()).alias("unscored"))
-    run.publish(stage, "customer_scores", observed_df, model_version=churn_model.uri if churn_model else None,
+    run.publish(stage, CUSTOMER_SCORES, observed_df, model_version=churn_model.uri if churn_model else None,
                 **extra)
     return dict(bands.get)
 
@@ -391,21 +398,21 @@ def migration(run: Run, scores: Scores) -> None:
     """Customers moving between (value tier, lifecycle stage) since the previous snapshot."""
     warehouse = run.warehouse
     with run.stage("migration") as stage:
-        previous = [d for d in warehouse.partition_values("customer_scores", "snapshot_date")
+        previous = [d for d in warehouse.partition_values(CUSTOMER_SCORES, "snapshot_date")
                     if d < run.snapshot_date.isoformat()]
         stage.record = MigrationRecord(previous[-1] if previous else None)
         if not previous:
             return
         previous_date = dt.date.fromisoformat(previous[-1])
-        migration_df = segment_migration(run.snapshot_of("customer_scores", previous_date), scores.df,
+        migration_df = segment_migration(run.snapshot_of(CUSTOMER_SCORES, previous_date), scores.df,
                                          previous_date, run.snapshot_date, run.run_id)
-        run.publish(stage, "segment_migration", migration_df)
+        run.publish(stage, SEGMENT_MIGRATION, migration_df)
 
 
 # ---- the plan ----------------------------------------------------------------------------------------------------
 def published_scores(run: Run) -> Scores:
     """The snapshot's published customer_scores (`segscale plan`)."""
-    return Scores(run.snapshot_of("customer_scores"))
+    return Scores(run.snapshot_of(CUSTOMER_SCORES))
 
 
 def plan(run: Run, scores: Scores) -> None:
@@ -419,13 +426,14 @@ def plan(run: Run, scores: Scores) -> None:
         note = None if sum(scored.values()) else _why_no_plan(run)
         with ranked(candidates(scores.df, retention), retention.budget) as ranked_df:
             counted = Observation("plan_by_tier")
-            run.publish(stage, "retention_plan", retention_plan(ranked_df, run.run_id).observe(counted,
+            run.publish(stage, RETENTION_PLAN, retention_plan(ranked_df, run.run_id).observe(counted,
                                                                                               *plan_counters()),
                         budget=retention.budget)
             rows = summary_rows(counted.get, scored, retention, note)
         summary_df = run.spark.createDataFrame(
-            [{**row, "snapshot_date": run.snapshot_date, "run_id": run.run_id} for row in rows], SUMMARY_SCHEMA)
-        run.publish(stage, "retention_summary", summary_df, added_columns=("note",), budget=retention.budget)
+            [{**row, "snapshot_date": run.snapshot_date, "run_id": run.run_id} for row in rows],
+            RETENTION_SUMMARY.spark_schema)
+        run.publish(stage, RETENTION_SUMMARY, summary_df, budget=retention.budget)
         if note and settings.churn.enabled and settings.clv.enabled:  # not what the config asked for
             run.warn(f"the retention plan is empty: {note}")
         stage.record = PlanRecord({

@@ -17,7 +17,6 @@ from typing import Any
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from segscale.config import RetentionSettings
 from segscale.transforms.features import MONEY_UNITS, exact_units, money_sum
@@ -25,22 +24,6 @@ from segscale.transforms.segments import VALUE_TIERS
 
 # What the plan needs from customer_scores.
 PLAN_INPUTS = ("customer_id", "snapshot_date", "value_tier", "lifecycle_stage", "churn_probability", "clv")
-SUMMARY_SCHEMA = T.StructType([
-    T.StructField("snapshot_date", T.DateType()),
-    T.StructField("value_tier", T.StringType()),
-    T.StructField("treatment", T.StringType()),
-    T.StructField("scored_customers", T.LongType()),
-    T.StructField("candidates", T.LongType()),
-    T.StructField("customers_targeted", T.LongType()),
-    T.StructField("spend", T.DoubleType()),
-    T.StructField("budget", T.DoubleType()),
-    T.StructField("share_of_budget", T.DoubleType()),
-    T.StructField("value_at_risk_targeted", T.DoubleType()),
-    T.StructField("expected_saved_value", T.DoubleType()),
-    T.StructField("roi", T.DoubleType()),
-    T.StructField("run_id", T.StringType()),
-    T.StructField("note", T.StringType()),  # why the plan is empty (no model, no scored customer); else null
-])
 
 
 def _per_tier(settings: RetentionSettings, attribute: str) -> Column:

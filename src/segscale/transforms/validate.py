@@ -56,13 +56,6 @@ RULE_ORDER: dict[str, tuple[str, ...]] = {
 }
 SATISFACTION_RANGE = (1, 5)
 
-QUARANTINE_SCHEMA = T.StructType([
-    T.StructField("source_table", T.StringType()),
-    T.StructField("reason", T.StringType()),
-    T.StructField("record", T.StringType()),  # the row as it arrived, as JSON (ingest.original_record)
-    T.StructField("snapshot_date", T.DateType()),
-    T.StructField("run_id", T.StringType()),
-])
 
 REASON = "reason"
 _HAS_CUSTOMER = "has_known_customer"
@@ -238,7 +231,7 @@ def flag_interactions(interactions_df: DataFrame, settings: ValidationSettings, 
 
 
 def quarantine_rows(source_table: str, flagged_df: DataFrame, snapshot_date: dt.date, run_id: str) -> DataFrame:
-    """A flagged table's bad rows in QUARANTINE_SCHEMA."""
+    """A flagged table's bad rows as the quarantine table holds them (segscale.catalog.QUARANTINE)."""
     input_df = flagged_df.drop(REASON)
     return flagged_df.where(F.col(REASON).isNotNull()).select(
         F.lit(source_table).alias("source_table"),

@@ -1,5 +1,5 @@
-"""The table store: every read and write of a segscale table goes through `DeltaStore` (by URI) or `Warehouse` (by
-table name under one root).
+"""The table store: every read and write of a segscale table goes through `DeltaStore` (by URI) or `Warehouse` (a
+published table by its catalog entry, under one root).
 
 Two writer backends stand behind one interface: `rs_writer` (delta-rs, the embedded default) and `spark_writer`
 (delta-spark, clusters with the Delta jars). Both write the same layout (Hive-style partition directories,
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from segscale.catalog import Table
 from segscale.config import DeltaSettings
 from segscale.errors import SegscaleError
 from segscale.io.delta import log, rs_writer, spark_writer
@@ -106,35 +106,42 @@ class DeltaStore:
 
 
 class Warehouse:
-    """The segscale tables under one root directory, addressed by name."""
+    """The published tables under one root directory, addressed by their catalog entries (`segscale.catalog`)."""
 
     def __init__(self, spark: SparkSession | None, root: str, settings: DeltaSettings):
         self.root = absolute_uri(root)
         self.store = DeltaStore(spark, settings)
 
-    def uri(self, name: str) -> str:
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-            raise SegscaleError(f"{name!r} is not a segscale table name")
-        return f"{self.root}/{name}"
+    def uri(self, table: Table) -> str:
+        return f"{self.root}/{table.name}"
 
-    def exists(self, name: str) -> bool:
-        return self.store.exists(self.uri(name))
+    def exists(self, table: Table) -> bool:
+        return self.store.exists(self.uri(table))
 
-    def read(self, name: str, version: int | None = None,
+    def read(self, table: Table, version: int | None = None,
              timestamp: str | dt.datetime | None = None) -> DataFrame:
-        return self.store.read(self.uri(name), version, timestamp)
+        return self.store.read(self.uri(table), version, timestamp)
 
-    def write(self, name: str, df: DataFrame, **kwargs: Any) -> WriteResult:
-        return self.store.write(self.uri(name), df, **kwargs)
+    def write(self, table: Table, df: DataFrame, *, meta: CommitMetadata,
+              partition: Mapping[str, Any] | None = None) -> WriteResult:
+        """Write `df` as one commit in the table's declared write mode (`partition`: the values of the partition
+        a replace_partition write replaces). A frame whose columns or types differ from the declaration is
+        refused (SchemaMismatchError naming the table and the columns) before anything is written."""
+        if (table.write == "replace_partition") != (partition is not None):
+            raise ValueError(f"{table.name} is written with {table.write}: "
+                             f"{'give' if partition is None else 'no'} partition values")
+        return self.store.write(self.uri(table), table.conform(df), mode=table.write, meta=meta,
+                                partition_by=table.partition_by, replace=partition,
+                                added_columns=table.added_columns)
 
-    def history(self, name: str, limit: int | None = None) -> list[TableVersion]:
-        return self.store.history(self.uri(name), limit)
+    def history(self, table: Table, limit: int | None = None) -> list[TableVersion]:
+        return self.store.history(self.uri(table), limit)
 
-    def partition_values(self, name: str, column: str) -> list[str]:
-        return self.store.partition_values(self.uri(name), column)
+    def partition_values(self, table: Table, column: str) -> list[str]:
+        return self.store.partition_values(self.uri(table), column)
 
-    def vacuum(self, name: str, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
-        return self.store.vacuum(self.uri(name), retention_hours, dry_run)
+    def vacuum(self, table: Table, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
+        return self.store.vacuum(self.uri(table), retention_hours, dry_run)
 
 
 # ---- backend choice, opening, reading -----------------------------------------------------------------------
