@@ -96,13 +96,13 @@ def test_published_tables_have_the_declared_schema_partitioning_nulls_and_keys(t
             assert delta.metadata().partition_columns == list(table.partition_by), name
             never_null = [c.name for c in table.columns if not c.nullable]
             if never_null:
-                nulls = con.sql(f"SELECT {', '.join(f'count(*) - count({c})' for c in never_null)} FROM {name}"
-                                ).fetchone()  # small: one row of counts
+                nulls = con.execute(f"SELECT {', '.join(f'count(*) - count({c})' for c in never_null)} "
+                                    f"FROM {name}").fetchone()  # small: one row of counts
                 assert dict(zip(never_null, nulls, strict=True)) == dict.fromkeys(never_null, 0), name
             if table.key:
                 keys = ", ".join(table.key)
-                duplicates = con.sql(f"SELECT count(*) FROM (SELECT {keys} FROM {name} GROUP BY ALL "
-                                     f"HAVING count(*) > 1)").fetchone()[0]  # small: one count
+                duplicates = con.execute(f"SELECT count(*) FROM (SELECT {keys} FROM {name} GROUP BY ALL "
+                                         f"HAVING count(*) > 1)").fetchone()[0]  # small: one count
                 assert duplicates == 0, f"{name}: duplicate keys ({keys})"
     finally:
         con.close()
