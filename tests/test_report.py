@@ -4,18 +4,24 @@ its charts, console errors and requests beyond the file itself."""
 from __future__ import annotations
 
 import base64
+import fnmatch
 import os
 import re
 import shutil
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import pandas as pd
 import pytest
 from frames import D1, D2
 
+from segscale.analyst import report as report_module
 from segscale.analyst.sql import run_query
 from segscale.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ALL_CHARTS = {"tier-pyramid", "rfm-heatmap", "rfm-segments", "lifecycle-funnel", "churn-distribution",
               "churn-risk-by-tier", "churn-calibration", "churn-lift", "clv-distribution", "clv-by-tier",
@@ -173,3 +179,29 @@ def test_a_report_of_one_customer_renders_with_every_tier_and_the_runs_warnings(
         assert f"{tier} {label}" in rendered.text
     assert "churn model skipped" in rendered.text and "clv model skipped" in rendered.text
     assert "the retention plan of this snapshot is empty" in rendered.text
+
+
+# ---- the templates, without a warehouse -----------------------------------------------------------------------------
+def test_templates_escape_what_comes_from_the_data():
+    html = report_module.render(
+        "notes.html.j2", command="run", started_at=pd.Timestamp("2024-06-30 08:00:00"),
+        outcomes={"churn": {"version": None, "status": "skipped", "skipped": "only <b>1</b> buyer"}},
+        warnings=["<script>alert('x')</script> & more"])
+    assert "<script>" not in html and "<b>" not in html
+    assert "<li>&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more</li>" in html
+    assert "<td>churn</td><td>—</td><td>only &lt;b&gt;1&lt;/b&gt; buyer</td>" in html
+    assert "at 2024-06-30 08:00:00 UTC" in html
+
+
+def test_a_template_naming_a_value_its_builder_did_not_give_fails():
+    with pytest.raises(jinja2.UndefinedError, match="matrix"):
+        report_module.render("migration.html.j2")
+
+
+def test_every_section_has_a_template_and_the_wheel_ships_every_template():
+    templates = ROOT / "src" / "segscale" / "analyst" / "templates"
+    names = {path.name for path in templates.iterdir()}
+    assert {f"{key}.html.j2" for key, _, _ in report_module.SECTIONS} | {"report.html.j2", "macros.html.j2"} == names
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = package_data["segscale.analyst"]
+    assert all(any(fnmatch.fnmatch(f"templates/{name}", glob) for glob in shipped) for name in names)

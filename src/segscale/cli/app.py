@@ -35,6 +35,7 @@ from segscale.pipeline.commands import (
     train_models,
 )
 from segscale.session import get_spark
+from segscale.transforms.segments import LIFECYCLE_STAGES, TIER_LABELS
 
 log = logging.getLogger("segscale")
 
@@ -460,11 +461,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += [f"  {d:<10} {', '.join(f'{c:g}' for c in cuts) or '(one bin)'}"
                   for d, cuts in segment["rfm_cut_points"].items()]
     if "tiers_by_stage" in segment:
-        stage_names = ("prospect", "new", "repeat", "loyal", "at_risk", "churned")
-        lines += ["", "value tier             " + " ".join(f"{s:>9}" for s in stage_names) + "      total"]
-        for tier, label in (("high_value", "高价值"), ("potential", "潜力"), ("regular", "普通")):
+        lines += ["", "value tier             " + " ".join(f"{s:>9}" for s in LIFECYCLE_STAGES) + "      total"]
+        for tier, label in TIER_LABELS.items():
             counts = segment["tiers_by_stage"].get(tier, {})
-            lines.append(f"  {tier:<11} {label:<6}  " + " ".join(f"{counts.get(s, 0):>9,}" for s in stage_names)
+            lines.append(f"  {tier:<11} {label:<6}  " + " ".join(f"{counts.get(s, 0):>9,}" for s in LIFECYCLE_STAGES)
                          + f" {sum(counts.values()):>10,}")
     scored = stages.get("score") or segment
     if scored.get("churn_risk_bands"):

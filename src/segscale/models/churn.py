@@ -49,6 +49,8 @@ from segscale.transforms.rfm import is_buyer
 CHURN_COLUMNS = ("churn_probability", "churn_risk_band", "model_name", "model_version")
 LOW, MEDIUM, HIGH, CRITICAL = "low", "medium", "high", "critical"
 RISK_BANDS = (LOW, MEDIUM, HIGH, CRITICAL)
+# Each band's chart colour, from calm to alarming.
+RISK_BAND_COLOURS = {LOW: "#7fb77e", MEDIUM: "#f2c14e", HIGH: "#f08a4b", CRITICAL: "#c0392b"}
 # The only types outside skops' own safe set that segscale's models may contain. A model needing anything else
 # is refused when it is saved (and skops refuses it when it is loaded), whatever its origin.
 TRUSTED_TYPES = frozenset({

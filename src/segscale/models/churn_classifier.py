@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
+from segscale.charts import COUNT, REFERENCE, RISK, pyplot, save_png
 from segscale.config import ChurnSettings, LifecycleSettings
 from segscale.transforms.labels import LABEL, TRUE_LABEL
 
@@ -184,34 +185,32 @@ def evaluate(model: ClassifierMixin, train: pd.DataFrame, holdout: pd.DataFrame,
 def charts(model: ClassifierMixin, holdout: pd.DataFrame, evaluation: Mapping[str, Any], out_dir: Path,
            seed: int) -> list[Path]:
     """calibration.png, lift.png and importance.png (permutation importance on the holdout, ROC-AUC drop)."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display
-    from matplotlib import pyplot as plt
-
+    plt = pyplot()
     y = holdout[LABEL].astype(int).to_numpy()
     p = predict_churn(model, holdout)
     written = []
 
     fig, ax = plt.subplots(figsize=(5, 5))
     table = evaluation["calibration"]
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    ax.plot([b["mean_predicted"] for b in table], [b["observed"] for b in table], marker="o", label="model")
+    ax.plot([0, 1], [0, 1], linestyle="--", color=REFERENCE, label="perfect calibration")
+    ax.plot([b["mean_predicted"] for b in table], [b["observed"] for b in table], marker="o", color=RISK,
+            label="model")
     ax.set(xlabel="mean predicted churn probability", ylabel="observed churn rate", title="Calibration (holdout)")
     ax.legend()
-    written.append(_save(fig, out_dir / "calibration.png"))
+    written.append(save_png(fig, out_dir / "calibration.png"))
 
     order = np.argsort(-p, kind="stable")
     share = np.arange(1, len(y) + 1) / len(y)
     captured = np.cumsum(y[order]) / max(y.sum(), 1)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(share, captured, label="model")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random")
-    ax.axvline(TOP_SHARE, color="tab:red", linewidth=0.8,
+    ax.plot(share, captured, color=RISK, label="model")
+    ax.plot([0, 1], [0, 1], linestyle="--", color=REFERENCE, label="random")
+    ax.axvline(TOP_SHARE, color=COUNT, linewidth=0.8,
                label=f"top decile: lift {evaluation['model']['top_decile_lift']:.2f}")
     ax.set(xlabel="share of customers, highest risk first", ylabel="share of churners captured",
            title="Cumulative gains (holdout)")
     ax.legend()
-    written.append(_save(fig, out_dir / "lift.png"))
+    written.append(save_png(fig, out_dir / "lift.png"))
 
     sample = holdout.sample(n=min(len(holdout), IMPORTANCE_ROWS), random_state=seed)
     features = features_of(model)
@@ -219,19 +218,10 @@ def charts(model: ClassifierMixin, holdout: pd.DataFrame, evaluation: Mapping[st
                                         scoring="roc_auc", n_repeats=3, random_state=seed)
     ranked = sorted(zip(features, importance.importances_mean, strict=True), key=lambda item: item[1])
     fig, ax = plt.subplots(figsize=(6, 7))
-    ax.barh([name for name, _ in ranked], [value for _, value in ranked])
+    ax.barh([name for name, _ in ranked], [value for _, value in ranked], color=COUNT)
     ax.set(xlabel="drop in ROC-AUC when the feature is shuffled", title="Permutation importance (holdout)")
-    written.append(_save(fig, out_dir / "importance.png"))
+    written.append(save_png(fig, out_dir / "importance.png"))
     return written
-
-
-def _save(fig: Any, path: Path) -> Path:
-    from matplotlib import pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def flat_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:

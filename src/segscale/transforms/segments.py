@@ -12,11 +12,18 @@ from segscale.models.bgnbd import CLV_COLUMNS
 from segscale.models.churn import CHURN_COLUMNS
 from segscale.transforms.rfm import SKETCH_POINTS, CutPoints, is_buyer, with_rfm_scores
 
+# The values of customer_scores.value_tier and lifecycle_stage, in display order, with what people see of them: the
+# tiers' Chinese names (beside the English ones in the report and the run summary) and each value's chart colour.
 HIGH_VALUE, POTENTIAL, REGULAR = "high_value", "potential", "regular"
 VALUE_TIERS = (HIGH_VALUE, POTENTIAL, REGULAR)
 TIER_LABELS = {HIGH_VALUE: "高价值", POTENTIAL: "潜力", REGULAR: "普通"}
+TIER_COLOURS = {HIGH_VALUE: "#c8871a", POTENTIAL: "#3f7fbf", REGULAR: "#9a9a9a"}
 PROSPECT, CHURNED, AT_RISK, NEW, LOYAL, REPEAT = "prospect", "churned", "at_risk", "new", "loyal", "repeat"
 LIFECYCLE_STAGES = (PROSPECT, NEW, REPEAT, LOYAL, AT_RISK, CHURNED)
+# The stages of a buyer who bought within lifecycle.at_risk_after_days.
+ACTIVE_STAGES = (NEW, REPEAT, LOYAL)
+STAGE_COLOURS = {PROSPECT: "#c9d6e3", NEW: "#8fb3d9", REPEAT: "#4f86c6", LOYAL: "#1f4e8c", AT_RISK: "#e0a030",
+                 CHURNED: "#c0392b"}
 
 
 @dataclass(frozen=True)
