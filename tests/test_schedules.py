@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from segscale import __version__
-from segscale.cli.app import build_parser
+from segscale.cli.app import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULES = ROOT / "conf" / "schedules"
@@ -23,9 +23,9 @@ WHEEL = f"segscale-{__version__}-py3-none-any.whl"  # what `make wheel` writes t
 
 
 def parses_as_the_job(arguments: list[str]) -> None:
-    """jobs/run_pipeline.py runs `segscale run ARGS`; argparse exits on an argument it does not accept."""
+    """jobs/run_pipeline.py runs `segscale run ARGS`; the CLI exits on an argument it does not accept."""
     try:
-        build_parser().parse_args(["run", *arguments])
+        parse(["run", *arguments])
     except SystemExit as exc:
         raise AssertionError(f"the job does not accept {arguments}") from exc
 
