@@ -273,8 +273,9 @@ def test_off_a_terminal_the_summary_prints_as_its_plain_text(capsys):
     assert out == format_summary(SUMMARY) + "\n" and "\x1b[" not in out
 
 
-def test_stage_progress_follows_the_pipeline_s_stage_records(monkeypatch):
-    monkeypatch.setattr(logging.getLogger("segscale.pipeline.context"), "level", logging.INFO)
+def test_stage_progress_follows_the_pipeline_s_stage_records(caplog):
+    # setLevel (not a plain attribute) so the logger's cache of enabled levels from earlier tests is cleared.
+    caplog.set_level(logging.INFO, logger="segscale.pipeline.context")
     console = Console(file=io.StringIO(), force_terminal=True, width=80)
     display = Progress(console=console)
     stages = progress.StageProgress(display)
