@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ from segscale.models.churn_classifier import (
     usable_features,
 )
 from segscale.models.registry import ScoringModel
-from segscale.transforms.features import FEATURE_TYPES
+from segscale.transforms.features import FEATURE_TYPES, PURCHASE, customer_features, filter_signed_up_by, snapshot_end
 from segscale.transforms.labels import (
     CUTOFF,
     LABEL,
@@ -68,7 +69,7 @@ def label_inputs(spark) -> tuple[DataFrame, DataFrame]:
 
 def test_labels_at_the_horizon_boundaries(label_inputs):
     customers, transactions = label_inputs
-    rows = labelled_rows(customers, transactions, None, CUTOFF_DATE, SETTINGS)
+    rows = labelled_rows(customers, transactions, None, [CUTOFF_DATE], SETTINGS)
     labels = {r.customer_id: r[LABEL] for r in rows.select("customer_id", LABEL).collect()}
     assert labels == {"A": False, "B": True, "C": True, "D": True}
     assert rows.columns == [*FEATURE_TYPES, CUTOFF, LABEL]
@@ -80,7 +81,7 @@ def test_labels_at_the_horizon_boundaries(label_inputs):
 def test_horizon_comes_from_config(label_inputs):
     customers, transactions = label_inputs
     longer = Settings.model_validate({"churn": {"horizon_days": 91}})
-    rows = labelled_rows(customers, transactions, None, CUTOFF_DATE, longer)
+    rows = labelled_rows(customers, transactions, None, [CUTOFF_DATE], longer)
     assert {r.customer_id for r in rows.where(~F.col(LABEL)).collect()} == {"A", "B"}
 
 
@@ -108,8 +109,8 @@ def test_changing_events_after_a_cutoff_leaves_its_features_unchanged(generated)
         F.when(later, F.lit("return")).otherwise(F.col("transaction_type")).alias("transaction_type"),
     )
     changed_events = events.where(~later | (F.col("kind") != "complaint"))
-    before = labelled_rows(customers, tx, events, CUTOFF_DATE, SETTINGS)
-    after = labelled_rows(customers, changed_tx, changed_events, CUTOFF_DATE, SETTINGS)
+    before = labelled_rows(customers, tx, events, [CUTOFF_DATE], SETTINGS)
+    after = labelled_rows(customers, changed_tx, changed_events, [CUTOFF_DATE], SETTINGS)
     assertDataFrameEqual(after.drop(LABEL), before.drop(LABEL), rtol=1e-9)
     # The change turned every later purchase into a return, so every buyer is now churned.
     assert after.where(~F.col(LABEL)).count() == 0 < before.where(~F.col(LABEL)).count()
@@ -127,6 +128,37 @@ def test_most_recent_cutoff_is_the_holdout_and_earlier_ones_train(generated):
     assert 0.05 < churn_rate < 0.95  # both classes present in generated data
 
 
+def per_cutoff_rows(customers_df: DataFrame, transactions_df: DataFrame, interactions_df: DataFrame | None,
+                    cutoff: dt.date, settings: Settings) -> DataFrame:
+    """The definition the one-pass training set must reproduce (the former per-cutoff path): the features stage's
+    transform as of the cutoff for the customers signed up by then, its buyers, labelled by a separate look at the
+    purchases in the horizon."""
+    features_df = customer_features(customers_df.transform(filter_signed_up_by, cutoff), transactions_df,
+                                    interactions_df, cutoff, settings.features, settings.rfm.lookback_days)
+    buyers_df = features_df.where(F.col("recency_days").isNotNull())
+    in_horizon = ((F.col("transaction_type") == PURCHASE) & (F.col("ts") >= snapshot_end(cutoff))
+                  & (F.col("ts") < snapshot_end(cutoff + dt.timedelta(days=settings.churn.horizon_days))))
+    retained_df = transactions_df.where(in_horizon).select("customer_id").distinct().select(
+        "customer_id", F.lit(True).alias("_retained"))
+    return buyers_df.join(retained_df, "customer_id", how="left").select(
+        *buyers_df.columns, F.lit(cutoff).alias(CUTOFF), F.col("_retained").isNull().alias(LABEL))
+
+
+def test_one_pass_training_set_equals_each_cutoff_computed_alone(generated):
+    """Every cutoff's rows of the one-pass training set are the features stage's rows as of that cutoff (its
+    buyers, signed up by then), with the label of the horizon after it: same columns, same values."""
+    settings = Settings.model_validate({"rfm": {"lookback_days": 200}, "churn": {"labelled_cutoffs": 4}})
+    frames = generated["customers"], generated["transactions"], generated["interactions"]
+    data = training_set(*frames, dt.date(2024, 12, 31), settings)
+    assert len(data.cutoffs) == 4
+    for side, cutoffs in ((data.holdout, data.cutoffs[:1]), (data.train, data.cutoffs[1:])):
+        expected = functools.reduce(DataFrame.unionByName, [per_cutoff_rows(*frames, c, settings) for c in cutoffs])
+        assert side.columns == expected.columns
+        assert side.count() == expected.count() > 0
+        assertDataFrameEqual(side, expected, rtol=1e-12)
+    assert data.rows.count() == data.train.count() + data.holdout.count()
+
+
 def test_capped_sample_keeps_label_shares_and_is_seeded(spark):
     rows = spark.range(20_000).select(
         F.col("id").alias("customer_id"), (F.col("id") % 10 < 2).alias(LABEL)).repartition(4)
@@ -142,7 +174,7 @@ def test_capped_sample_keeps_label_shares_and_is_seeded(spark):
     assert capped_sample(rows, counts, 50_000, seed=1).count() == 20_000
 
 
-TRAINING = TrainingSet(train=None, holdout=None,
+TRAINING = TrainingSet(rows=None, train=None, holdout=None,
                        cutoffs=(dt.date(2024, 10, 2), dt.date(2024, 7, 4), dt.date(2024, 4, 5)))
 
 

@@ -39,7 +39,7 @@ from segscale.transforms.labels import (
     TrainingSet,
     capped_sample,
     check_trainable,
-    label_counts,
+    side_counts,
     training_set,
     with_true_dropout,
 )
@@ -142,26 +142,26 @@ def _training_sample(data: TrainingData, settings: Settings, stage: Any
     validated = data.validated
     labelled = training_set(validated.customers, validated.transactions, validated.interactions,
                             data.snapshot_date, settings)
-    holdout_df = labelled.holdout
-    if data.truth is not None:
-        holdout_df = with_true_dropout(holdout_df, data.truth, labelled.holdout_cutoff)
-    # Counting the labels, then sampling, reads the labelled rows twice: keep them.
-    sides = [labelled.train.persist(StorageLevel.MEMORY_AND_DISK), holdout_df.persist(StorageLevel.MEMORY_AND_DISK)]
+    # Counting the labels, then sampling both sides, reads the labelled rows three times: keep them (every cutoff
+    # comes from one pass over the events, so one computation serves both sides).
+    labelled.rows.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counts = [label_counts(rows_df) for rows_df in sides]
+        counts = side_counts(labelled)
         stage.record = LabelledRecord(
             holdout_cutoff=labelled.holdout_cutoff.isoformat(),
             train_cutoffs=[c.isoformat() for c in labelled.cutoffs[1:]],
             labelled={side: {"churned": c[True], "retained": c[False]}
                       for side, c in zip(("train", "holdout"), counts, strict=True)})
         check_trainable(*counts, labelled, churn)
+        holdout_df = labelled.holdout
+        if data.truth is not None:
+            holdout_df = with_true_dropout(holdout_df, data.truth, labelled.holdout_cutoff)
         # The only rows pulled to the driver: at most churn.max_train_rows per side, one fraction per label.
         capped = [capped_sample(rows_df, c, churn.max_train_rows, churn.sample_seed)
-                  for rows_df, c in zip(sides, counts, strict=True)]
+                  for rows_df, c in zip((labelled.train, holdout_df), counts, strict=True)]
         train, holdout = [rows_df.toPandas() for rows_df in capped]  # small: at most churn.max_train_rows each
     finally:
-        for rows_df in sides:
-            rows_df.unpersist()
+        labelled.rows.unpersist()
     stage.record = TrainingSetRecord(**dataclasses.asdict(stage.record), train_rows=len(train),
                                      holdout_rows=len(holdout))
     return labelled, train, holdout

@@ -2,15 +2,16 @@
 
 A buyer at a cutoff c (at least one purchase by the end of c, UTC) is churned when they make no purchase in
 (c, c + horizon]: the horizon days after c, the last one included. Training rows are the features as of the
-cutoffs D - h, D - 2h, ..., computed by the same transform that publishes `customer_features`, so nothing after a
-cutoff enters its features; only the label looks past it. The most recent cutoff is the holdout.
+cutoffs D - h, D - 2h, ..., computed by the same transform that publishes `customer_features` (all cutoffs in one
+pass over the events), so nothing after a cutoff enters its features; only the label looks past it. The most
+recent cutoff is the holdout.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame
@@ -18,7 +19,7 @@ from pyspark.sql import functions as F
 
 from segscale.config import ChurnSettings, Settings
 from segscale.errors import ModelSkipped
-from segscale.transforms.features import PURCHASE, customer_features, filter_signed_up_by, snapshot_end
+from segscale.transforms.features import FEATURE_TYPES, PURCHASES_AFTER, features_as_of, snapshot_end
 
 LABEL = "churned"
 CUTOFF = "cutoff_date"
@@ -27,8 +28,10 @@ TRUE_LABEL = "true_churned"
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """Labelled buyers of the earlier cutoffs (train) and of the most recent one (holdout), before sampling."""
+    """Labelled buyers of the earlier cutoffs (train) and of the most recent one (holdout), before sampling; both
+    are views of `rows`, every cutoff's labelled buyers."""
 
+    rows: DataFrame
     train: DataFrame
     holdout: DataFrame
     cutoffs: tuple[dt.date, ...]  # most recent (the holdout's) first
@@ -44,37 +47,36 @@ def labelled_cutoffs(snapshot_date: dt.date, settings: ChurnSettings) -> list[dt
     return [snapshot_date - k * horizon for k in range(1, settings.labelled_cutoffs + 1)]
 
 
-def retained_customers(transactions_df: DataFrame, cutoff: dt.date, horizon_days: int) -> DataFrame:
-    """customer_id of everyone with a purchase in (cutoff, cutoff + horizon_days], one row each."""
-    after_cutoff = F.col("ts") >= snapshot_end(cutoff)
-    in_horizon = F.col("ts") < snapshot_end(cutoff + dt.timedelta(days=horizon_days))
-    purchases_df = transactions_df.where((F.col("transaction_type") == PURCHASE) & after_cutoff & in_horizon)
-    return purchases_df.select("customer_id").distinct()
-
-
 def labelled_rows(customers_df: DataFrame, transactions_df: DataFrame, interactions_df: DataFrame | None,
-                  cutoff: dt.date, settings: Settings) -> DataFrame:
-    """The buyers at `cutoff`: their features as of the cutoff, `cutoff_date` and the `churned` label."""
-    # customer_features reads only events on or before the cutoff.
-    features_df = customer_features(customers_df.transform(filter_signed_up_by, cutoff), transactions_df,
-                                    interactions_df, cutoff, settings.features, settings.rfm.lookback_days)
-    buyers_df = features_df.where(F.col("recency_days").isNotNull())
-    retained_df = retained_customers(transactions_df, cutoff, settings.churn.horizon_days).select(
-        "customer_id", F.lit(True).alias("_retained"))
-    return buyers_df.join(retained_df, "customer_id", how="left").select(
-        *buyers_df.columns,
-        F.lit(cutoff).alias(CUTOFF),
-        F.col("_retained").isNull().alias(LABEL),
+                  cutoffs: Sequence[dt.date], settings: Settings) -> DataFrame:
+    """The buyers at each cutoff: their features as of the cutoff, `cutoff_date` and the `churned` label, all
+    cutoffs from one pass over the events."""
+    rows_df = features_as_of(customers_df, transactions_df, interactions_df, cutoffs, settings.features,
+                             settings.rfm.lookback_days, purchases_after_days=settings.churn.horizon_days)
+    # tenure_days is null exactly for customers not signed up by the cutoff (signup_date is required).
+    is_signed_up = F.col("tenure_days").isNotNull()
+    is_buyer = F.col("recency_days").isNotNull()
+    is_churned = F.col(PURCHASES_AFTER) == 0
+    return rows_df.where(is_signed_up & is_buyer).select(
+        *FEATURE_TYPES,
+        F.col("snapshot_date").alias(CUTOFF),
+        is_churned.alias(LABEL),
     )
 
 
 def training_set(customers_df: DataFrame, transactions_df: DataFrame, interactions_df: DataFrame | None,
                  snapshot_date: dt.date, settings: Settings) -> TrainingSet:
-    """Labelled rows of every cutoff: the most recent cutoff is the holdout, the earlier ones are stacked to train."""
+    """Labelled rows of every cutoff: the most recent cutoff is the holdout, the earlier ones are stacked to train.
+    Both sides are views of `rows`, so persisting `rows` computes every cutoff once."""
     cutoffs = labelled_cutoffs(snapshot_date, settings.churn)
-    rows = [labelled_rows(customers_df, transactions_df, interactions_df, c, settings) for c in cutoffs]
-    return TrainingSet(train=functools.reduce(DataFrame.unionByName, rows[1:]), holdout=rows[0],
-                       cutoffs=tuple(cutoffs))
+    rows_df = labelled_rows(customers_df, transactions_df, interactions_df, cutoffs, settings)
+    def at(cutoff: dt.date) -> DataFrame:
+        return rows_df.where(F.col(CUTOFF) == F.lit(cutoff))
+
+    # The training rows reach the driver cutoff by cutoff: the classifier's calibration folds are cut in row order
+    # (StratifiedKFold without shuffling), so this order is part of what the fit sees.
+    train_df = functools.reduce(DataFrame.unionByName, [at(c) for c in cutoffs[1:]])
+    return TrainingSet(rows=rows_df, train=train_df, holdout=at(cutoffs[0]), cutoffs=tuple(cutoffs))
 
 
 def with_true_dropout(rows_df: DataFrame, truth_df: DataFrame, cutoff: dt.date) -> DataFrame:
@@ -83,6 +85,15 @@ def with_true_dropout(rows_df: DataFrame, truth_df: DataFrame, cutoff: dt.date) 
     dropped = F.coalesce(F.col("dropout_ts") < snapshot_end(cutoff), F.lit(False))  # null: never dropped out
     dropped_df = truth_df.select("customer_id", dropped.alias(TRUE_LABEL))
     return rows_df.join(dropped_df, "customer_id", how="left")
+
+
+def side_counts(data: TrainingSet) -> tuple[dict[bool, int], dict[bool, int]]:
+    """Labelled rows per label of the train side and of the holdout side, from one aggregation of `data.rows`."""
+    is_holdout = (F.col(CUTOFF) == F.lit(data.holdout_cutoff)).alias("is_holdout")
+    found = {(row["is_holdout"], row[LABEL]): row["count"]
+             for row in data.rows.groupBy(is_holdout, LABEL).count().collect()}  # small: 4 rows
+    return tuple({label: found.get((side, label), 0) for label in (False, True)}  # type: ignore[return-value]
+                 for side in (False, True))
 
 
 def label_counts(rows_df: DataFrame) -> dict[bool, int]:
