@@ -1,4 +1,10 @@
-"""One Spark session per test process (`make test` runs two): local[2], UTC, few shuffle partitions, UI off."""
+"""One Spark session per test process (`make test` runs two): local[2], UTC, few shuffle partitions, UI off.
+
+One trained warehouse per session (`two_snapshots`, the golden run, default settings), read by every test that
+only reads a published warehouse; a test that writes works on its own copy (shutil.copytree of its root, the MLflow
+store included). Tests that train a model without being about its quality use the cheap model profile
+(frames.CHEAP_MODELS: 25 boosting iterations instead of 200, 2 calibration folds instead of 3), through the
+`cheap_models` fixture or `frames.cheap_config`; docs/models.md, "Tests"."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import sys
 
 import pytest
 import yaml
-from frames import D1, D2, GOLDEN_INPUT, free_port, settings_for
+from frames import CHEAP_MODELS_ENV, D1, D2, GOLDEN_INPUT, free_port, settings_for
 from pyspark.sql import SparkSession
 
 from segscale.cli import main
@@ -76,6 +82,13 @@ def unreachable_mlflow(monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     return uri
+
+
+@pytest.fixture
+def cheap_models(monkeypatch) -> None:
+    """The cheap model profile (frames.CHEAP_MODELS) for every command the test runs, as SEGSCALE_* variables."""
+    for name, value in CHEAP_MODELS_ENV.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import yaml
 from mlflow import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from segscale.cli import main
 from segscale.config import GenerateSettings, Settings
 from segscale.contract import CONTRACT
 from segscale.models import registry
@@ -24,10 +27,47 @@ D1, D2 = dt.date(2024, 6, 30), dt.date(2024, 9, 30)
 GOLDEN_INPUT = Path(__file__).with_name("golden") / "input"
 
 
+# The cheap model profile, for tests that train a model without being about how good it is: a churn classifier of
+# 25 boosting iterations (the default is 200) calibrated on 2 folds (default 3), with the same features, cutoffs,
+# calibration method and gate. Declared once here; a test takes it as config sections (`settings_for(...,
+# **CHEAP_MODELS)`), as SEGSCALE_* variables (`CHEAP_MODELS_ENV`, the `cheap_models` fixture of conftest) or as a
+# config file (`cheap_config`). The golden run (conftest.two_snapshots) and the tests of model quality
+# (test_churn's fitted model, test_clv) keep the default settings. docs/models.md, "Tests".
+CHEAP_MODELS: dict[str, dict] = {
+    "churn": {"estimator_params": {"max_iter": 25, "learning_rate": 0.2, "class_weight": "balanced",
+                                   "random_state": 7},
+              "calibration_folds": 2},
+}
+
+
+def _variables(sections: dict, prefix: str = "SEGSCALE_") -> dict[str, str]:
+    """Config sections as SEGSCALE_<SECTION>__<KEY> variables (a mapping below a key as one JSON value)."""
+    return {f"{prefix}{section.upper()}__{key.upper()}": json.dumps(value)
+            for section, keys in sections.items() for key, value in keys.items()}
+
+
+CHEAP_MODELS_ENV = _variables(CHEAP_MODELS)
+
+
+def cheap_config(path: Path, **sections: dict) -> Path:
+    """A config file at `path` with the cheap model profile, each of `sections` merged over it key by key."""
+    merged = {name: dict(keys) for name, keys in CHEAP_MODELS.items()}
+    for name, keys in sections.items():
+        merged.setdefault(name, {}).update(keys)
+    path.write_text(yaml.safe_dump(merged))
+    return path
+
+
 def settings_for(inputs: object, warehouse: object, **sections: object) -> Settings:
     """Settings for a pipeline run on the embedded backend, with `sections` overriding the defaults."""
     return Settings.model_validate({"paths": {"input": str(inputs), "warehouse": str(warehouse)},
                                     "delta": {"backend": "delta-rs"}, **sections})
+
+
+def run_command(spark: SparkSession, inputs: object, warehouse: object, snapshot: object, *extra: str) -> int:
+    """`segscale run` through the CLI's own entry point in this process: its exit code."""
+    return main(["run", "--input", str(inputs), "--warehouse", str(warehouse), "--snapshot-date", str(snapshot),
+                 *extra], spark=spark)
 
 
 def ts(text: str) -> dt.datetime:

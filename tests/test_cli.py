@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
-from frames import contract_schema
+from frames import contract_schema, run_command
 from pyspark.sql import functions as F
 
 from segscale.cli import main
@@ -331,17 +331,12 @@ def test_backfill_refuses_a_bad_range(tmp_path, capsys, args, message):
     assert not (tmp_path / "wh").exists()
 
 
-def run_on(spark, inputs: Path, tmp_path: Path) -> int:
-    return main(["run", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"), "--snapshot-date", SNAPSHOT],
-                spark=spark)
-
-
 def test_a_csv_input_with_another_delimiter_names_the_file(spark, tmp_path, capsys):
     inputs = write_inputs(spark, tmp_path / "in", "csv")
     for part in (inputs / "customers").glob("*.csv"):
         part.write_text(part.read_text().replace(",", ";"))
     drop_checksums(inputs)
-    assert run_on(spark, inputs, tmp_path) == 2
+    assert run_command(spark, inputs, tmp_path / "wh", SNAPSHOT) == 2
     err = capsys.readouterr().err
     assert "is not comma-separated" in err and "semicolons" in err and "customers/part-" in err
     assert not (tmp_path / "wh").exists() or not (tmp_path / "wh" / "customer_features").exists()
@@ -353,7 +348,7 @@ def test_a_csv_input_that_is_not_utf8_names_the_file(spark, tmp_path, capsys):
     text = part.read_text().replace("north", "Zürich", 1)
     part.write_bytes(text.encode("latin-1"))
     drop_checksums(inputs)
-    assert run_on(spark, inputs, tmp_path) == 2
+    assert run_command(spark, inputs, tmp_path / "wh", SNAPSHOT) == 2
     err = capsys.readouterr().err
     assert "is not UTF-8 text" in err and part.name in err
     assert not (tmp_path / "wh" / "customer_features").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
-from frames import settings_for
+from frames import run_command, settings_for
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -146,11 +146,6 @@ def no_models(monkeypatch):
         monkeypatch.setenv(key, value)
 
 
-def run_in_session(spark, inputs: Path, warehouse: Path) -> int:
-    return main(["run", "--input", str(inputs), "--warehouse", str(warehouse), "--snapshot-date",
-                 SNAPSHOT.isoformat()], spark=spark)
-
-
 def assert_nothing_half_published(warehouse: Path) -> None:
     """Every table that exists is readable and holds exactly its committed files' rows."""
     for table in (p for p in warehouse.iterdir() if (p / "_delta_log").exists()):
@@ -166,7 +161,7 @@ def test_a_full_disk_is_a_clear_error_and_nothing_is_half_published(spark, input
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs to fill up here: {mounted.stderr.decode().strip()}")
     try:
-        assert run_in_session(spark, inputs, small / "wh") == 3
+        assert run_command(spark, inputs, small / "wh", SNAPSHOT) == 3
         err = capsys.readouterr().err
         assert "the warehouse storage refused the write to" in err and "No space left on device" in err
         assert "Traceback" not in err
@@ -185,7 +180,7 @@ def test_a_warehouse_without_write_permission_is_a_clear_error_and_nothing_chang
     if locked.returncode != 0:
         pytest.skip(f"cannot make the warehouse immutable here: {locked.stderr.decode().strip()}")
     try:
-        assert run_in_session(spark, inputs, warehouse) == 3
+        assert run_command(spark, inputs, warehouse, SNAPSHOT) == 3
     finally:
         subprocess.run(["chattr", "-R", "-i", str(warehouse)], check=True)
     err = capsys.readouterr().err

@@ -27,6 +27,10 @@ from segscale.models.churn import RISK_BANDS
 from segscale.models.churn_classifier import MODEL_FEATURES
 from segscale.transforms.segments import LIFECYCLE_STAGES, VALUE_TIERS
 
+# The cases train churn wherever the data allows, but none is about the model's quality (test_churn is): the cheap
+# model profile (tests/frames.py) for every run.
+pytestmark = pytest.mark.usefixtures("cheap_models")
+
 SNAPSHOT = "2024-12-31"
 SNAPSHOT_TABLES = ("quarantine", "customer_features", "customer_scores", "retention_plan", "retention_summary")
 

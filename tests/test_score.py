@@ -13,30 +13,28 @@ import numpy as np
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
-from frames import mlflow_store
+from frames import D1, D2, GOLDEN_INPUT, mlflow_store, run_command
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 from sklearn.linear_model import LogisticRegression
 
 from segscale.cli import main
-from segscale.config import Settings
+from segscale.config import DeltaSettings
+from segscale.io.delta import Warehouse
 from segscale.models import registry
 from segscale.models.bgnbd import CLV_COLUMNS
 from segscale.models.bgnbd import INPUT_COLUMNS as CLV_INPUTS
 from segscale.models.churn import CHURN_COLUMNS, load_classifier, log_classifier
 from segscale.models.churn_classifier import predict_churn
-from segscale.pipeline import generate_inputs
 
-SNAPSHOT = "2024-12-31"
+SNAPSHOT = D2.isoformat()  # the shared warehouse's latest snapshot
 NAME = "segscale_churn"
 
 
 def run(spark, root, *extra: str) -> dict:
     out = root / "summary.json"
-    code = main(["run", "--input", str(root / "in"), "--warehouse", str(root / "wh"), "--snapshot-date", SNAPSHOT,
-                 "--summary-json", str(out), *extra], spark=spark)
-    assert code == 0
+    assert run_command(spark, GOLDEN_INPUT, root / "wh", SNAPSHOT, "--summary-json", str(out), *extra) == 0
     return json.loads(out.read_text())
 
 
@@ -45,14 +43,14 @@ def score(spark, root, *extra: str) -> int:
 
 
 def client_of(root) -> MlflowClient:
-    """The MLflow client of the embedded store beside root's warehouse, registry included: the process's
-    registry URI is global and points at whichever store the last run used."""
+    """The MLflow client of the embedded store beside root's warehouse, registry included."""
     uri = f"sqlite:///{root / 'mlflow.db'}"
     return MlflowClient(uri, uri)
 
 
 def table_of(spark, root, name: str):
-    return spark.read.parquet(*DeltaTable(str(root / "wh" / name)).file_uris())
+    """A table of root's warehouse, its snapshot_date partition column included."""
+    return Warehouse(spark, str(root / "wh"), DeltaSettings(backend="delta-rs")).read(name)
 
 
 def rows_of(root, name: str) -> pd.DataFrame:
@@ -60,25 +58,34 @@ def rows_of(root, name: str) -> pd.DataFrame:
     return DeltaTable(str(root / "wh" / name)).to_pandas()
 
 
-def scores_of(spark, root):
-    return table_of(spark, root, "customer_scores")
+def of_snapshot(table_df, day: str = SNAPSHOT):
+    return table_df.where(F.col("snapshot_date") == F.lit(day))
 
 
-@pytest.fixture(scope="module")
-def scored(spark, tmp_path_factory):
-    """A first `run` on a fresh warehouse: no champion yet, so it trains version 1 and scores with it."""
-    root = tmp_path_factory.mktemp("scored")
-    generate_inputs(spark, Settings.model_validate({"generate": {"customers": 2000, "seed": 8}}), str(root / "in"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        summary = run(spark, root)
-    return root, summary
+def scores_of(spark, root, day: str = D1.isoformat()):
+    """customer_scores of one snapshot (the first run's by default)."""
+    return of_snapshot(table_of(spark, root, "customer_scores"), day)
+
+
+def first_commit(root, name: str) -> dict:
+    """The commit metadata of version 0 of a table: what the first run recorded."""
+    (entry,) = [e for e in DeltaTable(str(root / "wh" / name)).history() if e["version"] == 0]
+    return json.loads(entry["userMetadata"])
+
+
+@pytest.fixture
+def scored(two_snapshots):
+    """The session's shared warehouse (conftest.two_snapshots): its first run, on D1, found no champion, so it
+    trained version 1 of both models and scored with them; D2 scored with the same champions. (root, first
+    summary); read it, never write to it (`own` is a copy to write to)."""
+    settings, _, first, _ = two_snapshots
+    return Path(settings.paths.warehouse).parent, first
 
 
 @pytest.fixture
 def own(scored, tmp_path) -> Path:
-    """A copy of the scored root (inputs, warehouse, MLflow store) for a test that writes: `scored` stays as its
-    first run left it, whatever order the tests run in."""
+    """A copy of the shared root (warehouse and the MLflow store beside it) for a test that writes, so the shared
+    warehouse stays as the golden run left it, whatever order the tests run in."""
     root, _ = scored
     shutil.copytree(root, tmp_path / "own")
     return tmp_path / "own"
@@ -93,7 +100,7 @@ def test_first_run_trains_a_champion_then_scores_every_customer(spark, scored):
     scores = scores_of(spark, root)
     buyers = scores.where(F.col("lifecycle_stage") != "prospect")
     prospects = scores.where(F.col("lifecycle_stage") == "prospect")
-    assert buyers.count() > 1000 and prospects.count() > 100
+    assert buyers.count() > 500 and prospects.count() > 50
     assert buyers.where(F.col("churn_probability").isNull() | ~F.col("churn_probability").between(0, 1)).count() == 0
     assert prospects.where(F.col("churn_probability").isNotNull() | F.col("churn_risk_band").isNotNull()).count() == 0
     assert scores.where((F.col("model_name") != NAME) | (F.col("model_version") != 1)).count() == 0
@@ -104,15 +111,15 @@ def test_first_run_trains_a_champion_then_scores_every_customer(spark, scored):
     bands = summary["stages"]["segment"]["churn_risk_bands"]
     assert bands["unscored"] == prospects.count()
     assert sum(n for band, n in bands.items() if band != "unscored") == buyers.count()
-    meta = json.loads(DeltaTable(str(root / "wh" / "customer_scores")).history(1)[0]["userMetadata"])
-    assert meta["model_version"] == f"models:/{NAME}/1"
+    meta = first_commit(root, "customer_scores")
+    assert meta["snapshot_date"] == D1.isoformat() and meta["model_version"] == f"models:/{NAME}/1"
     assert meta["extra"]["clv_model"] == "models:/segscale_clv/1"
 
 
 def test_first_run_fits_and_registers_clv_and_values_every_buyer(spark, scored):
     root, summary = scored
     fitted = summary["stages"]["clv fit"]
-    assert fitted["model_version"] == 1 and fitted["buyers"] > 1000 and fitted["repeat_buyers"] > 500
+    assert fitted["model_version"] == 1 and fitted["buyers"] > 500 and fitted["repeat_buyers"] > 250
     assert summary["stages"]["segment"]["clv_model"] == {"name": "segscale_clv", "version": 1}
     scores = scores_of(spark, root)
     buyers = scores.where(F.col("lifecycle_stage") != "prospect")
@@ -126,7 +133,7 @@ def test_first_run_fits_and_registers_clv_and_values_every_buyer(spark, scored):
                                                                            F.max("clv").alias("high")).collect()}
     assert by_tier["high_value"].low >= by_tier["potential"].high >= by_tier["regular"].high
     # The registered pyfunc predicts what the executors published, from the four inputs.
-    features = spark.read.parquet(*DeltaTable(str(root / "wh" / "customer_features")).file_uris())
+    features = table_of(spark, root, "customer_features").where(F.col("snapshot_date") == F.lit(D1))
     rows = features.where(F.col("bgnbd_frequency").isNotNull()).orderBy("customer_id").limit(200).toPandas()
     with mlflow_store(root):
         predicted = mlflow.pyfunc.load_model("models:/segscale_clv/1").predict(rows[list(CLV_INPUTS)])
@@ -150,7 +157,7 @@ def test_the_plan_spends_within_budget_and_its_summary_adds_up(spark, own, monke
     assert main(["plan", "--warehouse", str(root / "wh"), "--snapshot-date", SNAPSHOT, "--summary-json", str(out)],
                 spark=spark) == 0
     retention = json.loads(out.read_text())["stages"]["plan"]["retention"]
-    plan = table_of(spark, root, "retention_plan").toPandas().sort_values("priority_rank")
+    plan = of_snapshot(table_of(spark, root, "retention_plan")).toPandas().sort_values("priority_rank")
     assert plan["priority_rank"].tolist() == list(range(1, len(plan) + 1))
     chosen = plan[plan["selected"]]
     assert 0 < len(chosen) < len(plan) and plan["selected"].iloc[: len(chosen)].all()
@@ -160,7 +167,7 @@ def test_the_plan_spends_within_budget_and_its_summary_adds_up(spark, own, monke
     assert (ratio.diff().dropna() <= 1e-12).all()  # ranked by saved value per unit cost
     np.testing.assert_allclose(plan["value_at_risk"], plan["churn_probability"] * plan["clv"], rtol=1e-12)
     assert (plan["expected_saved_value"] > 0).all()
-    summary = table_of(spark, root, "retention_summary").toPandas().set_index("value_tier")
+    summary = of_snapshot(table_of(spark, root, "retention_summary")).toPandas().set_index("value_tier")
     totals = chosen.groupby("value_tier").agg(n=("customer_id", "size"), spend=("cost", "sum"),
                                               saved=("expected_saved_value", "sum"))
     for tier, row in summary.iterrows():
@@ -179,7 +186,7 @@ def test_the_plan_spends_within_budget_and_its_summary_adds_up(spark, own, monke
 
 def test_executors_score_exactly_what_the_model_predicts(spark, scored):
     root, _ = scored
-    features = spark.read.parquet(*DeltaTable(str(root / "wh" / "customer_features")).file_uris())
+    features = table_of(spark, root, "customer_features").where(F.col("snapshot_date") == F.lit(D1))
     buyers = features.where(F.col("recency_days").isNotNull()).toPandas()  # small test snapshot
     with mlflow_store(root):
         model = load_classifier(NAME, 1)
@@ -190,20 +197,20 @@ def test_executors_score_exactly_what_the_model_predicts(spark, scored):
     np.testing.assert_allclose(published.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=1e-12)
 
 
-def test_score_rescores_with_a_chosen_version_and_keeps_every_other_column(spark, own):
+def test_score_rescores_with_a_chosen_version_and_keeps_every_other_column(spark, own, cheap_models):
     root = own
-    # Train version 2 on the same inputs with `run --train`; then score with version 1 again by hand.
+    # Train version 2 on the same inputs with `run --train` (cheap profile); then score with version 1 again.
     summary = run(spark, root, "--train")
     assert summary["stages"]["train"]["model_version"] == 2
     assert summary["stages"]["clv fit"]["model_version"] == 2
     trained_champion = summary["stages"]["train"]["promotion"]["promoted"]
     assert summary["stages"]["segment"]["churn_model"]["version"] == (2 if trained_champion else 1)
-    before = scores_of(spark, root).drop("run_id", *CHURN_COLUMNS)
+    before = scores_of(spark, root, SNAPSHOT).drop("run_id", *CHURN_COLUMNS)
     before = spark.createDataFrame(before.collect(), before.schema)
     plan_version = DeltaTable(str(root / "wh" / "retention_plan")).version()
     assert score(spark, root, "--model-version", "1") == 0
     assert DeltaTable(str(root / "wh" / "retention_plan")).version() == plan_version + 1  # re-planned
-    after = scores_of(spark, root)
+    after = scores_of(spark, root, SNAPSHOT)
     assert after.where(F.col("model_version") != 1).count() == 0
     assertDataFrameEqual(after.drop("run_id", *CHURN_COLUMNS), before)
     history = DeltaTable(str(root / "wh" / "customer_scores")).history(1)[0]
@@ -238,9 +245,9 @@ def register(uri: str, columns: list[str], champion: bool) -> None:
     (["recency_days"], ["--model-version", "5"], f"model {NAME} has no version 5; registered versions: \\[1\\]"),
     (["recency_days", "loyalty_points"], ["--model-version", "1"], r"the features lack \['loyalty_points'\]"),
 ])
-def test_score_errors_name_the_cause_and_write_nothing(spark, scored, tmp_path, monkeypatch, capsys, setup, args,
+def test_score_errors_name_the_cause_and_write_nothing(spark, own, tmp_path, monkeypatch, capsys, setup, args,
                                                        message):
-    root, _ = scored
+    root = own  # a failed command is recorded in the runs table
     uri = f"sqlite:///{tmp_path / 'other.db'}"
     if setup is not None:
         register(uri, setup, champion=False)
@@ -251,22 +258,19 @@ def test_score_errors_name_the_cause_and_write_nothing(spark, scored, tmp_path, 
     assert DeltaTable(str(root / "wh" / "customer_scores")).version() == version
 
 
-def test_run_stops_before_publishing_when_mlflow_is_unreachable(spark, scored, tmp_path, capsys, unreachable_mlflow):
-    root, _ = scored
-    code = main(["run", "--input", str(root / "in"), "--warehouse", str(tmp_path / "wh"), "--snapshot-date",
-                 SNAPSHOT], spark=spark)
+def test_run_stops_before_publishing_when_mlflow_is_unreachable(spark, own, tmp_path, capsys, unreachable_mlflow):
+    root = own  # a failed command is recorded in the runs table
+    code = run_command(spark, GOLDEN_INPUT, tmp_path / "wh", SNAPSHOT)
     assert code == 3
     assert "is unreachable" in capsys.readouterr().err
     assert {p.name for p in (tmp_path / "wh").iterdir()} == {"runs"}  # only the record of the failed run
     assert score(spark, root) == 3
 
 
-def test_without_models_the_scores_carry_null_model_columns(spark, scored, tmp_path, monkeypatch):
-    root, _ = scored
+def test_without_models_the_scores_carry_null_model_columns(spark, tmp_path, monkeypatch):
     for key, value in (("CHURN__ENABLED", "false"), ("CLV__ENABLED", "false"), ("TIERS__BASIS", "monetary")):
         monkeypatch.setenv(f"SEGSCALE_{key}", value)
-    code = main(["run", "--input", str(root / "in"), "--warehouse", str(tmp_path / "wh"), "--snapshot-date",
-                 SNAPSHOT], spark=spark)
+    code = run_command(spark, GOLDEN_INPUT, tmp_path / "wh", SNAPSHOT)
     assert code == 0
     scores = spark.read.parquet(*DeltaTable(str(tmp_path / "wh" / "customer_scores")).file_uris())
     model_columns = [*CHURN_COLUMNS, *CLV_COLUMNS, "clv_model_version"]
@@ -276,7 +280,7 @@ def test_without_models_the_scores_carry_null_model_columns(spark, scored, tmp_p
     assert rows_of(tmp_path, "retention_plan").empty
     notes = set(rows_of(tmp_path, "retention_summary")["note"])
     assert notes == {"churn.enabled is false and clv.enabled is false"}
-    assert main(["run", "--train", "--input", str(root / "in"), "--warehouse", str(tmp_path / "wh")], spark=spark) == 2
+    assert main(["run", "--train", "--input", str(GOLDEN_INPUT), "--warehouse", str(tmp_path / "wh")], spark=spark) == 2
 
 
 def test_history_names_the_model_that_scored_each_commit(scored, capsys):
@@ -284,16 +288,15 @@ def test_history_names_the_model_that_scored_each_commit(scored, capsys):
     assert main(["history", "customer_scores", "--warehouse", str(root / "wh")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("models")
-    assert all(re.search(rf"models:/{NAME}/\d+", line) for line in lines[1:])
-    assert re.search(r"models:/segscale_clv/\d+$", lines[-1])  # the first run scored CLV with version 1
+    # One commit per snapshot of the shared warehouse, each naming the churn and CLV versions that scored it.
+    assert len(lines) == 3 and [D2.isoformat() in lines[1], D1.isoformat() in lines[2]] == [True, True]
+    assert all(line.endswith(f"models:/{NAME}/1 models:/segscale_clv/1") for line in lines[1:])
 
 
-def test_a_model_the_data_cannot_support_is_skipped_and_everything_else_is_published(spark, scored, tmp_path,
-                                                                                       capsys):
+def test_a_model_the_data_cannot_support_is_skipped_and_everything_else_is_published(spark, tmp_path, capsys):
     """Two months of history cannot label churn 90 days ahead: the run publishes without a churn model and says
     why, everywhere a user looks; --strict turns the same run into exit 4."""
-    root, _ = scored
-    early = ["run", "--input", str(root / "in"), "--warehouse", str(tmp_path / "wh"), "--snapshot-date",
+    early = ["run", "--input", str(GOLDEN_INPUT), "--warehouse", str(tmp_path / "wh"), "--snapshot-date",
              "2022-03-01", "--summary-json", str(tmp_path / "summary.json")]
     assert main(early, spark=spark) == 0
     out = capsys.readouterr().out
@@ -319,18 +322,17 @@ def test_a_model_the_data_cannot_support_is_skipped_and_everything_else_is_publi
     assert DeltaTable(str(tmp_path / "wh" / "customer_scores")).version() == 1
 
 
-def test_a_skipped_training_scores_with_the_champion_of_an_earlier_run(spark, scored, tmp_path, monkeypatch):
-    root, _ = scored
+def test_a_skipped_training_scores_with_the_champion_of_an_earlier_run(spark, own, tmp_path, monkeypatch):
+    root = own
     for key, value in (("CLV__ENABLED", "false"), ("TIERS__BASIS", "monetary")):  # churn alone tries to train
         monkeypatch.setenv(f"SEGSCALE_{key}", value)
-    shutil.copytree(root, tmp_path / "copy")
     champion = int(client_of(root).get_model_version_by_alias(NAME, "champion").version)
-    code = main(["run", "--train", "--input", str(root / "in"), "--warehouse", str(tmp_path / "copy" / "wh"),
-                 "--snapshot-date", "2022-03-01", "--summary-json", str(tmp_path / "s.json")], spark=spark)
+    code = run_command(spark, GOLDEN_INPUT, root / "wh", "2022-03-01", "--train", "--summary-json",
+                       str(tmp_path / "s.json"))
     assert code == 0
     churn = json.loads((tmp_path / "s.json").read_text())["models"]["churn"]
     assert churn["status"] == "earlier champion" and churn["version"] == champion and churn["skipped"]
-    scores = rows_of(tmp_path / "copy", "customer_scores")
+    scores = rows_of(root, "customer_scores")
     scored = scores[(scores["snapshot_date"].astype(str) == "2022-03-01") & scores["churn_probability"].notna()]
     assert not scored.empty
     assert set(zip(scored["model_name"], scored["model_version"], strict=True)) == {(NAME, champion)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import skops.io
 import yaml
 from deltalake import DeltaTable
-from frames import free_port, mlflow_store
+from frames import cheap_config, free_port, mlflow_store
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -48,28 +49,43 @@ def train(spark, inputs, warehouse, *extra: str, config: Path | None = None) -> 
 
 @pytest.fixture(scope="module")
 def registry(spark, inputs, tmp_path_factory):
-    """Three trainings on one warehouse: v1 (first), v2 (a much weaker model), v3 (the default model again)."""
+    """Two trainings on one warehouse, in the cheap model profile: v1 (first), v2 (a much weaker model). Read it;
+    a test that changes the registry works on `own_registry`."""
     root = tmp_path_factory.mktemp("registry")
-    weak = root / "weak.yaml"
-    weak.write_text("churn:\n  estimator_params: {max_iter: 1, max_depth: 1, learning_rate: 0.01}\n")
+    cheap = cheap_config(root / "cheap.yaml")
+    weak = cheap_config(root / "weak.yaml", churn={"estimator_params": {"max_iter": 1, "max_depth": 1,
+                                                                         "learning_rate": 0.01}})
     summaries = []
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        for config in (None, weak, None):
+        for config in (cheap, weak):
             out = root / f"summary-{len(summaries)}.json"
             assert train(spark, inputs, root / "wh", "--summary-json", str(out), config=config) == 0
             summaries.append(json.loads(out.read_text()))
+    return root, client_of(root), summaries
+
+
+def client_of(root: Path) -> MlflowClient:
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    return root, MlflowClient(uri, uri), summaries
+    return MlflowClient(uri, uri)
+
+
+@pytest.fixture
+def own_registry(registry, tmp_path):
+    """A copy of the registry's root (warehouse and MLflow store) for a test that moves aliases."""
+    root, _, summaries = registry
+    shutil.copytree(root, tmp_path / "own")
+    return tmp_path / "own", client_of(tmp_path / "own"), summaries
 
 
 def test_first_version_becomes_champion_and_every_version_is_challenger_first(registry):
     _, client, summaries = registry
     versions = [s["stages"]["train"]["model_version"] for s in summaries]
-    assert versions == [1, 2, 3]
+    assert versions == [1, 2]
     decisions = [s["stages"]["train"]["promotion"] for s in summaries]
     assert decisions[0]["promoted"] and decisions[0]["reason"] == "first version"
-    assert int(client.get_model_version_by_alias(NAME, "challenger").version) == 3
+    assert int(client.get_model_version_by_alias(NAME, "challenger").version) == 2
+    assert client.get_model_version(NAME, "1").tags["promotion_decision"] == "promoted"
 
 
 def test_gate_keeps_the_champion_against_a_worse_model_and_logs_both_numbers(registry):
@@ -82,14 +98,30 @@ def test_gate_keeps_the_champion_against_a_worse_model_and_logs_both_numbers(reg
     assert run.data.metrics["champion_holdout_roc_auc"] == pytest.approx(weak["champion_auc"])
     assert run.data.metrics["holdout_roc_auc"] == pytest.approx(weak["new_auc"])
     assert run.data.tags["promotion_decision"] == "kept champion"
-    # v3 is the default model again: not worse than champion v1 on its holdout, so it takes over.
-    again = summaries[2]["stages"]["train"]["promotion"]
-    assert again["promoted"] and again["champion_version"] == 1
-    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 3
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1
     assert client.get_model_version(NAME, "2").tags["promotion_decision"] == "kept champion"
 
 
-def test_training_run_logs_params_lineage_metrics_artifacts_and_a_skops_model(registry, inputs):
+@pytest.mark.parametrize(("new_auc", "promoted"), [(0.7951, True), (0.7949, False)])
+def test_gate_moves_the_champion_unless_the_new_version_is_worse_by_more_than_the_tolerance(tmp_path, new_auc,
+                                                                                           promoted):
+    """Champion v1 scores 0.80 on the new version's holdout; tolerance 0.005."""
+    client = client_of(tmp_path)
+    client.create_registered_model(NAME)
+    for _ in range(2):
+        client.create_model_version(NAME, source=(tmp_path / "model").as_uri())
+    client.set_registered_model_alias(NAME, "champion", "1")
+    asked = []
+    decision = mlflow_registry.gate(client, NAME, 2, new_auc, 0.005, lambda v: asked.append(v) or 0.80)
+    assert asked == [1] and decision.promoted is promoted and decision.champion_auc == 0.80
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == (2 if promoted else 1)
+    assert int(client.get_model_version_by_alias(NAME, "challenger").version) == 2
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["promotion_decision"] == ("promoted" if promoted else "kept champion")
+    assert ("not worse than" in tags["promotion_reason"]) is promoted
+
+
+def test_training_run_logs_params_lineage_metrics_artifacts_and_a_skops_model(registry, tmp_path):
     root, client, summaries = registry
     trained = summaries[0]["stages"]["train"]
     run = client.get_run(trained["mlflow_run_id"])
@@ -108,10 +140,10 @@ def test_training_run_logs_params_lineage_metrics_artifacts_and_a_skops_model(re
     charts = {a.path for a in client.list_artifacts(run.info.run_id, "charts")}
     assert charts == {"charts/calibration.png", "charts/lift.png", "charts/importance.png"}
     for name in charts:
-        png = Path(client.download_artifacts(run.info.run_id, name, str(root)))
+        png = Path(client.download_artifacts(run.info.run_id, name, str(tmp_path)))
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
     evaluation = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation.json",
-                                                           str(root))).read_text())
+                                                           str(tmp_path))).read_text())
     assert len(evaluation["calibration"]) > 3 and evaluation["beats_baselines"]
     with mlflow_store(root):
         info = mlflow.models.get_model_info(f"models:/{NAME}/1")
@@ -124,33 +156,33 @@ def test_training_run_logs_params_lineage_metrics_artifacts_and_a_skops_model(re
     assert (root / "mlartifacts").is_dir()  # the embedded store keeps artifacts beside it
 
 
-def test_promote_by_hand_records_why(registry, capsys, monkeypatch):
-    root, client, _ = registry
+def test_promote_by_hand_records_why(own_registry, capsys):
+    root, client, _ = own_registry
     assert main(["promote", "--warehouse", str(root / "wh"), "--version", "2", "--reason", "rollback drill"]) == 0
-    assert "champion is now version 2 (was 3)" in capsys.readouterr().out
+    assert "champion is now version 2 (was 1)" in capsys.readouterr().out
     version = client.get_model_version(NAME, "2")
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
     assert version.tags["promotion_reason"] == "rollback drill"
-    assert version.tags["previous_champion"] == "3"
+    assert version.tags["previous_champion"] == "1"
     assert main(["promote", "--warehouse", str(root / "wh"), "--version", "9", "--reason", "x"]) == 2
-    assert "has no version 9; registered versions: [1, 2, 3]" in capsys.readouterr().err
+    assert "has no version 9; registered versions: [1, 2]" in capsys.readouterr().err
     assert main(["promote", "--warehouse", str(root / "wh"), "--version", "1", "--reason", " "]) == 2
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
     # The CLV model: each training fitted a version and made it champion; roll back to the first.
-    assert int(client.get_model_version_by_alias("segscale_clv", "champion").version) == 3
+    assert int(client.get_model_version_by_alias("segscale_clv", "champion").version) == 2
     assert main(["promote", "--model", "clv", "--warehouse", str(root / "wh"), "--version", "1", "--reason",
                  "compare"]) == 0
     assert int(client.get_model_version_by_alias("segscale_clv", "champion").version) == 1
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
 
 
-def test_the_clv_model_is_logged_as_code_with_its_parameters_in_the_config(registry):
+def test_the_clv_model_is_logged_as_code_with_its_parameters_in_the_config(registry, tmp_path):
     """No pickle in the artifact: the pyfunc is segscale's own code, the fit lives in the model config."""
     root, client, summaries = registry
     fitted = summaries[0]["stages"]["clv fit"]
     with mlflow_store(root):
         info = mlflow.models.get_model_info("models:/segscale_clv/1")
-        local = Path(mlflow.artifacts.download_artifacts("models:/segscale_clv/1", dst_path=str(root / "clv")))
+        local = Path(mlflow.artifacts.download_artifacts("models:/segscale_clv/1", dst_path=str(tmp_path / "clv")))
     pyfunc = info.flavors["python_function"]
     assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert pyfunc["model_code_path"].endswith("clv_pyfunc.py")
@@ -238,7 +270,7 @@ def tracking_server(tmp_path):
 
 
 def test_train_register_and_score_through_a_real_tracking_server(spark, inputs, tmp_path, tracking_server,
-                                                                  monkeypatch):
+                                                                  monkeypatch, cheap_models):
     uri, artifacts = tracking_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     out = tmp_path / "summary.json"
