@@ -9,7 +9,7 @@ DEMO_SNAPSHOT ?= 2024-12-31
 DEMO_PREVIOUS ?= 2024-09-30
 DEMO_CUSTOMERS ?= 20000
 
-.PHONY: demo test lint docs bench wheel clean check-java
+.PHONY: demo test test-fast lint docs bench wheel clean check-java
 
 check-java:
 	@java -version >/dev/null 2>&1 || { \
@@ -37,6 +37,10 @@ demo: check-java $(STAMP)
 
 test: check-java $(STAMP)
 	$(PY) -m pytest
+
+# The unit tests alone (pure transforms, config, catalog, CLI parsing): about a minute.
+test-fast: check-java $(STAMP)
+	$(PY) -m pytest tests/unit -n 0
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src jobs tests benchmarks notebooks

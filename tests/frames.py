@@ -22,9 +22,12 @@ from segscale.models import registry
 from segscale.synthetic.generator import generate_frames
 
 # The snapshots of the warehouse the pipeline publishes once per test session (conftest.two_snapshots), and its
-# input: 800 generated customers with 1 % bad rows, shipped as CSV files (tests/test_golden.py).
+# input: 800 generated customers with 1 % bad rows, shipped as CSV files (tests/integration/test_golden.py).
 D1, D2 = dt.date(2024, 6, 30), dt.date(2024, 9, 30)
-GOLDEN_INPUT = Path(__file__).with_name("golden") / "input"
+TESTS = Path(__file__).resolve().parent  # tests/: the shared modules, golden/, faulty.py
+ROOT = TESTS.parent  # the checkout
+GOLDEN = TESTS / "golden"
+GOLDEN_INPUT = GOLDEN / "input"
 
 
 # The cheap model profile, for tests that train a model without being about how good it is: a churn classifier of

@@ -589,7 +589,7 @@ INTRO = """\
 # Data dictionary
 
 <!-- Generated from src/segscale/catalog.py by `make docs` (python -m segscale.catalog --update docs); edit the
-catalog, not this file: tests/test_catalog.py fails when the two differ. -->
+catalog, not this file: tests/unit/test_catalog.py fails when the two differ. -->
 
 Every table segscale publishes, with each column's meaning and how it is computed, as declared in the table
 catalog (`segscale.catalog`), which the writers check every frame against before anything is written. All

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
-from frames import contract_schema, run_command
+from frames import ROOT, contract_schema, run_command
 from pyspark.sql import functions as F
 
 from segscale.cli import main
 from segscale.config import DeltaSettings
 from segscale.io.delta import CommitMetadata, DeltaStore
 
-ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = "2024-06-30"
 
 

@@ -23,11 +23,10 @@ import pyspark
 import pytest
 import yaml
 from deltalake import DeltaTable
-from frames import D2, free_port
+from frames import D2, ROOT, free_port
 
 from segscale import catalog
 
-ROOT = Path(__file__).resolve().parents[1]
 SPARK_HOME = Path(pyspark.__file__).parent
 SNAPSHOT_TABLES = tuple(t.name for t in catalog.TABLES if "snapshot_date" in t.partition_by)
 # The same partitioning as the local test session (conftest), so both runs split the data the same way.

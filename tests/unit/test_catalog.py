@@ -1,22 +1,19 @@
 """The table catalog: the published tables are what it declares, the writers refuse frames that differ, and the
-data dictionary is generated from it."""
+data dictionary is generated from it (the published tables are checked against it in integration/test_pipeline.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
-from pyspark.sql import types as T
+from frames import ROOT
 
 from segscale import catalog
-from segscale.analyst.sql import connect, published_tables
 from segscale.errors import InputError, SchemaMismatchError
 from segscale.io.delta import CommitMetadata, Warehouse
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = ROOT / "docs"
 
 
 def test_the_checked_in_dictionary_is_the_one_the_catalog_generates():
@@ -80,29 +77,3 @@ def test_an_unknown_table_name_is_an_input_error_listing_the_catalog():
     with pytest.raises(InputError, match="'customer_score' is not a segscale table; the catalog has quarantine"):
         catalog.table("customer_score")
     assert catalog.table("runs") is catalog.RUNS
-
-
-def test_published_tables_have_the_declared_schema_partitioning_nulls_and_keys(two_snapshots):
-    settings, _, _, _ = two_snapshots
-    published = published_tables(settings.paths.warehouse)
-    assert set(published) == set(catalog.BY_NAME)
-    con = connect(published)
-    try:
-        for name, uri in published.items():
-            table, delta = catalog.table(name), DeltaTable(uri)
-            stored = T.StructType.fromJson(json.loads(delta.schema().to_json()))
-            assert stored.fieldNames() == table.column_names, name
-            assert table.mismatches(stored) == [], name
-            assert delta.metadata().partition_columns == list(table.partition_by), name
-            never_null = [c.name for c in table.columns if not c.nullable]
-            if never_null:
-                nulls = con.execute(f"SELECT {', '.join(f'count(*) - count({c})' for c in never_null)} "
-                                    f"FROM {name}").fetchone()  # small: one row of counts
-                assert dict(zip(never_null, nulls, strict=True)) == dict.fromkeys(never_null, 0), name
-            if table.key:
-                keys = ", ".join(table.key)
-                duplicates = con.execute(f"SELECT count(*) FROM (SELECT {keys} FROM {name} GROUP BY ALL "
-                                         f"HAVING count(*) > 1)").fetchone()[0]  # small: one count
-                assert duplicates == 0, f"{name}: duplicate keys ({keys})"
-    finally:
-        con.close()

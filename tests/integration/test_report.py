@@ -15,13 +15,11 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 import pytest
-from frames import D1, D2
+from frames import D1, D2, ROOT
 
 from segscale.analyst import report as report_module
 from segscale.analyst.sql import run_query
 from segscale.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 ALL_CHARTS = {"tier-pyramid", "rfm-heatmap", "rfm-segments", "lifecycle-funnel", "churn-distribution",
               "churn-risk-by-tier", "churn-calibration", "churn-lift", "clv-distribution", "clv-by-tier",

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from frames import ROOT
 
 from segscale import __version__
 from segscale.cli.app import parse
 
-ROOT = Path(__file__).resolve().parents[1]
 SCHEDULES = ROOT / "conf" / "schedules"
 WHEEL = f"segscale-{__version__}-py3-none-any.whl"  # what `make wheel` writes to dist/
 

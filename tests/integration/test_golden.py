@@ -6,8 +6,8 @@ generated customers with 1 % bad rows, shipped as CSV files so that neither a ch
 refactor can move it. Values that differ on every run by design (run ids, times,
 paths, the package version, the configuration's hash) are left out; everything else must match, doubles to a
 relative 1e-9. When a change of published values is intended, rewrite the copy with
-`.venv/bin/python -m pytest tests/test_golden.py --refresh-golden` and review the diff of tests/golden/expected as
-part of the change."""
+`.venv/bin/python -m pytest tests/integration/test_golden.py --refresh-golden` and review the diff of
+tests/golden/expected as part of the change."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
+from frames import GOLDEN
 
-GOLDEN = Path(__file__).with_name("golden")
 TABLES = ("quarantine", "customer_features", "customer_scores", "segment_migration", "retention_plan",
           "retention_summary", "runs")
 # Different on every run by design. Of `runs`, the stable part of each row is kept (below).

@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from frames import ROOT
 
 
 def _bin_dir(tmp_path: Path, java_version: str | None) -> Path:

@@ -11,12 +11,13 @@ from pathlib import Path
 import duckdb
 import pytest
 from deltalake import DeltaTable
-from frames import D1, D2, GOLDEN_INPUT, settings_for
+from frames import D1, D2, GOLDEN_INPUT, ROOT, settings_for
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from segscale import catalog
-from segscale.analyst.sql import run_query
+from segscale.analyst.sql import connect, published_tables, run_query
 from segscale.cli.app import format_summary, main
 from segscale.config import Settings
 from segscale.errors import InputError
@@ -147,7 +148,7 @@ def test_too_many_bad_rows_stop_the_run_before_anything_is_published(spark, tmp_
 
 def test_stage_commands_run_their_stages(spark, tmp_path, capsys, monkeypatch):
     for key, value in (("CHURN__ENABLED", "false"), ("CLV__ENABLED", "false"), ("TIERS__BASIS", "monetary")):
-        monkeypatch.setenv(f"SEGSCALE_{key}", value)  # scoring by stage: tests/test_score.py
+        monkeypatch.setenv(f"SEGSCALE_{key}", value)  # scoring by stage: tests/integration/test_score.py
     warehouse = tmp_path / "wh"
     common = ["--input", str(GOLDEN_INPUT), "--warehouse", str(warehouse), "--snapshot-date", D1.isoformat()]
     assert main(["segment", *common[2:]], spark=spark) == 2  # nothing to segment yet
@@ -177,7 +178,7 @@ def test_run_is_recorded_with_its_stages(spark, tmp_path):
 
 def test_every_example_query_in_the_docs_runs_on_a_published_warehouse(two_snapshots):
     settings, _, _, _ = two_snapshots
-    text = (Path(__file__).resolve().parents[1] / "docs" / "querying.md").read_text()
+    text = (ROOT / "docs" / "querying.md").read_text()
     queries = re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)
     assert len(queries) == 10
     for query in queries:
@@ -200,3 +201,29 @@ def test_a_stage_tags_and_describes_the_spark_jobs_it_runs(spark):
         assert context.getLocalProperty("spark.job.description") == f"segscale run {D1}: features"
     assert not {t for t in context.getJobTags() if t.startswith(STAGE_TAG)}
     assert context.getLocalProperty("spark.job.description") is None
+
+
+def test_published_tables_have_the_declared_schema_partitioning_nulls_and_keys(two_snapshots):
+    settings, _, _, _ = two_snapshots
+    published = published_tables(settings.paths.warehouse)
+    assert set(published) == set(catalog.BY_NAME)
+    con = connect(published)
+    try:
+        for name, uri in published.items():
+            table, delta = catalog.table(name), DeltaTable(uri)
+            stored = T.StructType.fromJson(json.loads(delta.schema().to_json()))
+            assert stored.fieldNames() == table.column_names, name
+            assert table.mismatches(stored) == [], name
+            assert delta.metadata().partition_columns == list(table.partition_by), name
+            never_null = [c.name for c in table.columns if not c.nullable]
+            if never_null:
+                nulls = con.execute(f"SELECT {', '.join(f'count(*) - count({c})' for c in never_null)} "
+                                    f"FROM {name}").fetchone()  # small: one row of counts
+                assert dict(zip(never_null, nulls, strict=True)) == dict.fromkeys(never_null, 0), name
+            if table.key:
+                keys = ", ".join(table.key)
+                duplicates = con.execute(f"SELECT count(*) FROM (SELECT {keys} FROM {name} GROUP BY ALL "
+                                         f"HAVING count(*) > 1)").fetchone()[0]  # small: one count
+                assert duplicates == 0, f"{name}: duplicate keys ({keys})"
+    finally:
+        con.close()

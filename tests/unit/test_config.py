@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from frames import ROOT
 
 from segscale.config import Settings, SparkSettings, load_settings
 from segscale.errors import ConfigError, InputError
 from segscale.models import registry
 
-ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 

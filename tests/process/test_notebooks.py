@@ -3,13 +3,12 @@ the pipeline published."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jupytext
 import pytest
+from frames import ROOT
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.py"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
 
 
 def test_there_are_the_two_analyst_notebooks():

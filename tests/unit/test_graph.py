@@ -4,14 +4,14 @@ diagram in docs/architecture.md is the code's."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from frames import ROOT
 
 from segscale.pipeline import GRAPHS
 from segscale.pipeline.graph import Graph, Stage
 
-ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 
 def source(run) -> int:

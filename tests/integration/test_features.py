@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from pathlib import Path
 
 import duckdb
 import pytest
-from frames import contract_schema, generated_inputs, ts
+from frames import ROOT, contract_schema, generated_inputs, ts
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -216,7 +215,7 @@ def test_events_after_the_snapshot_change_nothing(generated):
     assertDataFrameEqual(after, before, rtol=1e-9)
 
 
-DUCKDB_FEATURES = (Path(__file__).resolve().parents[1] / "benchmarks" / "reference_features.sql").read_text()
+DUCKDB_FEATURES = (ROOT / "benchmarks" / "reference_features.sql").read_text()
 
 
 def test_features_match_an_independent_duckdb_query(spark, generated):

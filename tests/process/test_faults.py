@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
-from frames import run_command, settings_for
+from frames import TESTS, run_command, settings_for
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -52,7 +52,7 @@ def run_process(inputs: Path, warehouse: Path, fault: str | None = None, master:
     """`segscale run` in its own process and embedded session, optionally with a fault (tests/faulty.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_", "SEGSCALE_"))}
     env.update(ENV_WITHOUT_MODELS, SEGSCALE_SPARK__MASTER=master)
-    command = [str(Path(__file__).with_name("faulty.py")), fault] if fault else ["-m", "segscale"]
+    command = [str(TESTS / "faulty.py"), fault] if fault else ["-m", "segscale"]
     return subprocess.Popen(
         [sys.executable, *command, "run", "--input", str(inputs), "--warehouse", str(warehouse),
          "--snapshot-date", SNAPSHOT.isoformat(), "--config", str(warehouse.parent / "none.yaml")],
