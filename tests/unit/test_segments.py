@@ -11,6 +11,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from segscale.config import RfmSettings, Settings
 from segscale.errors import ConfigError
+from segscale.models import MODELS
 from segscale.transforms.migration import segment_migration
 from segscale.transforms.rfm import CutPoints, cut_points, quantile_sketch, rounded_up, tie_aware_cuts, with_rfm_scores
 from segscale.transforms.segments import (
@@ -190,7 +191,8 @@ def test_customer_scores_columns_with_tiers_by_clv(spark):
          ("p", D, None, 0, 0.0, None, None, None, None, None, None, None, None, 2)],
         FEATURES + ", " + churn_clv)
     cuts = CutPoints((1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0))
-    scores = customer_scores(features, cuts, TierThresholds("clv", 40.0, 3.0), Settings(), "run-9")
+    scores = customer_scores(features, cuts, TierThresholds("clv", 40.0, 3.0), Settings(), "run-9",
+                             [c for model in MODELS for c in model.columns])
     expected = spark.createDataFrame(
         [("a", D, 1, 2, 10.0, 5, 2, 5, "Potential Loyalists", "high_value", "repeat", 0.42, "medium",
           "segscale_churn", 3, 0.9, 2.5, 20.0, 48.0, 2, "run-9"),

@@ -314,7 +314,8 @@ def segment(run: Run, features: Features, models: ModelSet) -> Scores:
         thresholds = tier_thresholds(sketch[basis], settings.tiers, basis)
         thresholds_record = {"basis": basis, "high_value_above": thresholds.high_value_above,
                              "potential_above": thresholds.potential_above}
-        scores_df = customer_scores(predicted_df, cuts, thresholds, settings, run.run_id)
+        scores_df = customer_scores(predicted_df, cuts, thresholds, settings, run.run_id,
+                                    [column for model in MODELS for column in model.columns])
         # The counts are gathered while the rows are written, not by reading them back.
         counts, value = Observation("tiers_by_stage"), Observation("clv_by_tier")
         observed_df = scores_df.observe(counts, *_tier_stage_counters()).observe(value, *_clv_by_tier())

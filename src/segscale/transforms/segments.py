@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segscale.config import LifecycleSettings, Settings, TierSettings
-from segscale.models.bgnbd import CLV_COLUMNS
-from segscale.models.churn import CHURN_COLUMNS
 from segscale.transforms.rfm import SKETCH_POINTS, CutPoints, is_buyer, with_rfm_scores
 
 # The values of customer_scores.value_tier and lifecycle_stage, in display order, with what people see of them: the
@@ -80,17 +79,16 @@ def lifecycle_stage(settings: LifecycleSettings) -> Column:
 
 
 def customer_scores(features_df: DataFrame, cuts: CutPoints, thresholds: TierThresholds, settings: Settings,
-                    run_id: str) -> DataFrame:
-    """One row per customer of the snapshot with RFM scores, segment, value tier, lifecycle stage, and the churn
-    and CLV columns that `segscale.churn.with_churn_scores` and `segscale.clv.with_clv` added to the features."""
+                    run_id: str, model_columns: Sequence[str]) -> DataFrame:
+    """One row per customer of the snapshot with RFM scores, segment, value tier, lifecycle stage, and the
+    `model_columns` the models' predictions added to the features (each model's `columns`, in `MODELS` order)."""
     scored_df = features_df.transform(with_rfm_scores, cuts, settings.rfm)
     return scored_df.select(
         "customer_id", "snapshot_date", "recency_days", "frequency", "monetary", "r_score", "f_score", "m_score",
         "rfm_segment",
         value_tier(F.col(thresholds.basis), thresholds).alias("value_tier"),
         lifecycle_stage(settings.lifecycle).alias("lifecycle_stage"),
-        *CHURN_COLUMNS,
-        *CLV_COLUMNS, "clv_model_version",
+        *model_columns,
         F.lit(run_id).alias("run_id"),
     )
 
