@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 
 import pytest
 from frames import contract_schema, ts
@@ -13,14 +14,15 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from segscale.catalog import QUARANTINE
-from segscale.config import GenerateSettings, ValidationSettings
+from segscale.config import FeatureSettings, GenerateSettings, ValidationSettings
 from segscale.contract import CONTRACT
 from segscale.errors import InputError
 from segscale.synthetic.generator import generate_frames
+from segscale.transforms import validate
 from segscale.transforms.conform import InputTables, conform
+from segscale.transforms.features import features_as_of
 from segscale.transforms.validate import (
     TableCounts,
-    Validated,
     bad_share,
     check_bad_ratios,
     reason_counts,
@@ -174,18 +176,11 @@ def inputs(spark: SparkSession) -> InputTables:
                        frame(spark, "interactions", INTERACTION_ROWS))
 
 
-def persisted(validated: Validated) -> Validated:
-    """Persist the flagged frames, as the pipeline does: every derived frame then reads them from the cache."""
-    for df in validated.flagged.values():
-        df.persist()
-    return validated
-
-
 @pytest.fixture(scope="module")
 def validated(inputs):
-    result = persisted(validate_inputs(inputs, SETTINGS, SNAPSHOT, RUN_ID, NOW))
+    result = validate_inputs(inputs, SETTINGS, SNAPSHOT, RUN_ID, NOW)
     yield result
-    for df in result.flagged.values():
+    for df in result.kept:
         df.unpersist()
 
 
@@ -222,9 +217,14 @@ def test_unknown_customers_kept_when_configured(spark, inputs):
     assert validated.interactions.where(F.col("customer_id") == "X9").count() == 1
 
 
-def test_duplicates_resolved_the_same_whatever_the_input_order(spark):
+@pytest.mark.parametrize("broadcast_keys", [validate.MAX_BROADCAST_KEYS, 0])
+def test_duplicates_resolved_the_same_whatever_the_input_order(spark, monkeypatch, broadcast_keys):
+    """Also when more keys are shared by customers than are broadcast (0: their copies are joined by a shuffle)."""
+    monkeypatch.setattr(validate, "MAX_BROADCAST_KEYS", broadcast_keys)
     rows = [tx("d1", amount=a, when=T0) for a in (9.0, 2.0, 5.0)] + [tx("d2", cid=c) for c in ("C3", "C1", "C2")]
     rows += [tx("d3"), tx("d3"), tx("d3", kind="return")]
+    # Two copies at one customer and an earlier one at another: the other customer's copy is kept.
+    rows += [tx("d4", cid="C1", when=ts("2024-03-02T10:00:00"))] * 2 + [tx("d4", cid="C3")]
     customers = frame(spark, "customers", [customer("C1"), customer("C2"), customer("C3")])
 
     def run(ordered: list[tuple], partitions: int) -> list:
@@ -234,7 +234,58 @@ def test_duplicates_resolved_the_same_whatever_the_input_order(spark):
 
     forward = run(rows, 1)
     assertDataFrameEqual(forward, run(rows[::-1], 3))
-    assert sorted(row["reason"] or "kept" for row in forward) == ["duplicate_transaction_id"] * 6 + ["kept"] * 3
+    assert sorted(row["reason"] or "kept" for row in forward) == ["duplicate_transaction_id"] * 8 + ["kept"] * 4
+    assert [row["customer_id"] for row in forward if row["transaction_id"] == "d4" and row["reason"] is None] == ["C3"]
+
+
+def test_features_of_every_cutoff_read_the_validated_events_without_shuffling_them(spark, validated):
+    """Validation shuffles each events table once, by customer_id, and its flagged rows stay so partitioned:
+    the features of several cutoffs (the training set's one pass) group each customer's events from the kept
+    rows without another shuffle of them (only the customers may move)."""
+    cutoffs = [SNAPSHOT - dt.timedelta(days=90), SNAPSHOT]
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")  # plan as for a base too large to broadcast
+    try:
+        features_df = features_as_of(validated.customers, validated.transactions, validated.interactions,
+                                     cutoffs, FeatureSettings(), purchases_after_days=30)
+        features_df.write.format("noop").mode("overwrite").save()
+    finally:
+        spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
+    shuffled = shuffled_tables(features_df._jdf.queryExecution().executedPlan())
+    assert shuffled <= {"customers"}, shuffled
+
+
+@pytest.mark.parametrize("unknown_customer", ["quarantine", "keep"])
+def test_flagged_events_are_partitioned_by_customer_alone(inputs, unknown_customer):
+    """With or without the unknown-customer join, each events table is shuffled by customer_id (not by its key,
+    as a window over its copies alone would), so what reads the flagged rows per customer needs no shuffle."""
+    settings = SETTINGS.model_copy(update={"unknown_customer": unknown_customer})
+    validated = validate_inputs(inputs, settings, SNAPSHOT, RUN_ID, NOW)
+    for name in ("transactions", "interactions"):
+        adaptive = validated.flagged[name]._jdf.queryExecution().executedPlan()
+        partitioning = adaptive.executedPlan().outputPartitioning().toString()
+        assert re.fullmatch(r"hashpartitioning\(customer_id#\d+, \d+\)", partitioning), (name, partitioning)
+
+
+def shuffled_tables(node, below_shuffle: bool = False) -> set[str]:
+    """The validated tables (named by their key column) whose kept rows a shuffle of the executed plan `node`
+    (a JVM SparkPlan, adaptive stages unwrapped) moves."""
+    name = node.nodeName()
+    if name == "AdaptiveSparkPlan":
+        return shuffled_tables(node.executedPlan(), below_shuffle)
+    if "QueryStage" in name:
+        return shuffled_tables(node.plan(), below_shuffle)
+    if name == "InMemoryTableScan" and below_shuffle:
+        columns = {attribute.name() for attribute in _jvm_list(node.relation().output())}
+        return {table for table, key in KEYS.items() if key in columns}
+    below_shuffle = below_shuffle or name == "Exchange" and "hashpartitioning" in node.simpleString(100)
+    return set().union(*(shuffled_tables(child, below_shuffle) for child in _jvm_list(node.children())))
+
+
+def _jvm_list(seq) -> list:
+    return [seq.apply(i) for i in range(seq.size())]
+
+
+KEYS = {"customers": "signup_date", "transactions": "transaction_id", "interactions": "interaction_id"}
 
 
 def test_csv_text_is_kept_in_the_record(spark):
@@ -330,8 +381,8 @@ def test_every_generated_bad_row_is_caught(spark):
     dirty = {k: v.cache() for k, v in generate_frames(spark, settings).items() if k != "customer_truth"}
     base = generate_frames(spark, settings.model_copy(update={"dirty_rate": 0.0}))
     inputs = InputTables(dirty["customers"], dirty["transactions"], dirty["interactions"])
-    validated = persisted(validate_inputs(inputs, ValidationSettings(), dt.date(2024, 12, 31), RUN_ID,
-                                          dt.datetime(2025, 6, 1, tzinfo=dt.UTC)))
+    validated = validate_inputs(inputs, ValidationSettings(), dt.date(2024, 12, 31), RUN_ID,
+                                dt.datetime(2025, 6, 1, tzinfo=dt.UTC))
 
     # Faults are applied in place or as appended copies, so an untouched row is one in both versions.
     assertDataFrameEqual(validated.customers, base["customers"].intersectAll(dirty["customers"]))
@@ -351,5 +402,5 @@ def test_every_generated_bad_row_is_caught(spark):
     assert set(tx_counts["bad"]) >= {"null_customer_id", "invalid_timestamp", "timestamp_out_of_range",
                                   "invalid_amount", "unknown_transaction_type", "unknown_customer",
                                   "duplicate_transaction_id"}
-    for df in [*dirty.values(), *validated.flagged.values()]:
+    for df in [*dirty.values(), *validated.kept]:
         df.unpersist()

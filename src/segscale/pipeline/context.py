@@ -98,8 +98,9 @@ class Run:
         return self.warehouse.store.spark
 
     def keep(self, df: DataFrame) -> DataFrame:
-        """`df` persisted (memory, spilling to disk) until `release`, or until the run ends at the latest."""
-        kept = df.persist(StorageLevel.MEMORY_AND_DISK)
+        """`df` persisted (memory, spilling to disk; as it is, if it already is) until `release`, or until the run
+        ends at the latest."""
+        kept = df if df.is_cached else df.persist(StorageLevel.MEMORY_AND_DISK)
         self._kept.append(kept)
         return kept
 

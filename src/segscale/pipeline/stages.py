@@ -261,9 +261,10 @@ def _validated(run: Run, inputs: InputTables, *, publish: bool) -> Validated:
     settings = run.settings
     with run.stage("validate") as stage:
         validated = validate_inputs(inputs, settings.validation, run.snapshot_date, run.run_id, run.started_at)
-        # Counts, quarantine and features all read the flagged rows: computed once, kept for the whole run.
-        for flagged_df in validated.flagged.values():
-            run.keep(flagged_df)
+        # Counts, quarantine, features and the training set all read the flagged rows: each table's checks and its
+        # one shuffle are computed once, kept for the whole run.
+        for kept_df in validated.kept:
+            run.keep(kept_df)
         counts = reason_counts(validated)
         stage.record = ValidateRecord(counts)
         check_bad_ratios(counts, settings.validation.max_bad_ratio)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -59,8 +60,13 @@ SATISFACTION_RANGE = (1, 5)
 
 REASON = "reason"
 _HAS_CUSTOMER = "has_known_customer"
+# Keys shared by customers, at most this many, are decided with their hashes broadcast (8 bytes each).
+MAX_BROADCAST_KEYS = 2_000_000
+# Working columns of the duplicate rule (`_flag_events`).
+_PASSES, _COPY, _KEY_HASH, _HELD_BY_OTHERS = "passes_rules", "copy_number", "key_hash", "keys_held_by_others"
 
 Rule = tuple[str, Column]  # (reason code, condition that is true when the row fails the rule)
+EventFrames = tuple[DataFrame, DataFrame, DataFrame]  # flagged rows, rows by customer with rules, shared key hashes
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,11 @@ class Validated:
     """Clean rows per table (contract columns only), every table's bad rows, and the flagged frames they come from.
 
     `flagged` maps each present table to its rows with a `reason` column (null when clean); `customers`,
-    `transactions`, `interactions`, `quarantine` and `reason_counts` all derive from it, so persisting those
-    frames before the first action computes each table's checks once.
+    `transactions`, `interactions`, `quarantine` and `reason_counts` all derive from it. The flagged frames are
+    cheap projections of the frames in `kept` (the customers with their rules; each events table shuffled by
+    customer_id with its row rules; the hashes of keys that several customers hold), which validation persists
+    and computes (one shuffle of each events table); unpersist them when done. The flagged events stay
+    partitioned by customer_id, so the features read them without shuffling them again.
     """
 
     customers: DataFrame  # derived from the transactions when the input has no customers table
@@ -77,6 +86,7 @@ class Validated:
     interactions: DataFrame | None
     quarantine: DataFrame
     flagged: Mapping[str, DataFrame]
+    kept: tuple[DataFrame, ...]
 
 
 class TableCounts(TypedDict):
@@ -125,14 +135,17 @@ def first_failing(rules: Sequence[Rule]) -> Column:
 def validate_inputs(inputs: InputTables, settings: ValidationSettings, snapshot_date: dt.date, run_id: str,
                     now: dt.datetime) -> Validated:
     """Split every input table into clean rows and quarantined rows (with reason, original record and run).
-    Without a customers table, the customers are derived from the clean transactions (`derived_customers`)."""
-    flagged = flag_inputs(inputs, settings, now)
+    Without a customers table, the customers are derived from the clean transactions (`derived_customers`).
+    Runs one Spark job per events table (its shuffle, and the count of keys several customers share) and keeps
+    what later reads need persisted (`Validated.kept`)."""
+    flagged, kept = flag_inputs(inputs, settings, now)
     clean = {name: without_raw(df.where(F.col(REASON).isNull()).drop(REASON)) for name, df in flagged.items()}
     customers_df = clean["customers"] if inputs.customers is not None else derived_customers(clean["transactions"])
     quarantine_df = functools.reduce(DataFrame.unionByName, [
         quarantine_rows(name, df, snapshot_date, run_id) for name, df in flagged.items()
     ])
-    return Validated(customers_df, clean["transactions"], clean.get("interactions"), quarantine_df, flagged)
+    return Validated(customers_df, clean["transactions"], clean.get("interactions"), quarantine_df, flagged,
+                     tuple(kept))
 
 
 def derived_customers(transactions_df: DataFrame) -> DataFrame:
@@ -144,28 +157,32 @@ def derived_customers(transactions_df: DataFrame) -> DataFrame:
                                .alias(c.name) for c in CONTRACT["customers"]])
 
 
-def flag_inputs(inputs: InputTables, settings: ValidationSettings, now: dt.datetime) -> dict[str, DataFrame]:
-    """Each present table's rows (contract and raw-text columns) with `reason`: null for clean rows. Without a
-    customers table every transaction's customer is known, and an interaction's customer is known when it has a
-    clean transaction."""
+def flag_inputs(inputs: InputTables, settings: ValidationSettings, now: dt.datetime
+                ) -> tuple[dict[str, DataFrame], list[DataFrame]]:
+    """Each present table's rows (contract and raw-text columns) with `reason`: null for clean rows; and the
+    frames they derive from that are read more than once (`Validated.kept`). Without a customers table every
+    transaction's customer is known, and an interaction's customer is known when it has a clean transaction."""
     now = now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)  # a naive clock is read as UTC
     earliest = dt.datetime.combine(settings.min_timestamp, dt.time(), tzinfo=dt.UTC)
     quarantine_unknown = settings.unknown_customer == "quarantine"
-    flagged = {}
+    flagged, kept = {}, []
     known_df = None
     if inputs.customers is not None:
-        flagged["customers"] = flag_customers(inputs.customers)
+        flagged["customers"] = flag_customers(inputs.customers).persist(StorageLevel.MEMORY_AND_DISK)
+        kept.append(flagged["customers"])
         if quarantine_unknown:
             # Clean customers have unique, non-null ids, so the left joins below add no rows.
             known_df = (flagged["customers"].where(F.col(REASON).isNull())
                         .select("customer_id", F.lit(True).alias(_HAS_CUSTOMER)))
-    flagged["transactions"] = flag_transactions(inputs.transactions, settings, earliest, now, known_df)
+    flagged["transactions"], *parts = flag_transactions(inputs.transactions, settings, earliest, now, known_df)
+    kept += parts
     if inputs.interactions is not None:
         if inputs.customers is None and quarantine_unknown:
             known_df = (flagged["transactions"].where(F.col(REASON).isNull()).select("customer_id").distinct()
                         .select("customer_id", F.lit(True).alias(_HAS_CUSTOMER)))
-        flagged["interactions"] = flag_interactions(inputs.interactions, settings, earliest, now, known_df)
-    return flagged
+        flagged["interactions"], *parts = flag_interactions(inputs.interactions, settings, earliest, now, known_df)
+        kept += parts
+    return flagged, kept
 
 
 def flag_customers(customers_df: DataFrame) -> DataFrame:
@@ -181,7 +198,7 @@ def flag_customers(customers_df: DataFrame) -> DataFrame:
 
 
 def flag_transactions(transactions_df: DataFrame, settings: ValidationSettings, earliest: dt.datetime,
-                      now: dt.datetime, known_customers_df: DataFrame | None) -> DataFrame:
+                      now: dt.datetime, known_customers_df: DataFrame | None) -> EventFrames:
     """Transactions with their reason; `known_customers_df` None keeps rows of unknown customers."""
     amount = F.col("amount")
     is_missing_id = is_blank(F.col("transaction_id"))
@@ -205,7 +222,7 @@ def flag_transactions(transactions_df: DataFrame, settings: ValidationSettings, 
 
 
 def flag_interactions(interactions_df: DataFrame, settings: ValidationSettings, earliest: dt.datetime,
-                      now: dt.datetime, known_customers_df: DataFrame | None) -> DataFrame:
+                      now: dt.datetime, known_customers_df: DataFrame | None) -> EventFrames:
     """Interactions with their reason; `known_customers_df` None keeps rows of unknown customers."""
     cost = F.col("cost")
     satisfaction = F.col("satisfaction")
@@ -243,26 +260,77 @@ def quarantine_rows(source_table: str, flagged_df: DataFrame, snapshot_date: dt.
 
 
 def _flag_events(events_df: DataFrame, rules: list[Rule], known_customers_df: DataFrame | None, key: str,
-                 duplicate_reason: str) -> DataFrame:
-    """Add the unknown-customer rule (one join) and the duplicate rule (one window) to a table's row rules."""
+                 duplicate_reason: str) -> EventFrames:
+    """Add the unknown-customer rule (one join) and the duplicate rule to a table's row rules, with the table
+    shuffled once, by customer_id: the flagged rows, and the two frames they read, persisted here (the rows by
+    customer_id with their rule columns, and the hashes of keys shared by customers; `Validated.kept`).
+
+    The flagged rows stay partitioned by customer_id, so the features and the training set, which group each
+    customer's events, read them without shuffling the events again. Duplicate keys are decided per (customer_id,
+    key) by a window within those partitions; a key that two customers' rows share is rare but possible, and
+    is found by one narrow aggregation (a hash of the key and a count per first copy) and decided exactly among
+    the copies of those keys only (`_copies_held_by_others`).
+    """
     columns = events_df.columns
+    partitions = int(events_df.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    events_df = events_df.repartition(partitions, "customer_id")
     if known_customers_df is not None:
         events_df = events_df.join(known_customers_df, "customer_id", how="left")
-        is_unknown_customer = F.col(_HAS_CUSTOMER).isNull()
-        rules = [*rules, (UNKNOWN_CUSTOMER, is_unknown_customer)]
-    return events_df.select(*columns, _with_duplicate_rule(rules, columns, key, "ts", duplicate_reason).alias(REASON))
+        rules = [*rules, (UNKNOWN_CUSTOMER, F.col(_HAS_CUSTOMER).isNull())]
+    passes_rules = first_failing(rules).isNull()
+    copies = Window.partitionBy("customer_id", key).orderBy(passes_rules.desc(), *_keep_first(columns, key, "ts"))
+    ranked_df = (events_df.select("*", passes_rules.alias(_PASSES), F.row_number().over(copies).alias(_COPY))
+                 .persist(StorageLevel.MEMORY_AND_DISK))
+    first_copies_df = ranked_df.where(F.col(_PASSES) & (F.col(_COPY) == 1)).select(*columns)
+    shared_df = _shared_key_hashes(first_copies_df, key).persist(StorageLevel.MEMORY_AND_DISK)
+    is_later_copy = F.col(_COPY) > 1
+    flagged_df = ranked_df
+    shared = shared_df.count()  # the one action: runs the table's shuffle into ranked_df's cache
+    if shared:
+        held_df = _copies_held_by_others(first_copies_df, shared_df, shared, columns, key)
+        flagged_df = ranked_df.join(held_df, "customer_id", how="left")
+        is_later_copy |= F.coalesce(F.array_contains(F.col(_HELD_BY_OTHERS), F.col(key)), F.lit(False))
+    flagged_df = flagged_df.select(*columns, first_failing([*rules, (duplicate_reason, is_later_copy)]).alias(REASON))
+    return flagged_df, ranked_df, shared_df
+
+
+def _shared_key_hashes(first_copies_df: DataFrame, key: str) -> DataFrame:
+    """The 64-bit hashes of the keys that more than one customer holds a first copy of (a superset of those keys:
+    a hash collision only adds a key to the exact step of `_copies_held_by_others`, which decides it correctly).
+    One narrow aggregation: a hash and a count per first copy."""
+    return (first_copies_df.groupBy(F.xxhash64(F.col(key)).alias(_KEY_HASH)).count()
+            .where(F.col("count") > 1).select(_KEY_HASH))
+
+
+def _copies_held_by_others(first_copies_df: DataFrame, shared_df: DataFrame, shared: int, columns: Sequence[str],
+                           key: str) -> DataFrame:
+    """Per customer, the keys (`_HELD_BY_OTHERS`) whose copy another customer holds and keeps: among each shared
+    key's first copies (one per customer, every one passing the other rules) the earliest `ts` is kept, the
+    remaining columns breaking ties, as if the key had been decided over all its rows at once.
+
+    Only the copies of the `shared` keys of `shared_df` are shuffled by key: the hashes are broadcast when there
+    are at most MAX_BROADCAST_KEYS of them (the common case: keys are unique, or a few are not); beyond that the
+    first copies are joined to them by a shuffle, which costs one more pass over the table's kept rows."""
+    hashes_df = F.broadcast(shared_df) if shared <= MAX_BROADCAST_KEYS else shared_df
+    contested_df = first_copies_df.join(hashes_df, F.xxhash64(F.col(key)) == F.col(_KEY_HASH), how="left_semi")
+    by_key = Window.partitionBy(key).orderBy(*_keep_first(columns, key, "ts"))
+    held_df = contested_df.select("customer_id", key, F.row_number().over(by_key).alias(_COPY)).where(F.col(_COPY) > 1)
+    return held_df.groupBy("customer_id").agg(F.collect_set(key).alias(_HELD_BY_OTHERS))
+
+
+def _keep_first(columns: Sequence[str], key: str, first_by: str) -> list[Column]:
+    """The order in which copies of a key are kept: the earliest `first_by`, then the remaining columns (raw text
+    included), so which copy is kept never depends on partitioning or input order."""
+    tie_break = [F.col(c).asc_nulls_last() for c in columns if c not in (key, first_by)]
+    return [F.col(first_by).asc_nulls_last(), *tie_break]
 
 
 def _with_duplicate_rule(rules: list[Rule], columns: Sequence[str], key: str, first_by: str,
                          duplicate_reason: str) -> Column:
-    """The reason over `rules` and, last, a duplicate-key rule among the rows that pass all of them.
-
-    Per key, rows passing every other rule come first, then the earliest `first_by`; the remaining columns (raw
-    text included) break ties, so which copy is kept never depends on partitioning or input order.
-    """
+    """The reason over `rules` and, last, a duplicate-key rule among the rows that pass all of them (rows
+    passing every other rule come first, then `_keep_first`)."""
     is_candidate = first_failing(rules).isNull()
-    tie_break = [F.col(c).asc_nulls_last() for c in columns if c not in (key, first_by)]
-    by_key = Window.partitionBy(key).orderBy(is_candidate.desc(), F.col(first_by).asc_nulls_last(), *tie_break)
+    by_key = Window.partitionBy(key).orderBy(is_candidate.desc(), *_keep_first(columns, key, first_by))
     is_later_duplicate = F.row_number().over(by_key) > 1
     return first_failing([*rules, (duplicate_reason, is_later_duplicate)])
 
