@@ -241,7 +241,7 @@ class ChurnSettings(_Section):
     # new churn model, saying why.
     min_rows_per_class: int = Field(default=20, ge=2)
     # Rows pulled to the driver, per side (training rows, holdout rows); sampled by label with sample_seed.
-    max_train_rows: int = Field(default=500_000, gt=0)
+    max_train_rows: int = Field(default=300_000, gt=0)
     sample_seed: int = 7
     # Any scikit-learn classifier with predict_proba, by import path, and its parameters.
     estimator: str = "sklearn.ensemble.HistGradientBoostingClassifier"

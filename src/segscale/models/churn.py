@@ -23,6 +23,7 @@ from segscale.errors import ConfigError, ModelSkipped, SegscaleError
 from segscale.models import registry
 from segscale.models.base import Trainer, TrainingData
 from segscale.models.churn_classifier import (
+    MODEL_FEATURES,
     build_estimator,
     charts,
     classification_metrics,
@@ -35,7 +36,9 @@ from segscale.models.churn_classifier import (
 )
 from segscale.models.registry import ScoringModel, pinned, require_inputs
 from segscale.transforms.labels import (
+    CUTOFF,
     LABEL,
+    TRUE_LABEL,
     TrainingSet,
     capped_sample,
     check_trainable,
@@ -156,10 +159,16 @@ def _training_sample(data: TrainingData, settings: Settings, stage: Any
         holdout_df = labelled.holdout
         if data.truth is not None:
             holdout_df = with_true_dropout(holdout_df, data.truth, labelled.holdout_cutoff)
-        # The only rows pulled to the driver: at most churn.max_train_rows per side, one fraction per label.
+        # The only rows pulled to the driver: at most churn.max_train_rows per side, one fraction per label, and of
+        # those only the columns the fit and the evaluation read (ids and dates as Python objects would double
+        # the driver's memory). They arrive in a stated order, the latest cutoff first and then by customer: the
+        # calibration folds are cut in row order, so the fit must not depend on how Spark laid the rows out.
         capped = [capped_sample(rows_df, c, churn.max_train_rows, churn.sample_seed)
                   for rows_df, c in zip((labelled.train, holdout_df), counts, strict=True)]
-        train, holdout = [rows_df.toPandas() for rows_df in capped]  # small: at most churn.max_train_rows each
+        pulled = [c for c in (*MODEL_FEATURES, LABEL, TRUE_LABEL) if c in holdout_df.columns]
+        train, holdout = [rows_df.orderBy(F.col(CUTOFF).desc(), "customer_id")
+                          .select(*[c for c in pulled if c in rows_df.columns]).toPandas()
+                          for rows_df in capped]  # small: at most churn.max_train_rows each
     finally:
         labelled.rows.unpersist()
     stage.record = TrainingSetRecord(**dataclasses.asdict(stage.record), train_rows=len(train),

@@ -73,8 +73,7 @@ def training_set(customers_df: DataFrame, transactions_df: DataFrame, interactio
     def at(cutoff: dt.date) -> DataFrame:
         return rows_df.where(F.col(CUTOFF) == F.lit(cutoff))
 
-    # The training rows reach the driver cutoff by cutoff: the classifier's calibration folds are cut in row order
-    # (StratifiedKFold without shuffling), so this order is part of what the fit sees.
+    # The order the fit sees is set where the rows are pulled (segscale.models.churn: latest cutoff, customer).
     train_df = functools.reduce(DataFrame.unionByName, [at(c) for c in cutoffs[1:]])
     return TrainingSet(rows=rows_df, train=train_df, holdout=at(cutoffs[0]), cutoffs=tuple(cutoffs))
 
