@@ -166,9 +166,9 @@ def _training_sample(data: TrainingData, settings: Settings, stage: Any
         capped = [capped_sample(rows_df, c, churn.max_train_rows, churn.sample_seed)
                   for rows_df, c in zip((labelled.train, holdout_df), counts, strict=True)]
         pulled = [c for c in (*MODEL_FEATURES, LABEL, TRUE_LABEL) if c in holdout_df.columns]
-        train, holdout = [rows_df.orderBy(F.col(CUTOFF).desc(), "customer_id")
-                          .select(*[c for c in pulled if c in rows_df.columns]).toPandas()
-                          for rows_df in capped]  # small: at most churn.max_train_rows each
+        ordered = [rows_df.orderBy(F.col(CUTOFF).desc(), "customer_id")
+                   .select(*[c for c in pulled if c in rows_df.columns]) for rows_df in capped]
+        train, holdout = [rows_df.toPandas() for rows_df in ordered]  # small: at most churn.max_train_rows each
     finally:
         labelled.rows.unpersist()
     stage.record = TrainingSetRecord(**dataclasses.asdict(stage.record), train_rows=len(train),
