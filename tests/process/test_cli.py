@@ -231,28 +231,28 @@ def test_a_truncated_data_file_fails_in_an_executor_as_one_paragraph_naming_it(s
 
 def test_generate_writes_delta_inputs_and_ground_truth_that_run_reads(spark, tmp_path):
     out = tmp_path / "gen"
-    assert main(["generate", "--customers", "1500", "--seed", "3", "--out", str(out)], spark=spark) == 0
+    assert main(["generate", "--customers", "300", "--seed", "3", "--out", str(out)], spark=spark) == 0
     for name in ("customers", "transactions", "interactions", "customer_truth"):
         assert DeltaTable(str(out / name)).version() == 0, name
-    assert DeltaTable(str(out / "customers")).to_pyarrow_table().num_rows == 1500
+    assert DeltaTable(str(out / "customers")).to_pyarrow_table().num_rows == 300
     history = DeltaTable(str(out / "transactions")).history(1)[0]
     assert json.loads(history["userMetadata"])["stage"] == "generate transactions"
     assert main(["run", "--input", str(out), "--warehouse", str(tmp_path / "wh"), "--snapshot-date", "2024-12-31"],
                 spark=spark) == 0
-    assert DeltaTable(str(tmp_path / "wh" / "customer_features")).to_pyarrow_table().num_rows == 1500
+    assert DeltaTable(str(tmp_path / "wh" / "customer_features")).to_pyarrow_table().num_rows == 300
 
 
 def test_generated_csv_holds_unparseable_timestamps_that_ingest_reads_as_null(spark, tmp_path):
     from segscale.io.inputs import read_inputs
 
     out = tmp_path / "gen"
-    args = ["generate", "--customers", "3000", "--out", str(out), "--format", "csv", "--dirty-rate", "0.05"]
+    args = ["generate", "--customers", "800", "--out", str(out), "--format", "csv", "--dirty-rate", "0.05"]
     assert main(args, spark=spark) == 0
     text = "\n".join(p.read_text() for p in (out / "transactions").glob("*.csv"))
     assert "yesterday" in text and "2024-13-45T25:61:00Z" in text
     inputs = read_inputs(DeltaStore(spark, DeltaSettings(backend="delta-rs")), str(out))
-    assert inputs.transactions.where(F.col("ts").isNull()).count() > 0
-    assert inputs.transactions.where(F.col("ts").isNotNull()).count() > 25_000
+    unreadable = inputs.transactions.where(F.col("ts").isNull()).count()
+    assert 0 < unreadable < 0.05 * inputs.transactions.count()  # the dirty rows only
 
 
 def partitions(warehouse: Path, table: str) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,11 @@ def assert_same_tables(spark, warehouse: Path, clean: Warehouse) -> None:
             assert got.count() == got.select(*table.key).distinct().count(), f"{table} has duplicates"
 
 
+def published_cleanly(clean: Warehouse, warehouse: Path) -> None:
+    """`warehouse` as the undisturbed run left its own: version 0 of every table."""
+    shutil.copytree(clean.root.removeprefix("file://"), warehouse)
+
+
 def committed_files(table: Path) -> set[str]:
     return {str(Path(uri.removeprefix("file://"))) for uri in DeltaTable(str(table)).file_uris()}
 
@@ -104,8 +110,7 @@ def test_a_python_worker_killed_mid_write_is_retried_and_the_result_equals_the_c
 
 def test_a_process_killed_before_the_commit_leaves_the_previous_version_and_a_rerun_publishes(
         spark, inputs, clean, warehouse):
-    settings = settings_for(inputs, warehouse, **WITHOUT_MODELS)
-    run_pipeline(spark, settings, SNAPSHOT)  # version 0 of every table
+    published_cleanly(clean, warehouse)
     scores = warehouse / "customer_scores"
     before = committed_files(scores)
     code, _ = finish(run_process(inputs, warehouse, "exit-before-commit:customer_scores"))
@@ -115,7 +120,7 @@ def test_a_process_killed_before_the_commit_leaves_the_previous_version_and_a_re
     orphans = data_files(scores) - before
     assert orphans  # the killed run's data files, invisible to readers
     assert_same_tables(spark, warehouse, clean)
-    run_pipeline(spark, settings, SNAPSHOT)  # the rerun publishes correctly
+    run_pipeline(spark, settings_for(inputs, warehouse, **WITHOUT_MODELS), SNAPSHOT)  # the rerun publishes correctly
     assert DeltaTable(str(scores)).version() == 1
     assert_same_tables(spark, warehouse, clean)
     assert main(["vacuum", "customer_scores", "--warehouse", str(warehouse), "--retention-hours", "0",
@@ -172,8 +177,7 @@ def test_a_full_disk_is_a_clear_error_and_nothing_is_half_published(spark, input
 
 def test_a_warehouse_without_write_permission_is_a_clear_error_and_nothing_changes(spark, inputs, clean, warehouse,
                                                                                   capsys, no_models):
-    settings = settings_for(inputs, warehouse, **WITHOUT_MODELS)
-    run_pipeline(spark, settings, SNAPSHOT)
+    published_cleanly(clean, warehouse)
     versions = {t: DeltaTable(str(warehouse / t.name)).version() for t in TABLES}
     # Root may write anywhere a mode allows, so the warehouse is made immutable instead of read-only.
     locked = subprocess.run(["chattr", "-R", "+i", str(warehouse)], capture_output=True)
