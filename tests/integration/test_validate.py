@@ -241,17 +241,23 @@ def test_duplicates_resolved_the_same_whatever_the_input_order(spark, monkeypatc
 def test_features_of_every_cutoff_read_the_validated_events_without_shuffling_them(spark, validated):
     """Validation shuffles each events table once, by customer_id, and its flagged rows stay so partitioned:
     the features of several cutoffs (the training set's one pass) group each customer's events from the kept
-    rows without another shuffle of them (only the customers may move)."""
+    rows without another shuffle of them. Only the customers move, and the first copies of repeated keys (the
+    duplicate rule's exact step compares them across customers)."""
     cutoffs = [SNAPSHOT - dt.timedelta(days=90), SNAPSHOT]
     spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")  # plan as for a base too large to broadcast
     try:
         features_df = features_as_of(validated.customers, validated.transactions, validated.interactions,
                                      cutoffs, FeatureSettings(), purchases_after_days=30)
-        features_df.write.format("noop").mode("overwrite").save()
+        features_df.collect()  # small: executes the frame's own plan, whose exchanges then hold their metrics
     finally:
         spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
-    shuffled = shuffled_tables(features_df._jdf.queryExecution().executedPlan())
-    assert shuffled <= {"customers"}, shuffled
+    shuffled = shuffled_rows(features_df._jdf.queryExecution().executedPlan())
+    for table, key in (("transactions", "transaction_id"), ("interactions", "interaction_id")):
+        rows = validated.flagged[table]
+        candidates = rows.where(F.col("reason").isNull() | F.col("reason").startswith("duplicate_"))
+        repeated = candidates.groupBy(key).count().where(F.col("count") > 1).agg(F.sum("count")).first()[0]
+        assert 0 < repeated * 2 < rows.count(), table  # the literal rows repeat a few keys; most rows are unique
+        assert shuffled.get(table, 0) <= repeated, (table, shuffled)
 
 
 @pytest.mark.parametrize("unknown_customer", ["quarantine", "keep"])
@@ -266,19 +272,24 @@ def test_flagged_events_are_partitioned_by_customer_alone(inputs, unknown_custom
         assert re.fullmatch(r"hashpartitioning\(customer_id#\d+, \d+\)", partitioning), (name, partitioning)
 
 
-def shuffled_tables(node, below_shuffle: bool = False) -> set[str]:
-    """The validated tables (named by their key column) whose kept rows a shuffle of the executed plan `node`
-    (a JVM SparkPlan, adaptive stages unwrapped) moves."""
+def shuffled_rows(node, below_shuffle: int | None = None) -> dict[str, int]:
+    """Rows of each validated table (named by its key column) that the shuffles of the executed plan `node` (a JVM
+    SparkPlan, adaptive stages unwrapped) move: for a kept table read below a hash exchange, that exchange's rows."""
     name = node.nodeName()
     if name == "AdaptiveSparkPlan":
-        return shuffled_tables(node.executedPlan(), below_shuffle)
+        return shuffled_rows(node.executedPlan(), below_shuffle)
     if "QueryStage" in name:
-        return shuffled_tables(node.plan(), below_shuffle)
-    if name == "InMemoryTableScan" and below_shuffle:
+        return shuffled_rows(node.plan(), below_shuffle)
+    if name == "InMemoryTableScan" and below_shuffle is not None:
         columns = {attribute.name() for attribute in _jvm_list(node.relation().output())}
-        return {table for table, key in KEYS.items() if key in columns}
-    below_shuffle = below_shuffle or name == "Exchange" and "hashpartitioning" in node.simpleString(100)
-    return set().union(*(shuffled_tables(child, below_shuffle) for child in _jvm_list(node.children())))
+        return {table: below_shuffle for table, key in KEYS.items() if key in columns}
+    if name == "Exchange" and "hashpartitioning" in node.simpleString(100):
+        below_shuffle = node.metrics().apply("shuffleRecordsWritten").value()
+    found: dict[str, int] = {}
+    for child in _jvm_list(node.children()):
+        for table, rows in shuffled_rows(child, below_shuffle).items():
+            found[table] = found.get(table, 0) + rows
+    return found
 
 
 def _jvm_list(seq) -> list:

@@ -60,13 +60,13 @@ SATISFACTION_RANGE = (1, 5)
 
 REASON = "reason"
 _HAS_CUSTOMER = "has_known_customer"
-# Keys shared by customers, at most this many, are decided with their hashes broadcast (8 bytes each).
+# Repeated keys, at most this many, are decided with their hashes broadcast (8 bytes each).
 MAX_BROADCAST_KEYS = 2_000_000
 # Working columns of the duplicate rule (`_flag_events`).
-_PASSES, _COPY, _KEY_HASH, _HELD_BY_OTHERS = "passes_rules", "copy_number", "key_hash", "keys_held_by_others"
+_COPY, _KEY_HASH, _HELD_BY_OTHERS = "copy_number", "key_hash", "keys_held_by_others"
 
 Rule = tuple[str, Column]  # (reason code, condition that is true when the row fails the rule)
-EventFrames = tuple[DataFrame, DataFrame, DataFrame]  # flagged rows, rows by customer with rules, shared key hashes
+EventFrames = tuple[DataFrame, DataFrame, DataFrame]  # flagged rows, rows by customer with rules, repeated key hashes
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,9 @@ class Validated:
     `flagged` maps each present table to its rows with a `reason` column (null when clean); `customers`,
     `transactions`, `interactions`, `quarantine` and `reason_counts` all derive from it. The flagged frames are
     cheap projections of the frames in `kept` (the customers with their rules; each events table shuffled by
-    customer_id with its row rules; the hashes of keys that several customers hold), which validation persists
-    and computes (one shuffle of each events table); unpersist them when done. The flagged events stay
-    partitioned by customer_id, so the features read them without shuffling them again.
+    customer_id with the reason of its row rules; the hashes of keys more than one of its rows holds), which
+    validation persists and computes (one shuffle of each events table); unpersist them when done. The flagged
+    events stay partitioned by customer_id, so the features read them without shuffling them again.
     """
 
     customers: DataFrame  # derived from the transactions when the input has no customers table
@@ -263,59 +263,67 @@ def _flag_events(events_df: DataFrame, rules: list[Rule], known_customers_df: Da
                  duplicate_reason: str) -> EventFrames:
     """Add the unknown-customer rule (one join) and the duplicate rule to a table's row rules, with the table
     shuffled once, by customer_id: the flagged rows, and the two frames they read, persisted here (the rows by
-    customer_id with their rule columns, and the hashes of keys shared by customers; `Validated.kept`).
+    customer_id with the reason of their row rules, and the hashes of repeated keys; `Validated.kept`).
 
     The flagged rows stay partitioned by customer_id, so the features and the training set, which group each
-    customer's events, read them without shuffling the events again. Duplicate keys are decided per (customer_id,
-    key) by a window within those partitions; a key that two customers' rows share is rare but possible, and
-    is found by one narrow aggregation (a hash of the key and a count per first copy) and decided exactly among
-    the copies of those keys only (`_copies_held_by_others`).
+    customer's events, read them without shuffling the events again. Duplicate keys are rare: one narrow
+    aggregation (a 64-bit hash of the key and a count per row that passes the row rules) finds the hashes of keys
+    more than one such row holds, and only the rows of those keys are ranked (`_decided_copies`); every other row
+    keeps the reason of its row rules, without a sort.
     """
     columns = events_df.columns
     partitions = int(events_df.sparkSession.conf.get("spark.sql.shuffle.partitions"))
     events_df = events_df.repartition(partitions, "customer_id")
     if known_customers_df is not None:
-        events_df = events_df.join(known_customers_df, "customer_id", how="left")
+        # A hash join keeps the events where the repartition put them, unsorted (a sort-merge join sorts them).
+        events_df = events_df.join(known_customers_df.hint("shuffle_hash"), "customer_id", how="left")
         rules = [*rules, (UNKNOWN_CUSTOMER, F.col(_HAS_CUSTOMER).isNull())]
-    passes_rules = first_failing(rules).isNull()
-    copies = Window.partitionBy("customer_id", key).orderBy(passes_rules.desc(), *_keep_first(columns, key, "ts"))
-    ranked_df = (events_df.select("*", passes_rules.alias(_PASSES), F.row_number().over(copies).alias(_COPY))
-                 .persist(StorageLevel.MEMORY_AND_DISK))
-    first_copies_df = ranked_df.where(F.col(_PASSES) & (F.col(_COPY) == 1)).select(*columns)
-    shared_df = _shared_key_hashes(first_copies_df, key).persist(StorageLevel.MEMORY_AND_DISK)
-    is_later_copy = F.col(_COPY) > 1
-    flagged_df = ranked_df
-    shared = shared_df.count()  # the one action: runs the table's shuffle into ranked_df's cache
-    if shared:
-        held_df = _copies_held_by_others(first_copies_df, shared_df, shared, columns, key)
-        flagged_df = ranked_df.join(held_df, "customer_id", how="left")
-        is_later_copy |= F.coalesce(F.array_contains(F.col(_HELD_BY_OTHERS), F.col(key)), F.lit(False))
-    flagged_df = flagged_df.select(*columns, first_failing([*rules, (duplicate_reason, is_later_copy)]).alias(REASON))
-    return flagged_df, ranked_df, shared_df
+    checked_df = (events_df.select(*columns, first_failing(rules).alias(REASON))
+                  .persist(StorageLevel.MEMORY_AND_DISK))
+    passes_rules = F.col(REASON).isNull()
+    repeated_df = _repeated_key_hashes(checked_df.where(passes_rules), key).persist(StorageLevel.MEMORY_AND_DISK)
+    repeated = repeated_df.count()  # the one action: runs the table's shuffle into checked_df's cache
+    if not repeated:
+        return checked_df, checked_df, repeated_df
+    if repeated <= MAX_BROADCAST_KEYS:  # the common case: the hashes are broadcast, the rows stay where they are
+        hashes_df = F.broadcast(repeated_df)
+        is_repeated = passes_rules & (F.xxhash64(F.col(key)) == F.col(_KEY_HASH))
+        contested_df = checked_df.join(hashes_df, is_repeated, how="left_semi")
+        settled_df = checked_df.join(hashes_df, is_repeated, how="left_anti")
+    else:  # too many to broadcast: every row that passes is ranked, and only the first copies are joined by a shuffle
+        hashes_df = repeated_df
+        contested_df, settled_df = checked_df.where(passes_rules), checked_df.where(~passes_rules)
+    decided_df = _decided_copies(contested_df, hashes_df, columns, key, duplicate_reason)
+    # Both sides keep the customer_id partitioning, and so does their union.
+    return settled_df.unionByName(decided_df), checked_df, repeated_df
 
 
-def _shared_key_hashes(first_copies_df: DataFrame, key: str) -> DataFrame:
-    """The 64-bit hashes of the keys that more than one customer holds a first copy of (a superset of those keys:
-    a hash collision only adds a key to the exact step of `_copies_held_by_others`, which decides it correctly).
-    One narrow aggregation: a hash and a count per first copy."""
-    return (first_copies_df.groupBy(F.xxhash64(F.col(key)).alias(_KEY_HASH)).count()
+def _repeated_key_hashes(passing_df: DataFrame, key: str) -> DataFrame:
+    """The 64-bit hashes of the keys that more than one row passing the row rules holds (a superset of those keys:
+    a hash collision only adds a key's rows to the exact step of `_decided_copies`, which decides them correctly).
+    One narrow aggregation: a hash and a count per row."""
+    return (passing_df.groupBy(F.xxhash64(F.col(key)).alias(_KEY_HASH)).count()
             .where(F.col("count") > 1).select(_KEY_HASH))
 
 
-def _copies_held_by_others(first_copies_df: DataFrame, shared_df: DataFrame, shared: int, columns: Sequence[str],
-                           key: str) -> DataFrame:
-    """Per customer, the keys (`_HELD_BY_OTHERS`) whose copy another customer holds and keeps: among each shared
-    key's first copies (one per customer, every one passing the other rules) the earliest `ts` is kept, the
-    remaining columns breaking ties, as if the key had been decided over all its rows at once.
+def _decided_copies(contested_df: DataFrame, hashes_df: DataFrame, columns: Sequence[str], key: str,
+                    duplicate_reason: str) -> DataFrame:
+    """The rows passing the row rules whose key may be repeated, with `reason` the duplicate rule's (null: kept).
 
-    Only the copies of the `shared` keys of `shared_df` are shuffled by key: the hashes are broadcast when there
-    are at most MAX_BROADCAST_KEYS of them (the common case: keys are unique, or a few are not); beyond that the
-    first copies are joined to them by a shuffle, which costs one more pass over the table's kept rows."""
-    hashes_df = F.broadcast(shared_df) if shared <= MAX_BROADCAST_KEYS else shared_df
-    contested_df = first_copies_df.join(hashes_df, F.xxhash64(F.col(key)) == F.col(_KEY_HASH), how="left_semi")
+    Copies at one customer are ranked in place (the rows are partitioned by customer_id); of each key's first
+    copies, one per customer, the earliest `ts` is kept, the remaining columns breaking ties, as if the key had
+    been decided over all its rows at once. Only those first copies of keys in `hashes_df` move, by key."""
+    copies = Window.partitionBy("customer_id", key).orderBy(*_keep_first(columns, key, "ts"))
+    ranked_df = contested_df.select(*columns, F.row_number().over(copies).alias(_COPY))
+    first_copies_df = ranked_df.where(F.col(_COPY) == 1).join(
+        hashes_df, F.xxhash64(F.col(key)) == F.col(_KEY_HASH), how="left_semi")
     by_key = Window.partitionBy(key).orderBy(*_keep_first(columns, key, "ts"))
-    held_df = contested_df.select("customer_id", key, F.row_number().over(by_key).alias(_COPY)).where(F.col(_COPY) > 1)
-    return held_df.groupBy("customer_id").agg(F.collect_set(key).alias(_HELD_BY_OTHERS))
+    held_df = (first_copies_df.select("customer_id", key, F.row_number().over(by_key).alias(_COPY))
+               .where(F.col(_COPY) > 1).groupBy("customer_id").agg(F.collect_set(key).alias(_HELD_BY_OTHERS)))
+    is_later_copy = (F.col(_COPY) > 1) | F.coalesce(F.array_contains(F.col(_HELD_BY_OTHERS), F.col(key)),
+                                                    F.lit(False))
+    return ranked_df.join(held_df, "customer_id", how="left").select(
+        *columns, F.when(is_later_copy, F.lit(duplicate_reason)).alias(REASON))
 
 
 def _keep_first(columns: Sequence[str], key: str, first_by: str) -> list[Column]:
