@@ -66,7 +66,7 @@ MAX_BROADCAST_KEYS = 2_000_000
 _COPY, _KEY_HASH, _HELD_BY_OTHERS = "copy_number", "key_hash", "keys_held_by_others"
 
 Rule = tuple[str, Column]  # (reason code, condition that is true when the row fails the rule)
-EventFrames = tuple[DataFrame, DataFrame, DataFrame]  # flagged rows, rows by customer with rules, repeated key hashes
+EventFrames = tuple[DataFrame, list[DataFrame]]  # the flagged rows, and the frames they read that validation persists
 
 
 @dataclass(frozen=True)
@@ -174,13 +174,13 @@ def flag_inputs(inputs: InputTables, settings: ValidationSettings, now: dt.datet
             # Clean customers have unique, non-null ids, so the left joins below add no rows.
             known_df = (flagged["customers"].where(F.col(REASON).isNull())
                         .select("customer_id", F.lit(True).alias(_HAS_CUSTOMER)))
-    flagged["transactions"], *parts = flag_transactions(inputs.transactions, settings, earliest, now, known_df)
+    flagged["transactions"], parts = flag_transactions(inputs.transactions, settings, earliest, now, known_df)
     kept += parts
     if inputs.interactions is not None:
         if inputs.customers is None and quarantine_unknown:
             known_df = (flagged["transactions"].where(F.col(REASON).isNull()).select("customer_id").distinct()
                         .select("customer_id", F.lit(True).alias(_HAS_CUSTOMER)))
-        flagged["interactions"], *parts = flag_interactions(inputs.interactions, settings, earliest, now, known_df)
+        flagged["interactions"], parts = flag_interactions(inputs.interactions, settings, earliest, now, known_df)
         kept += parts
     return flagged, kept
 
@@ -262,8 +262,9 @@ def quarantine_rows(source_table: str, flagged_df: DataFrame, snapshot_date: dt.
 def _flag_events(events_df: DataFrame, rules: list[Rule], known_customers_df: DataFrame | None, key: str,
                  duplicate_reason: str) -> EventFrames:
     """Add the unknown-customer rule (one join) and the duplicate rule to a table's row rules, with the table
-    shuffled once, by customer_id: the flagged rows, and the two frames they read, persisted here (the rows by
-    customer_id with the reason of their row rules, and the hashes of repeated keys; `Validated.kept`).
+    shuffled once, by customer_id: the flagged rows, and the frames they read, persisted here (the rows by
+    customer_id with the reason of their row rules, the hashes of repeated keys and those keys' rows with the
+    duplicate rule decided; `Validated.kept`).
 
     The flagged rows stay partitioned by customer_id, so the features and the training set, which group each
     customer's events, read them without shuffling the events again. Duplicate keys are rare: one narrow
@@ -284,7 +285,7 @@ def _flag_events(events_df: DataFrame, rules: list[Rule], known_customers_df: Da
     repeated_df = _repeated_key_hashes(checked_df.where(passes_rules), key).persist(StorageLevel.MEMORY_AND_DISK)
     repeated = repeated_df.count()  # the one action: runs the table's shuffle into checked_df's cache
     if not repeated:
-        return checked_df, checked_df, repeated_df
+        return checked_df, [checked_df, repeated_df]
     if repeated <= MAX_BROADCAST_KEYS:  # the common case: the hashes are broadcast, the rows stay where they are
         hashes_df = F.broadcast(repeated_df)
         is_repeated = passes_rules & (F.xxhash64(F.col(key)) == F.col(_KEY_HASH))
@@ -293,9 +294,11 @@ def _flag_events(events_df: DataFrame, rules: list[Rule], known_customers_df: Da
     else:  # too many to broadcast: every row that passes is ranked, and only the first copies are joined by a shuffle
         hashes_df = repeated_df
         contested_df, settled_df = checked_df.where(passes_rules), checked_df.where(~passes_rules)
-    decided_df = _decided_copies(contested_df, hashes_df, columns, key, duplicate_reason)
+    # Decided once for every reader (a window, a shuffle by key and a join; usually over a few rows).
+    decided_df = (_decided_copies(contested_df, hashes_df, columns, key, duplicate_reason)
+                  .persist(StorageLevel.MEMORY_AND_DISK))
     # Both sides keep the customer_id partitioning, and so does their union.
-    return settled_df.unionByName(decided_df), checked_df, repeated_df
+    return settled_df.unionByName(decided_df), [checked_df, repeated_df, decided_df]
 
 
 def _repeated_key_hashes(passing_df: DataFrame, key: str) -> DataFrame:
