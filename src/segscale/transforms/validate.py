@@ -76,8 +76,9 @@ class Validated:
     `flagged` maps each present table to its rows with a `reason` column (null when clean); `customers`,
     `transactions`, `interactions`, `quarantine` and `reason_counts` all derive from it. The flagged frames are
     cheap projections of the frames in `kept` (the customers with their rules; each events table shuffled by
-    customer_id with the reason of its row rules; the hashes of keys more than one of its rows holds), which
-    validation persists and computes (one shuffle of each events table); unpersist them when done. The flagged
+    customer_id with the reason of its row rules; the hashes of keys more than one of its rows holds, and those
+    keys' rows with the duplicate rule decided), which validation persists and computes (one shuffle of each
+    events table); unpersist them when done. The flagged
     events stay partitioned by customer_id, so the features read them without shuffling them again.
     """
 
