@@ -137,7 +137,7 @@ def validate_inputs(inputs: InputTables, settings: ValidationSettings, snapshot_
                     now: dt.datetime) -> Validated:
     """Split every input table into clean rows and quarantined rows (with reason, original record and run).
     Without a customers table, the customers are derived from the clean transactions (`derived_customers`).
-    Runs one Spark job per events table (its shuffle, and the count of keys several customers share) and keeps
+    Runs a Spark job per events table (its shuffle and the count of repeated keys; one more when keys repeat) and keeps
     what later reads need persisted (`Validated.kept`)."""
     flagged, kept = flag_inputs(inputs, settings, now)
     clean = {name: without_raw(df.where(F.col(REASON).isNull()).drop(REASON)) for name, df in flagged.items()}
@@ -284,7 +284,7 @@ def _flag_events(events_df: DataFrame, rules: list[Rule], known_customers_df: Da
                   .persist(StorageLevel.MEMORY_AND_DISK))
     passes_rules = F.col(REASON).isNull()
     repeated_df = _repeated_key_hashes(checked_df.where(passes_rules), key).persist(StorageLevel.MEMORY_AND_DISK)
-    repeated = repeated_df.count()  # the one action: runs the table's shuffle into checked_df's cache
+    repeated = repeated_df.count()  # runs the table's shuffle into checked_df's cache
     if not repeated:
         return checked_df, [checked_df, repeated_df]
     if repeated <= MAX_BROADCAST_KEYS:  # the common case: the hashes are broadcast, the rows stay where they are
@@ -298,6 +298,9 @@ def _flag_events(events_df: DataFrame, rules: list[Rule], known_customers_df: Da
     # Decided once for every reader (a window, a shuffle by key and a join; usually over a few rows).
     decided_df = (_decided_copies(contested_df, hashes_df, columns, key, duplicate_reason)
                   .persist(StorageLevel.MEMORY_AND_DISK))
+    # Materialized now: until its adaptive plan has run, a cached frame reports no partitioning, and the union
+    # below would then lose the customer_id partitioning for every plan built on it.
+    decided_df.count()
     # Both sides keep the customer_id partitioning, and so does their union.
     return settled_df.unionByName(decided_df), [checked_df, repeated_df, decided_df]
 
