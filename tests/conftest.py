@@ -1,9 +1,13 @@
 """One Spark session per test process (`make test` runs two): local[2], UTC, two shuffle partitions, UI off.
 
-Every JVM the tests start (the sessions, the `segscale` processes, the cluster) compiles with the C1 compiler only
-and collects with the serial GC (JAVA_TOOL_OPTIONS, below): runs of seconds on small data never repay C2's
-compilation, and on the 2-core machines `make test` targets both cut the suite's CPU time by a fifth. Neither
-changes a result.
+Every JVM the tests start (the sessions, the `segscale` processes, the cluster) compiles with the C1 compiler only,
+collects with the serial GC and evaluates Spark's expressions interpreted, without generating Java code for them
+(JAVA_TOOL_OPTIONS, below; Spark reads `spark.*` system properties into every session's conf); every process
+fits scikit-learn's models on one OpenMP thread. Runs of seconds on tables of a few hundred rows never repay C2's
+compilation, Janino's compilation of each query or OpenMP's threads: on the 2-core machines `make test` targets,
+the first two cut the suite's CPU time by a fifth, the last two a warm in-process run's by another 30 %. None
+changes a result (the golden test compares every published table row for row); `make demo` and the benchmarks
+run with Spark's and scikit-learn's defaults.
 
 One trained warehouse per session (`two_snapshots`, the golden run, default settings), read by every test that
 only reads a published warehouse; a test that writes works on its own copy (shutil.copytree of its root, the MLflow
@@ -21,6 +25,7 @@ import pytest
 import yaml
 from frames import CHEAP_MODELS_ENV, D1, D2, GOLDEN_INPUT, free_port, settings_for
 from pyspark.sql import SparkSession
+from threadpoolctl import threadpool_limits
 
 from segscale.cli import main
 from segscale.config import DeltaSettings
@@ -28,7 +33,10 @@ from segscale.io.delta import Warehouse
 from segscale.models import registry
 
 # Inherited by every JVM started from here on, the session's own included (see the docstring above).
-os.environ["JAVA_TOOL_OPTIONS"] = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+os.environ["JAVA_TOOL_OPTIONS"] = ("-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dspark.sql.codegen.wholeStage=false "
+                                   "-Dspark.sql.codegen.factoryMode=NO_CODEGEN")
+os.environ["OMP_NUM_THREADS"] = "1"  # the processes the tests start: Spark's Python workers, `segscale`
+threadpool_limits(1)  # this one, whose OpenMP runtime read the variable when frames imported scikit-learn
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -11,7 +11,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from segscale.config import RfmSettings, Settings
 from segscale.errors import ConfigError
-from segscale.models import MODELS
+from segscale.models.all import MODELS
 from segscale.transforms.migration import segment_migration
 from segscale.transforms.rfm import CutPoints, cut_points, quantile_sketch, rounded_up, tie_aware_cuts, with_rfm_scores
 from segscale.transforms.segments import (

@@ -3,14 +3,9 @@
 A model module (`churn`, `clv`) defines one class with `train` (fit on the data of a snapshot, log it to MLflow,
 register a version and decide its champion), `load` (a registered version, ready to score on the executors) and
 `predict` (the columns it adds to customer_scores, null without a model). The pipeline knows models only through
-this interface and the `MODELS` tuple, so a third model is one new module and one entry there.
+this interface and the `MODELS` tuple of `segscale.models.all`, so a third model is one new module and one entry
+there.
+
+This package imports nothing itself: the executors' Python workers import `segscale.models.bgnbd` to predict CLV,
+and must not pay for MLflow and scikit-learn (seconds per worker) to do it.
 """
-
-from segscale.models.base import Model, Trainer, TrainingData
-from segscale.models.churn import ChurnModel
-from segscale.models.clv import ClvModel
-
-# The order the run trains and reports them in.
-MODELS: tuple[Model, ...] = (ChurnModel(), ClvModel())
-
-__all__ = ["MODELS", "Model", "Trainer", "TrainingData"]

@@ -25,7 +25,9 @@ from segscale.catalog import (
 )
 from segscale.errors import InputError, ModelSkipped
 from segscale.io.inputs import detect_format, input_versions, read_inputs
-from segscale.models import MODELS, Model, TrainingData, registry
+from segscale.models import registry
+from segscale.models.all import MODELS
+from segscale.models.base import Model, TrainingData
 from segscale.models.churn import CHURN_COLUMNS, RISK_BANDS
 from segscale.models.registry import ScoringModel, require_inputs
 from segscale.pipeline.context import ModelOutcome, Run
@@ -61,7 +63,7 @@ class ModelChoice:
 
 @dataclass(frozen=True)
 class ModelSet:
-    """The run's choice for every model of `segscale.models.MODELS`, in that order."""
+    """The run's choice for every model of `segscale.models.all.MODELS`, in that order."""
 
     choices: tuple[ModelChoice, ...]
 
