@@ -41,6 +41,9 @@ from segscale.transforms.labels import (
     training_set,
 )
 
+# Features of 3,000 generated customers at several cutoffs: Spark's generated code repays its compilation here.
+pytestmark = pytest.mark.usefixtures("compiled_expressions")
+
 CUTOFF_DATE = dt.date(2024, 6, 30)  # horizon 90 days: (2024-06-30, 2024-09-28]
 SETTINGS = Settings()
 
