@@ -73,7 +73,6 @@ def spark() -> SparkSession:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
-        .config("spark.python.daemon.module", "segscale.worker_daemon")  # as the embedded session (session.py)
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")

@@ -51,8 +51,6 @@ def _embedded_session(settings: Settings) -> SparkSession:
         "spark.ui.showConsoleProgress": "true",
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
-        # Python workers forked with MLflow, scikit-learn and the rest already imported (worker_daemon.py).
-        "spark.python.daemon.module": "segscale.worker_daemon",
     }
     if settings.delta.backend == "delta-spark":
         # The jars must already be on the classpath (spark.jars / spark.jars.packages in spark.conf).

@@ -21,12 +21,6 @@ settings = Settings.model_validate({"spark": {"master": "local[3]", "shuffle_par
                                               "conf": {"spark.segscale.marker": "embedded"}}})
 spark = get_spark(settings)
 conf = spark.sparkContext.getConf()
-
-def preloaded(batches):  # what a freshly forked Python worker finds imported before its task imports anything
-    import pandas as pd
-    for _ in batches:
-        yield pd.DataFrame({"m": [",".join(sorted({m.split(".")[0] for m in sys.modules} & {"mlflow", "sklearn"}))]})
-
 print("RESULT" + json.dumps({
     "master": spark.sparkContext.master,
     "tz": spark.conf.get("spark.sql.session.timeZone"),
@@ -36,7 +30,6 @@ print("RESULT" + json.dumps({
     "marker": spark.conf.get("spark.segscale.marker", "unset"),
     "pyspark_python": os.environ.get("PYSPARK_PYTHON"),
     "python": sys.executable,
-    "worker_preloaded": spark.range(1).mapInPandas(preloaded, "m string").first()["m"],
 }))
 spark.stop()
 """
@@ -58,8 +51,7 @@ def test_embedded_session_settings(tmp_path):
     assert result.returncode == 0, result.stderr
     seen = _result(result.stdout)
     assert seen == {"master": "local[3]", "tz": "UTC", "aqe": "true", "arrow": "true", "shuffle": "7",
-                    "marker": "embedded", "pyspark_python": sys.executable, "python": sys.executable,
-                    "worker_preloaded": "mlflow,sklearn"}  # segscale's worker daemon (worker_daemon.py)
+                    "marker": "embedded", "pyspark_python": sys.executable, "python": sys.executable}
 
 
 def test_under_spark_submit_the_clusters_session_is_taken_as_it_is(tmp_path):
@@ -78,4 +70,3 @@ def test_under_spark_submit_the_clusters_session_is_taken_as_it_is(tmp_path):
     assert seen["master"] == "local[1]"
     assert seen["shuffle"] == "3"
     assert seen["marker"] == "unset"
-    assert seen["worker_preloaded"] == ""  # PySpark's own daemon: the platform decides
