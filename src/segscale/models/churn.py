@@ -12,7 +12,6 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-import skops.io
 from mlflow.models import infer_signature
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -274,6 +273,9 @@ def churn_udf(spark: SparkSession, model: ScoringModel) -> Callable[[Column], Co
 # ---- MLflow ------------------------------------------------------------------------------------------------------
 def trusted_types_for(model: object) -> list[str]:
     """The model's types that skops does not trust by default; all must be in TRUSTED_TYPES."""
+    import skops.io  # here, not at the top: importing it takes 3 s (it lists scikit-learn's types), and every
+    # command, `segscale --help` included, imports this module
+
     needed = set(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
     refused = needed - TRUSTED_TYPES
     if refused:
