@@ -1,13 +1,13 @@
 """One Spark session per test process (`make test` runs two): local[2], UTC, two shuffle partitions, UI off.
 
-Every JVM the tests start (the sessions, the `segscale` processes, the cluster) compiles with the C1 compiler only,
-collects with the serial GC and evaluates Spark's expressions interpreted, without generating Java code for them
-(JAVA_TOOL_OPTIONS, below; Spark reads `spark.*` system properties into every session's conf); every process
-fits scikit-learn's models on one OpenMP thread. Runs of seconds on tables of a few hundred rows never repay C2's
-compilation, Janino's compilation of each query or OpenMP's threads: on the 2-core machines `make test` targets,
-the first two cut the suite's CPU time by a fifth, the last two a warm in-process run's by another 30 %. None
-changes a result (the golden test compares every published table row for row); `make demo` and the benchmarks
-run with Spark's and scikit-learn's defaults.
+Every JVM the tests start (the sessions, the `segscale` processes, the cluster) collects with the serial GC and
+evaluates Spark's expressions interpreted, without generating Java code for them (JAVA_TOOL_OPTIONS, below; Spark
+reads `spark.*` system properties into every session's conf); all but the sessions of `make test`'s workers
+compile with C1 only, and every process fits scikit-learn's models on one OpenMP thread. Runs of seconds on
+tables of a few hundred rows never repay Janino's compilation of each query or OpenMP's threads, and a process
+that lives for one run never repays C2's compilations; a worker's session, which runs dozens, does. None changes
+a result (the golden test compares every published table row for row); `make demo` and the benchmarks run with
+Spark's and scikit-learn's defaults.
 
 One trained warehouse per session (`two_snapshots`, the golden run, default settings), read by every test that
 only reads a published warehouse; a test that writes works on its own copy (shutil.copytree of its root, the MLflow
@@ -32,8 +32,10 @@ from segscale.config import DeltaSettings
 from segscale.io.delta import Warehouse
 from segscale.models import registry
 
-# Inherited by every JVM started from here on, the session's own included (see the docstring above).
-os.environ["JAVA_TOOL_OPTIONS"] = ("-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dspark.sql.codegen.wholeStage=false "
+# Inherited by every JVM started from here on (see the docstring above); the session's own JVM drops the C1-only
+# flag (SHORT_LIVED_JVM) when it starts.
+SHORT_LIVED_JVM = "-XX:TieredStopAtLevel=1"
+os.environ["JAVA_TOOL_OPTIONS"] = (f"{SHORT_LIVED_JVM} -XX:+UseSerialGC -Dspark.sql.codegen.wholeStage=false "
                                    "-Dspark.sql.codegen.factoryMode=NO_CODEGEN")
 os.environ["OMP_NUM_THREADS"] = "1"  # the processes the tests start: Spark's Python workers, `segscale`
 threadpool_limits(1)  # this one, whose OpenMP runtime read the variable when frames imported scikit-learn
@@ -63,7 +65,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]):
 def spark() -> SparkSession:
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    session = (
+    # A worker of `make test` (pytest-xdist) runs the same queries over and over for minutes: C2's compilations
+    # repay themselves after about a dozen pipeline runs (docs/decisions.md), so its JVM starts without the C1-only
+    # flag. The one process of `make test-fast` lives a minute, which they do not repay.
+    with pytest.MonkeyPatch.context() as patch:
+        if "PYTEST_XDIST_WORKER" in os.environ:
+            patch.setenv("JAVA_TOOL_OPTIONS", os.environ["JAVA_TOOL_OPTIONS"].replace(SHORT_LIVED_JVM, "").strip())
+        session = _local_session()
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def _local_session() -> SparkSession:
+    return (
         SparkSession.builder.master("local[2]")
         .appName("segscale-tests")
         .config("spark.sql.session.timeZone", "UTC")
@@ -75,9 +90,6 @@ def spark() -> SparkSession:
         .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
         .getOrCreate()
     )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,36 @@
+"""The churn classifier's driver-side helpers on small pandas frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from segscale.models import churn_classifier
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[CalibratedClassifierCV, pd.DataFrame, pd.Series]:
+    """y follows `signal`; `noise` carries nothing."""
+    rng = np.random.default_rng(3)
+    inputs = pd.DataFrame({"signal": rng.normal(size=600), "noise": rng.normal(size=600)})
+    y = pd.Series((inputs["signal"] + rng.normal(scale=0.5, size=600) > 0).astype(int))
+    model = CalibratedClassifierCV(HistGradientBoostingClassifier(max_iter=20), cv=2).fit(inputs, y)
+    return model, inputs, y
+
+
+def test_permutation_importance_is_the_auc_lost_by_shuffling_each_feature(fitted):
+    model, inputs, y = fitted
+    signal, noise = churn_classifier.permutation_importance(model, inputs, y, seed=1)
+    assert signal > 0.3 and abs(noise) < 0.03
+
+
+def test_permutation_importance_does_not_depend_on_how_the_shuffles_are_batched(fitted, monkeypatch):
+    model, inputs, y = fitted
+    batched = churn_classifier.permutation_importance(model, inputs, y, seed=1)
+    monkeypatch.setattr(churn_classifier, "IMPORTANCE_BATCH_ROWS", len(inputs))  # one shuffle per call
+    assert churn_classifier.permutation_importance(model, inputs, y, seed=1) == pytest.approx(batched, abs=1e-12)
+    monkeypatch.setattr(churn_classifier, "IMPORTANCE_BATCH_ROWS", 2 * len(inputs) + 1)  # a short last batch
+    assert churn_classifier.permutation_importance(model, inputs, y, seed=1) == pytest.approx(batched, abs=1e-12)
