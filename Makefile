@@ -20,7 +20,7 @@ check-java:
 	  if [ -n "$$v" ] && [ "$$v" -lt 17 ]; then \
 	    echo "segscale needs Java 17 or newer; 'java' on PATH is version $$v. Install a JDK 17+ and retry."; exit 1; fi
 
-# uv resolves and installs the same versions pip would, in a third of the time (docs/decisions.md).
+# uv resolves and installs the same versions pip would, in half the time (docs/decisions.md).
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
 	  echo "segscale needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1)."; exit 1; }
