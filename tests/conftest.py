@@ -95,8 +95,8 @@ def _local_session() -> SparkSession:
 @pytest.fixture(scope="module")
 def compiled_expressions(spark):
     """Spark generating code for its queries, as in production, for a module whose tests compute over thousands
-    of rows: there the generated code repays its compilation (the one-pass training set test, 3,000 customers and four
-    cutoffs: 71 s compiled, 160 s interpreted)."""
+    of rows: there the generated code repays its compilation (the one-pass training set test over all 3,000
+    customers and four cutoffs: 71 s compiled, 160 s interpreted)."""
     keys = ("spark.sql.codegen.wholeStage", "spark.sql.codegen.factoryMode")
     before = {key: spark.conf.get(key) for key in keys}
     spark.conf.set("spark.sql.codegen.wholeStage", "true")
