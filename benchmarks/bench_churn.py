@@ -81,7 +81,7 @@ def step_run(inputs: Path, work: Path) -> dict:
     model = registry.scoring_model(registry.connect(settings.paths.warehouse, settings.churn.experiment),
                                    settings.churn.model_name)
     scored_df = features_df.transform(with_churn_scores, settings.churn.risk_bands, model,
-                                      churn_udf(spark, model))
+                                      churn_udf(model))
 
     def noop_seconds(df) -> float:
         begin = time.perf_counter()

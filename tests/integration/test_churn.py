@@ -274,9 +274,8 @@ SCORING = ScoringModel("segscale_churn", 4, ("recency_days", "frequency"))
 
 
 def fake_predict(inputs: Column) -> Column:
-    """Stands in for the model's UDF: P(churned) = recency_days / 100, as [P(retained), P(churned)]."""
-    churned = inputs["recency_days"] / 100
-    return F.array(1 - churned, churned)
+    """Stands in for the model's UDF: P(churned) = recency_days / 100."""
+    return inputs["recency_days"] / 100
 
 
 def test_churn_scores_bands_and_model_columns(spark):

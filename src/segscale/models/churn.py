@@ -4,8 +4,9 @@ with explicit trusted types, promoted by the gate, and scored on the executors. 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ class TrainRecord:
 
 @dataclass(frozen=True)
 class ChurnScorer:
-    """A pinned version and its UDF: a struct of the model's inputs in, [P(retained), P(churned)] out."""
+    """A pinned version and its UDF: a struct of the model's inputs in, P(churned) out."""
 
     model: ScoringModel
     predict: Callable[[Column], Column]
@@ -130,7 +131,7 @@ class ChurnModel:
         return stage.record.model_version
 
     def load(self, spark: SparkSession, model: ScoringModel) -> ChurnScorer:
-        return ChurnScorer(model, churn_udf(spark, model))
+        return ChurnScorer(model, churn_udf(model))
 
     def predict(self, features_df: DataFrame, loaded: ChurnScorer | None, settings: Settings) -> DataFrame:
         return with_churn_scores(features_df, settings.churn.risk_bands, loaded.model if loaded else None,
@@ -249,7 +250,7 @@ def risk_band(probability: Column, bands: RiskBands) -> Column:
 def with_churn_scores(features_df: DataFrame, bands: RiskBands, model: ScoringModel | None = None,
                       predict: Callable[[Column], Column] | None = None) -> DataFrame:
     """Adds churn_probability (null for prospects), churn_risk_band, model_name and model_version. `predict`
-    maps a struct of the model's inputs to [P(retained), P(churned)]; without a model the four columns are null."""
+    maps a struct of the model's inputs to P(churned); without a model the four columns are null."""
     if model is None or predict is None:
         return features_df.select(
             "*", F.lit(None).cast("double").alias("churn_probability"),
@@ -258,16 +259,27 @@ def with_churn_scores(features_df: DataFrame, bands: RiskBands, model: ScoringMo
     require_inputs(model, features_df.columns)
     # The model sees float64 (nullable integers arrive as NaN, as in training).
     inputs = F.struct(*[F.col(name).cast("double").alias(name) for name in model.inputs])
-    probability_df = features_df.select("*", F.when(is_buyer(), predict(inputs)[1]).alias("churn_probability"))
+    probability_df = features_df.select("*", F.when(is_buyer(), predict(inputs)).alias("churn_probability"))
     return probability_df.select(
         "*", risk_band(F.col("churn_probability"), bands).alias("churn_risk_band"),
         F.lit(model.name).alias("model_name"), F.lit(model.version).alias("model_version"))
 
 
-def churn_udf(spark: SparkSession, model: ScoringModel) -> Callable[[Column], Column]:
-    """The model as a Spark UDF that predicts on the executors in Arrow batches: struct of the inputs in,
-    [P(retained), P(churned)] out. The driver downloads the model once and ships it to the executors."""
-    return mlflow.pyfunc.spark_udf(spark, model.uri, result_type="array<double>", env_manager="local")
+def churn_udf(model: ScoringModel) -> Callable[[Column], Column]:
+    """The registered version as a pandas UDF that predicts on the executors in Arrow batches: a struct of the
+    model's inputs in, P(churned) out. The driver loads the registered artifact once (skops, its trusted types
+    checked) and the fitted estimator travels with the UDF, so a Python worker imports scikit-learn to predict and
+    nothing of MLflow (docs/decisions.md)."""
+    classifier = load_classifier(model.name, model.version)
+
+    def churned(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+        # PySpark's worker runs gc.collect() after every task. Frozen before the first batch, the estimator and
+        # scikit-learn's modules (here for the worker's life) are not walked again each time.
+        gc.freeze()
+        for inputs in batches:
+            yield pd.Series(classifier.predict_proba(inputs)[:, 1])
+
+    return F.pandas_udf(churned, "double")
 
 
 # ---- MLflow ------------------------------------------------------------------------------------------------------
