@@ -203,23 +203,26 @@ def test_spark_submit_jobs_run_the_cli_code_path(job, command):
     assert f"usage: segscale {command}" in result.stdout
 
 
-def test_a_corrupt_input_file_gives_one_paragraph_naming_it_and_exit_2(tmp_path):
-    """Run the real command in its own process (embedded session, as a user would) on a corrupt input file."""
+def test_a_corrupt_input_file_gives_one_paragraph_naming_it_and_exit_2(spark, tmp_path, capsys):
+    """A file that is not Parquet at all fails while Spark plans the read, on the driver."""
     inputs = tmp_path / "in"
     for name in ("customers", "transactions"):
         (inputs / name).mkdir(parents=True)
         (inputs / name / "part-0.parquet").write_bytes(b"PAR1 this is not a parquet file")
-    result = run_in_own_process(inputs, tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    error = result.stderr[result.stderr.index("segscale: error:"):]
+    code = main(["run", "--input", str(inputs), "--warehouse", str(tmp_path / "wh"), "--snapshot-date", SNAPSHOT],
+                spark=spark)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    error = err[err.index("segscale: error:"):]
     assert "parquet input at" in error and "customers/part-0.parquet" in error and "Could not read footer" in error
     assert not (tmp_path / "wh" / "customer_features").exists()
 
 
 def test_a_truncated_data_file_fails_in_an_executor_as_one_paragraph_naming_it(spark, tmp_path):
     """A Delta input whose data file is truncated (a copy cut short) fails inside an executor task, not while
-    Spark plans the read on the driver."""
+    Spark plans the read on the driver. In its own process (an embedded session, as a user runs it), so the
+    executor's Java stack traces would show on its stderr if they reached the user."""
     inputs = write_inputs(spark, tmp_path / "in", "delta")
     for data_file in (inputs / "transactions").glob("*.parquet"):
         data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
