@@ -273,8 +273,8 @@ def churn_udf(model: ScoringModel) -> Callable[[Column], Column]:
     classifier = load_classifier(model.name, model.version)
 
     def churned(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
-        # PySpark's worker runs gc.collect() after every task. Frozen before the first batch, the estimator and
-        # scikit-learn's modules (here for the worker's life) are not walked again each time.
+        # PySpark's worker runs a full garbage collection after every task. Frozen before the first batch, the
+        # estimator and scikit-learn's modules (here for the worker's life) are not walked again each time.
         gc.freeze()
         for inputs in batches:
             yield pd.Series(classifier.predict_proba(inputs)[:, 1])
