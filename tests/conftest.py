@@ -31,6 +31,7 @@ from segscale.cli import main
 from segscale.config import DeltaSettings
 from segscale.io.delta import Warehouse
 from segscale.models import registry
+from segscale.session import DATAFRAME_DEBUGGING
 
 # Inherited by every JVM started from here on (see the docstring above); the session's own JVM drops the C1-only
 # flag (SHORT_LIVED_JVM) when it starts.
@@ -87,6 +88,7 @@ def _local_session() -> SparkSession:
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config(DATAFRAME_DEBUGGING, "false")  # as the embedded session (segscale.session)
         .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
         .getOrCreate()
     )

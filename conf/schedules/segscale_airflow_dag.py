@@ -33,6 +33,7 @@ with DAG(
         conn_id=os.environ.get("SEGSCALE_AIRFLOW_SPARK_CONN", "spark_default"),
         application=f"{SEGSCALE_HOME}/jobs/run_pipeline.py",
         py_files=WHEEL,
+        conf={"spark.python.sql.dataFrameDebugging.enabled": "false"},  # see the README, "Running on a cluster"
         application_args=[
             "--config", f"{SEGSCALE_HOME}/conf/cluster.yaml",
             "--snapshot-date", "{{ ds }}",

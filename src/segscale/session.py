@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+DATAFRAME_DEBUGGING = "spark.python.sql.dataFrameDebugging.enabled"
 
 
 def under_spark_submit() -> bool:
@@ -51,6 +52,10 @@ def _embedded_session(settings: Settings) -> SparkSession:
         "spark.ui.showConsoleProgress": "true",
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        # PySpark records the Python call site of every DataFrame function it is handed (a walk up the stack and
+        # four round trips to the JVM each) for its error messages; segscale builds thousands of expressions a
+        # run, which that doubled (docs/decisions.md). A static setting: clusters pass it to spark-submit.
+        DATAFRAME_DEBUGGING: "false",
     }
     if settings.delta.backend == "delta-spark":
         # The jars must already be on the classpath (spark.jars / spark.jars.packages in spark.conf).

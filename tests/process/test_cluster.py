@@ -33,7 +33,8 @@ SNAPSHOT_TABLES = tuple(t.name for t in catalog.TABLES if "snapshot_date" in t.p
 SPARK_CONF = {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
               "spark.sql.session.timeZone": "UTC", "spark.sql.execution.arrow.pyspark.enabled": "true",
               "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
-              "spark.executor.extraJavaOptions": "-Duser.timezone=UTC", "spark.ui.enabled": "false"}
+              "spark.executor.extraJavaOptions": "-Duser.timezone=UTC", "spark.ui.enabled": "false",
+              "spark.python.sql.dataFrameDebugging.enabled": "false"}  # as the README recommends
 
 
 def cluster_state(ui_port: int) -> dict:

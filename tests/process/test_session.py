@@ -27,6 +27,7 @@ print("RESULT" + json.dumps({
     "aqe": spark.conf.get("spark.sql.adaptive.enabled"),
     "arrow": spark.conf.get("spark.sql.execution.arrow.pyspark.enabled"),
     "shuffle": spark.conf.get("spark.sql.shuffle.partitions"),
+    "call_sites": spark.conf.get("spark.python.sql.dataFrameDebugging.enabled"),
     "marker": spark.conf.get("spark.segscale.marker", "unset"),
     "pyspark_python": os.environ.get("PYSPARK_PYTHON"),
     "python": sys.executable,
@@ -51,7 +52,8 @@ def test_embedded_session_settings(tmp_path):
     assert result.returncode == 0, result.stderr
     seen = _result(result.stdout)
     assert seen == {"master": "local[3]", "tz": "UTC", "aqe": "true", "arrow": "true", "shuffle": "7",
-                    "marker": "embedded", "pyspark_python": sys.executable, "python": sys.executable}
+                    "call_sites": "false", "marker": "embedded", "pyspark_python": sys.executable,
+                    "python": sys.executable}
 
 
 def test_under_spark_submit_the_clusters_session_is_taken_as_it_is(tmp_path):
