@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,14 +130,26 @@ def test_a_process_killed_before_the_commit_leaves_the_previous_version_and_a_re
     assert data_files(scores) == committed_files(scores)
 
 
+def wait_for(signal: Path, process: subprocess.Popen) -> None:
+    """Until `process` creates `signal`; the test fails if the process ends first."""
+    deadline = time.monotonic() + 600
+    while not signal.exists():
+        assert process.poll() is None, f"exited {process.returncode} first: {process.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"no {signal.name} after 600 s"
+        time.sleep(0.1)
+
+
 def test_two_runs_of_the_same_snapshot_at_once_publish_one_result(spark, inputs, clean, warehouse):
-    first, second = run_process(inputs, warehouse), run_process(inputs, warehouse)
-    outcomes = [finish(first), finish(second)]
-    codes = sorted(code for code, _ in outcomes)
-    assert codes in ([0, 0], [0, 1]), [err[-2000:] for _, err in outcomes]
-    for code, err in outcomes:
-        if code == 1:  # the loser of a commit race says so, and published nothing half-way
-            assert "another writer" in err and "Traceback" not in err
+    # The race made certain: the first run has written customer_features' data files and waits to commit them
+    # (tests/faulty.py) while a second run publishes the same snapshot whole; then the first commits.
+    first = run_process(inputs, warehouse, "wait-before-commit:customer_features")
+    wait_for(warehouse.parent / "customer_features.waiting", first)
+    run_pipeline(spark, settings_for(inputs, warehouse, **WITHOUT_MODELS), SNAPSHOT)
+    (warehouse.parent / "customer_features.go").touch()
+    code, err = finish(first)
+    # The loser says so, names the table, and publishes nothing half-way.
+    assert code == 1, err[-3000:]
+    assert "customer_features was created by another writer" in err and "Traceback" not in err
     for table in TABLES:
         history = DeltaTable(str(warehouse / table.name)).history()  # the log stays readable
         assert history and all("userMetadata" in entry for entry in history)
