@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 
 import pytest
+import sqlalchemy
 import yaml
 from frames import CHEAP_MODELS_ENV, D1, D2, GOLDEN_INPUT, free_port, settings_for
 from pyspark.sql import SparkSession
@@ -106,6 +108,38 @@ def compiled_expressions(spark):
     yield
     for key, value in before.items():
         spark.conf.set(key, value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_mlflow_schema(tmp_path_factory):
+    """A new embedded MLflow store in this process starts as a copy of one that MLflow's own schema migrations
+    built once per test process: migrating a new SQLite store takes about a second, and the tests make about
+    thirty. The copy is what the migrations produced; the processes the tests start (the CLI, the cluster's
+    driver) migrate their own stores."""
+    from mlflow.store.db import utils as db_utils
+    from mlflow.store.model_registry import sqlalchemy_store as registry_store
+
+    template = tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{template}")
+    db_utils._initialize_tables(engine)
+    engine.dispose()
+    migrate = db_utils._initialize_tables
+
+    def from_template(engine: sqlalchemy.Engine) -> None:
+        if engine.dialect.name != "sqlite":
+            migrate(engine)
+            return
+        connection = engine.raw_connection()
+        try:
+            with sqlite3.connect(template) as source:
+                source.backup(connection.driver_connection)
+        finally:
+            connection.close()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(db_utils, "_initialize_tables", from_template)
+        patch.setattr(registry_store, "_initialize_tables", from_template)
+        yield
 
 
 @pytest.fixture(autouse=True)
