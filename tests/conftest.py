@@ -17,10 +17,12 @@ store included). Tests that train a model without being about its quality use th
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import sys
+from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -119,11 +121,15 @@ def migrated_mlflow_schema(tmp_path_factory):
     from mlflow.store.db import utils as db_utils
     from mlflow.store.model_registry import sqlalchemy_store as registry_store
 
-    template = tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db"
-    engine = sqlalchemy.create_engine(f"sqlite:///{template}")
-    db_utils._initialize_tables(engine)
-    engine.dispose()
     migrate = db_utils._initialize_tables
+
+    @functools.cache
+    def template() -> Path:  # built when a test first needs a store: most unit tests never do
+        path = tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db"
+        engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+        migrate(engine)
+        engine.dispose()
+        return path
 
     def from_template(engine: sqlalchemy.Engine) -> None:
         if engine.dialect.name != "sqlite":
@@ -131,7 +137,7 @@ def migrated_mlflow_schema(tmp_path_factory):
             return
         connection = engine.raw_connection()
         try:
-            with sqlite3.connect(template) as source:
+            with sqlite3.connect(template()) as source:
                 source.backup(connection.driver_connection)
         finally:
             connection.close()
