@@ -54,7 +54,8 @@ def _embedded_session(settings: Settings) -> SparkSession:
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         # PySpark records the Python call site of every DataFrame function it is handed (a walk up the stack and
         # four round trips to the JVM each) for its error messages; segscale builds thousands of expressions a
-        # run, which that doubled (docs/decisions.md). A static setting: clusters pass it to spark-submit.
+        # run, and the recording doubled the driver's time spent building them (docs/decisions.md). A static
+        # setting: clusters pass it to spark-submit.
         DATAFRAME_DEBUGGING: "false",
     }
     if settings.delta.backend == "delta-spark":

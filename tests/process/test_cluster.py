@@ -26,6 +26,7 @@ from deltalake import DeltaTable
 from frames import D2, ROOT, free_port
 
 from segscale import catalog
+from segscale.session import DATAFRAME_DEBUGGING
 
 SPARK_HOME = Path(pyspark.__file__).parent
 SNAPSHOT_TABLES = tuple(t.name for t in catalog.TABLES if "snapshot_date" in t.partition_by)
@@ -34,7 +35,7 @@ SPARK_CONF = {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": 
               "spark.sql.session.timeZone": "UTC", "spark.sql.execution.arrow.pyspark.enabled": "true",
               "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
               "spark.executor.extraJavaOptions": "-Duser.timezone=UTC", "spark.ui.enabled": "false",
-              "spark.python.sql.dataFrameDebugging.enabled": "false"}  # as the README recommends
+              DATAFRAME_DEBUGGING: "false"}  # as the README recommends
 
 
 def cluster_state(ui_port: int) -> dict:
