@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import roc_auc_score
 
 from segscale.models import churn_classifier
 
@@ -34,3 +35,11 @@ def test_permutation_importance_does_not_depend_on_how_the_shuffles_are_batched(
     assert churn_classifier.permutation_importance(model, inputs, y, seed=1) == pytest.approx(batched, abs=1e-12)
     monkeypatch.setattr(churn_classifier, "IMPORTANCE_BATCH_ROWS", 2 * len(inputs) + 1)  # a short last batch
     assert churn_classifier.permutation_importance(model, inputs, y, seed=1) == pytest.approx(batched, abs=1e-12)
+
+
+def test_roc_auc_by_row_is_roc_auc_score_of_each_row_ties_included():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, size=200)
+    scores = rng.integers(0, 20, size=(6, 200)) / 20  # few distinct values: many ties
+    assert churn_classifier.roc_auc_by_row(y, scores) == pytest.approx([roc_auc_score(y, row) for row in scores],
+                                                                        abs=1e-12)
