@@ -39,7 +39,7 @@ demo: check-java $(STAMP)
 test: check-java $(STAMP)
 	$(PY) -m pytest
 
-# The unit tests alone (pure transforms, config, catalog, CLI parsing): about a minute.
+# The unit tests alone (pure transforms, config, catalog, CLI parsing): about half a minute.
 test-fast: check-java $(STAMP)
 	$(PY) -m pytest tests/unit -n 0
 

@@ -1,5 +1,5 @@
-"""`segscale` with one real fault injected from outside the library: `python tests/faulty.py FAULT ARGS...` runs
-the command ARGS in this process after replacing one seam of `segscale.io.delta` (test_faults.py runs it).
+"""`segscale` with real faults injected from outside the library: `python tests/faulty.py FAULT[,FAULT...] ARGS...`
+runs the command ARGS in this process after replacing seams of `segscale.io.delta` (test_faults.py runs it).
 
 FAULT is `kill-worker:TABLE` (the first attempt of the first task writing TABLE kills its Python worker after it has
 written part of its file; Spark must retry the task), `exit-before-commit:TABLE` (the process exits with 137, as
@@ -74,6 +74,7 @@ FAULTS = {"exit-before-commit": exit_before_commit, "kill-worker": kill_worker,
           "wait-before-commit": wait_before_commit}
 
 if __name__ == "__main__":
-    kind, _, table = sys.argv[1].partition(":")
-    FAULTS[kind](table)
+    for fault in sys.argv[1].split(","):
+        kind, _, table = fault.partition(":")
+        FAULTS[kind](table)
     sys.exit(main(sys.argv[2:]))

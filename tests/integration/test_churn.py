@@ -119,9 +119,19 @@ def test_changing_events_after_a_cutoff_leaves_its_features_unchanged(generated)
     assert after.where(~F.col(LABEL)).count() == 0 < before.where(~F.col(LABEL)).count()
 
 
-def test_most_recent_cutoff_is_the_holdout_and_earlier_ones_train(generated):
+@pytest.fixture(scope="module")
+def default_training(generated) -> TrainingSet:
+    """The training set of the generated base at 2024-12-31 with the default settings, its rows computed once for
+    the module's tests (kept until the module ends)."""
     data = training_set(generated["customers"], generated["transactions"], generated["interactions"],
                         dt.date(2024, 12, 31), SETTINGS)
+    data.rows.persist()
+    yield data
+    data.rows.unpersist()
+
+
+def test_most_recent_cutoff_is_the_holdout_and_earlier_ones_train(default_training):
+    data = default_training
     assert data.holdout_cutoff == dt.date(2024, 10, 2)
     holdout_cutoffs = {r[CUTOFF] for r in data.holdout.select(CUTOFF).distinct().collect()}
     train_cutoffs = {r[CUTOFF] for r in data.train.select(CUTOFF).distinct().collect()}
@@ -156,12 +166,18 @@ def test_one_pass_training_set_equals_each_cutoff_computed_alone(generated):
                    for name in ("customers", "transactions", "interactions"))
     data = training_set(*frames, dt.date(2024, 12, 31), settings)
     assert len(data.cutoffs) == 4
-    for side, cutoffs in ((data.holdout, data.cutoffs[:1]), (data.train, data.cutoffs[1:])):
-        expected = functools.reduce(DataFrame.unionByName, [per_cutoff_rows(*frames, c, settings) for c in cutoffs])
-        assert side.columns == expected.columns
-        assert side.count() == expected.count() > 0
-        assertDataFrameEqual(side, expected, rtol=1e-12)
-    assert data.rows.count() == data.train.count() + data.holdout.count()
+    data.rows.persist()  # one pass, compared side by side; each side of the definition is computed once
+    try:
+        for side, cutoffs in ((data.holdout, data.cutoffs[:1]), (data.train, data.cutoffs[1:])):
+            expected = functools.reduce(DataFrame.unionByName,
+                                        [per_cutoff_rows(*frames, c, settings) for c in cutoffs])
+            assert side.columns == expected.columns
+            expected_rows = expected.collect()
+            assert expected_rows
+            assertDataFrameEqual(side, expected_rows, rtol=1e-12)
+        assert data.rows.count() == data.train.count() + data.holdout.count()
+    finally:
+        data.rows.unpersist()
 
 
 def test_capped_sample_keeps_label_shares_and_is_seeded(spark):
@@ -219,9 +235,8 @@ def test_a_model_fitted_on_some_features_predicts_from_them_alone():
 
 
 @pytest.fixture(scope="module")
-def fitted(generated):
-    data = training_set(generated["customers"], generated["transactions"], generated["interactions"],
-                        dt.date(2024, 12, 31), SETTINGS)
+def fitted(default_training):
+    data = default_training
     train = capped_sample(data.train, label_counts(data.train), SETTINGS.churn.max_train_rows,
                           SETTINGS.churn.sample_seed).toPandas()
     holdout = data.holdout.toPandas()

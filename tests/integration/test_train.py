@@ -36,7 +36,7 @@ NAME = "segscale_churn"
 @pytest.fixture(scope="module")
 def inputs(spark, tmp_path_factory):
     out = tmp_path_factory.mktemp("train-inputs")
-    generate_inputs(spark, Settings.model_validate({"generate": {"customers": 2000, "seed": 8}}), str(out))
+    generate_inputs(spark, Settings.model_validate({"generate": {"customers": 800, "seed": 8}}), str(out))
     return out
 
 

@@ -49,12 +49,12 @@ def clean(spark, inputs, tmp_path_factory) -> Warehouse:
     return Warehouse(spark, str(root), settings.delta)
 
 
-def run_process(inputs: Path, warehouse: Path, fault: str | None = None, master: str = "local[1]"
+def run_process(inputs: Path, warehouse: Path, faults: str | None = None, master: str = "local[1]"
                 ) -> subprocess.Popen:
-    """`segscale run` in its own process and embedded session, optionally with a fault (tests/faulty.py)."""
+    """`segscale run` in its own process and embedded session, optionally with faults (tests/faulty.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_", "SEGSCALE_"))}
     env.update(ENV_WITHOUT_MODELS, SEGSCALE_SPARK__MASTER=master)
-    command = [str(TESTS / "faulty.py"), fault] if fault else ["-m", "segscale"]
+    command = [str(TESTS / "faulty.py"), faults] if faults else ["-m", "segscale"]
     return subprocess.Popen(
         [sys.executable, *command, "run", "--input", str(inputs), "--warehouse", str(warehouse),
          "--snapshot-date", SNAPSHOT.isoformat(), "--config", str(warehouse.parent / "none.yaml")],
@@ -94,40 +94,36 @@ def warehouse(tmp_path) -> Path:
     return tmp_path / "wh"
 
 
-def test_a_python_worker_killed_mid_write_is_retried_and_the_result_equals_the_clean_run(
+def test_a_killed_worker_is_retried_and_a_process_killed_before_a_commit_leaves_that_table_as_it_was(
         spark, inputs, clean, warehouse):
-    # local[2,2]: two task attempts, as a cluster's spark.task.maxFailures allows. The first attempt of the
-    # first features task kills its Python worker after writing part of its file.
-    code, err = finish(run_process(inputs, warehouse, "kill-worker:customer_features", master="local[2,2]"))
-    assert code == 0, err[-3000:]
-    assert_same_tables(spark, warehouse, clean)
-    table = warehouse / "customer_features"
-    left_behind = data_files(table) - committed_files(table)
-    assert left_behind and all("-0-" in Path(f).name for f in left_behind)  # the killed attempt's file only
-    assert main(["vacuum", "customer_features", "--warehouse", str(warehouse), "--retention-hours", "0",
-                 "--config", str(warehouse.parent / "none.yaml")]) == 0
-    assert data_files(table) == committed_files(table)
-
-
-def test_a_process_killed_before_the_commit_leaves_the_previous_version_and_a_rerun_publishes(
-        spark, inputs, clean, warehouse):
+    # One process, two faults (a cold `segscale run` costs about 30 CPU-seconds): while it writes
+    # customer_features, the first attempt of the first task kills its Python worker after writing part of its file
+    # (local[2,2]: two task attempts, as a cluster's spark.task.maxFailures allows); later the process exits as if
+    # killed, after customer_scores' data files are written and before their commit.
     published_cleanly(clean, warehouse)
-    scores = warehouse / "customer_scores"
-    before = committed_files(scores)
-    code, _ = finish(run_process(inputs, warehouse, "exit-before-commit:customer_scores"))
-    assert code == 137
-    assert DeltaTable(str(scores)).version() == 0 and committed_files(scores) == before
-    assert DeltaTable(str(warehouse / "customer_features")).version() == 1  # committed before the kill
-    orphans = data_files(scores) - before
-    assert orphans  # the killed run's data files, invisible to readers
+    features, scores = warehouse / "customer_features", warehouse / "customer_scores"
+    before = {table: data_files(table) for table in (features, scores)}
+    faults = "kill-worker:customer_features,exit-before-commit:customer_scores"
+    code, err = finish(run_process(inputs, warehouse, faults, master="local[2,2]"))
+    assert code == 137, err[-3000:]
+    # The retried task's table was committed before the kill, with the undisturbed run's rows; the killed attempt's
+    # file is on disk but not in the log.
+    assert DeltaTable(str(features)).version() == 1
+    killed_attempt = data_files(features) - committed_files(features) - before[features]
+    assert killed_attempt and all(Path(f).name.startswith("part-00000-0-") for f in killed_attempt)
+    # The table whose commit never came stays at its previous version; its orphaned files are invisible.
+    assert DeltaTable(str(scores)).version() == 0 and committed_files(scores) == before[scores]
+    orphans = data_files(scores) - before[scores]
+    assert orphans
     assert_same_tables(spark, warehouse, clean)
     run_pipeline(spark, settings_for(inputs, warehouse, **WITHOUT_MODELS), SNAPSHOT)  # the rerun publishes correctly
     assert DeltaTable(str(scores)).version() == 1
     assert_same_tables(spark, warehouse, clean)
-    assert main(["vacuum", "customer_scores", "--warehouse", str(warehouse), "--retention-hours", "0",
-                 "--config", str(warehouse.parent / "none.yaml")]) == 0
-    assert not orphans & data_files(scores)
-    assert data_files(scores) == committed_files(scores)
+    for table in (features, scores):
+        assert main(["vacuum", table.name, "--warehouse", str(warehouse), "--retention-hours", "0",
+                     "--config", str(warehouse.parent / "none.yaml")]) == 0
+        assert data_files(table) == committed_files(table)
+    assert not (killed_attempt | orphans) & (data_files(features) | data_files(scores))
 
 
 def wait_for(signal: Path, process: subprocess.Popen) -> None:
