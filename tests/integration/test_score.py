@@ -200,12 +200,14 @@ def test_executors_score_exactly_what_the_model_predicts(spark, scored):
 
 def test_score_rescores_with_a_chosen_version_and_keeps_every_other_column(spark, own, cheap_models):
     root = own
-    # Train version 2 on the same inputs with `run --train` (cheap profile); then score with version 1 again.
-    summary = run(spark, root, "--train")
-    assert summary["stages"]["train"]["model_version"] == 2
-    assert summary["stages"]["clv fit"]["model_version"] == 2
-    trained_champion = summary["stages"]["train"]["promotion"]["promoted"]
-    assert summary["stages"]["segment"]["churn_model"]["version"] == (2 if trained_champion else 1)
+    # Train version 2 on the same inputs with `train` (cheap profile), score with it, then with version 1 again.
+    out = root / "train.json"
+    assert main(["train", "--input", str(GOLDEN_INPUT), "--warehouse", str(root / "wh"), "--snapshot-date", SNAPSHOT,
+                 "--summary-json", str(out)], spark=spark) == 0
+    trained = json.loads(out.read_text())["stages"]
+    assert trained["train"]["model_version"] == 2 and trained["clv fit"]["model_version"] == 2
+    assert score(spark, root, "--model-version", "2") == 0
+    assert scores_of(spark, root, SNAPSHOT).where(F.col("model_version") != 2).count() == 0
     before = scores_of(spark, root, SNAPSHOT).drop("run_id", *CHURN_COLUMNS)
     before = spark.createDataFrame(before.collect(), before.schema)
     plan_version = DeltaTable(str(root / "wh" / "retention_plan")).version()
