@@ -43,3 +43,17 @@ def test_roc_auc_by_row_is_roc_auc_score_of_each_row_ties_included():
     scores = rng.integers(0, 20, size=(6, 200)) / 20  # few distinct values: many ties
     assert churn_classifier.roc_auc_by_row(y, scores) == pytest.approx([roc_auc_score(y, row) for row in scores],
                                                                         abs=1e-12)
+
+
+def test_the_importance_sample_of_a_large_holdout_keeps_a_rare_label():
+    """30 churned among 60,000: a uniform 20,000-row sample would hold about 10, often too few, and could hold
+    none, where ROC-AUC is undefined."""
+    rng = np.random.default_rng(2)
+    holdout = pd.DataFrame({"signal": rng.normal(size=60_000), churn_classifier.LABEL: False})
+    holdout.loc[rng.choice(60_000, size=30, replace=False), churn_classifier.LABEL] = True
+    sample = churn_classifier.importance_sample(holdout, 20_000, seed=1)
+    counts = sample[churn_classifier.LABEL].value_counts()
+    assert counts[True] == 30 and counts[False] == pytest.approx(19_990, abs=1)
+    assert sample.index.is_unique and sample.equals(churn_classifier.importance_sample(holdout, 20_000, seed=1))
+    small = holdout.iloc[:500]
+    assert churn_classifier.importance_sample(small, 20_000, seed=1) is small  # small holdouts: every row

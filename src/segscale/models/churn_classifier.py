@@ -37,6 +37,7 @@ MODEL_FEATURES = (
 TOP_SHARE = 0.1  # lift and capture rate are read at the top decile of predicted risk
 CALIBRATION_BINS = 10
 IMPORTANCE_ROWS = 20_000  # holdout rows the permutation importance is computed on
+IMPORTANCE_MIN_CLASS_ROWS = 100  # rows of each label its sample keeps at least (all of them when fewer)
 IMPORTANCE_REPEATS = 3  # shuffles of each feature
 IMPORTANCE_BATCH_ROWS = 100_000  # shuffled rows predicted in one call: 20 MB of float64 at 25 features
 
@@ -214,7 +215,7 @@ def charts(model: ClassifierMixin, holdout: pd.DataFrame, evaluation: Mapping[st
     ax.legend()
     written.append(save_png(fig, out_dir / "lift.png"))
 
-    sample = holdout.sample(n=min(len(holdout), IMPORTANCE_ROWS), random_state=seed)
+    sample = importance_sample(holdout, IMPORTANCE_ROWS, seed)
     features = features_of(model)
     importance = permutation_importance(model, model_inputs(sample, features), sample[LABEL].astype(int), seed)
     ranked = sorted(zip(features, importance, strict=True), key=lambda item: item[1])
@@ -223,6 +224,19 @@ def charts(model: ClassifierMixin, holdout: pd.DataFrame, evaluation: Mapping[st
     ax.set(xlabel="drop in ROC-AUC when the feature is shuffled", title="Permutation importance (holdout)")
     written.append(save_png(fig, out_dir / "importance.png"))
     return written
+
+
+def importance_sample(holdout: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """About `rows` holdout rows for the permutation importance, each label in its share but never fewer than
+    IMPORTANCE_MIN_CLASS_ROWS of it (all its rows when it has fewer): ROC-AUC needs both labels, and a uniform
+    sample of a large holdout with rare churn can hold no churned customer at all."""
+    if len(holdout) <= rows:
+        return holdout
+    fraction = rows / len(holdout)
+    return pd.concat([
+        group.sample(n=min(len(group), max(round(len(group) * fraction), IMPORTANCE_MIN_CLASS_ROWS)),
+                     random_state=seed)
+        for _, group in holdout.groupby(LABEL, sort=True)])
 
 
 def permutation_importance(model: ClassifierMixin, inputs: pd.DataFrame, y: pd.Series, seed: int,
