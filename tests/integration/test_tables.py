@@ -374,8 +374,8 @@ def _delta_jars_available(spark) -> bool:
 
 def test_delta_spark_backend_writes_the_same_table(spark, tmp_path):
     if not _delta_jars_available(spark):
-        pytest.skip("Delta Lake jars are not on the Spark classpath (they come from Maven, which these "
-                    "machines cannot reach); the delta-spark backend runs on clusters that have them")
+        pytest.skip("the Delta Lake jars are not on the test session's Spark classpath: the setup of `make test` "
+                    "does not fetch them from Maven yet, so the delta-spark backend is not exercised here")
     rs = Tables(spark, str(tmp_path / "rs"), DeltaSettings(backend="delta-rs"))
     ds = Tables(spark, str(tmp_path / "ds"), DeltaSettings(backend="delta-spark"))
     for wh in (rs, ds):
