@@ -76,7 +76,8 @@ class SparkSettings(_Section):
     # taken as it is.
     master: str = "local[*]"
     app_name: str = "segscale"
-    # None sizes shuffle partitions to the machine (4 per core); adaptive execution coalesces small ones.
+    # None sizes shuffle partitions to the input (one per 32 MiB of a local input directory, at least 4 per core;
+    # segscale.session); adaptive execution coalesces small ones.
     shuffle_partitions: int | None = Field(default=None, gt=0)
     driver_memory: str = "4g"
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"

@@ -292,3 +292,23 @@ def test_only_variables_naming_a_section_are_config():
         load_settings(environ={"SEGSCALE_CHURN_ENABLED": "false"})  # a typo of SEGSCALE_CHURN__ENABLED
     with pytest.raises(ConfigError, match=r"colour\.delta: unknown key \[from environment SEGSCALE_COLOUR__DELTA\]"):
         load_settings(environ={"SEGSCALE_COLOUR__DELTA": "blue"})
+
+
+def test_an_open_shuffle_partition_count_follows_the_local_inputs_size(tmp_path):
+    from segscale.session import INPUT_BYTES_PER_PARTITION, default_shuffle_partitions
+
+    def input_of(total: int) -> Path:
+        root = tmp_path / f"in-{total}"
+        for name, share in (("customers", 0.1), ("transactions/_delta_log", 0.0), ("transactions", 0.9)):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            with open(root / name / "part-0.parquet", "wb") as data:
+                data.truncate(int(total * share))  # sparse: the size without the bytes
+        return root
+
+    assert default_shuffle_partitions(str(input_of(0)), cores=2) == 8  # 4 per core at least
+    assert default_shuffle_partitions(str(input_of(8 * INPUT_BYTES_PER_PARTITION)), cores=2) == 8
+    assert default_shuffle_partitions(str(input_of(48 * INPUT_BYTES_PER_PARTITION - 5)), cores=2) == 48
+    assert default_shuffle_partitions(f"file://{input_of(100 * INPUT_BYTES_PER_PARTITION)}", cores=4) == 100
+    assert default_shuffle_partitions(str(tmp_path / "missing"), cores=2) == 8
+    assert default_shuffle_partitions("s3://bucket/inputs", cores=2) == 8  # not listable before the session
+    assert default_shuffle_partitions(None, cores=3) == 12
