@@ -5,6 +5,7 @@ Parquet files) and write their result. Each engine runs in a fresh process, one 
 is its own and the timings are ratios measured in one run.
 
     python benchmarks/bench_features.py --customers 6000000   # reuses benchmarks/data/customers-6000000
+    python benchmarks/bench_features.py --customers 6000000 --engines duckdb,spark_floor   # Spark's floor alone
 """
 
 from __future__ import annotations
@@ -218,8 +219,35 @@ def _scan_seconds(spark, store, inputs: Path) -> float:
     return round(time.perf_counter() - start, 1)
 
 
+def engine_spark_floor(inputs: Path, work: Path) -> dict:
+    """What Spark alone costs on these files before any feature: reading every events row, then reading and
+    shuffling every row once by customer (what any per-customer pass over whole rows needs). Each step is one
+    action in the same session, with the embedded session's default settings (8 GB driver, shuffle partitions
+    from the input's size)."""
+    from segscale.config import Settings
+    from segscale.io.delta import DeltaStore
+    from segscale.session import get_spark
+
+    settings = Settings.model_validate({"paths": {"input": str(inputs), "warehouse": str(work / "floor")},
+                                        "delta": {"backend": "delta-rs"}})
+    spark = get_spark(settings)
+    store = DeltaStore(spark, settings.delta)
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    events = [store.read(str(inputs / name)) for name in ("transactions", "interactions")]
+    seconds = {}
+    for step, frames in {"read": events,
+                         "read_and_shuffle": [e.repartition(partitions, "customer_id") for e in events]}.items():
+        start = time.perf_counter()
+        for frame in frames:
+            frame.write.format("noop").mode("overwrite").save()
+        seconds[step] = round(time.perf_counter() - start, 1)
+    spark.stop()
+    return {"wall_seconds": seconds["read_and_shuffle"], "seconds": seconds, "shuffle_partitions": partitions,
+            "driver_python_peak_rss_mb": python_peak_rss_mb()}
+
+
 ENGINES = {"segscale": engine_segscale, "duckdb": engine_duckdb, "plain_pyspark": engine_plain_pyspark,
-           "plain_pyspark_narrow": engine_plain_pyspark_narrow}
+           "plain_pyspark_narrow": engine_plain_pyspark_narrow, "spark_floor": engine_spark_floor}
 
 
 def main() -> int:
@@ -263,6 +291,11 @@ def main() -> int:
         if "plain_pyspark_narrow" in results:
             report["ratios"]["plain_pyspark_narrow_over_segscale"] = round(
                 results["plain_pyspark_narrow"]["wall_seconds"] / ours, 2)
+        print("ratios:", report["ratios"])
+    if {"duckdb", "spark_floor"} <= results.keys():
+        duckdb = results["duckdb"]["wall_seconds"]
+        report.setdefault("ratios", {}).update({f"spark_{step}_over_duckdb": round(seconds / duckdb, 2)
+                                                for step, seconds in results["spark_floor"]["seconds"].items()})
         print("ratios:", report["ratios"])
     write_report(f"features-{args.customers}", report)
     return 0
