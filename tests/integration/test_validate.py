@@ -8,7 +8,7 @@ import math
 import re
 
 import pytest
-from frames import contract_schema, ts
+from frames import contract_schema, shuffle_partitions, ts
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -261,15 +261,16 @@ def test_features_of_every_cutoff_read_the_validated_events_without_shuffling_th
 
 
 @pytest.mark.parametrize("unknown_customer", ["quarantine", "keep"])
-def test_flagged_events_are_partitioned_by_customer_alone(inputs, unknown_customer):
+def test_flagged_events_are_partitioned_by_customer_alone(spark, inputs, unknown_customer):
     """With or without the unknown-customer join, each events table is shuffled by customer_id (not by its key,
     as a window over its copies alone would), so what reads the flagged rows per customer needs no shuffle."""
     settings = SETTINGS.model_copy(update={"unknown_customer": unknown_customer})
-    validated = validate_inputs(inputs, settings, SNAPSHOT, RUN_ID, NOW)
-    for name in ("transactions", "interactions"):
-        adaptive = validated.flagged[name]._jdf.queryExecution().executedPlan()
-        partitioning = adaptive.executedPlan().outputPartitioning().toString()
-        assert re.fullmatch(r"hashpartitioning\(customer_id#\d+, \d+\)", partitioning), (name, partitioning)
+    with shuffle_partitions(spark, 2):  # with one, Spark plans a single partition, whatever the key
+        validated = validate_inputs(inputs, settings, SNAPSHOT, RUN_ID, NOW)
+        for name in ("transactions", "interactions"):
+            adaptive = validated.flagged[name]._jdf.queryExecution().executedPlan()
+            partitioning = adaptive.executedPlan().outputPartitioning().toString()
+            assert re.fullmatch(r"hashpartitioning\(customer_id#\d+, \d+\)", partitioning), (name, partitioning)
 
 
 def shuffled_rows(node, below_shuffle: int | None = None) -> dict[str, int]:

@@ -30,7 +30,7 @@ from segscale.session import DATAFRAME_DEBUGGING
 
 SPARK_HOME = Path(pyspark.__file__).parent
 SNAPSHOT_TABLES = tuple(t.name for t in catalog.TABLES if "snapshot_date" in t.partition_by)
-# The same partitioning as the local test session (conftest), so both runs split the data the same way.
+# The golden run's partitioning (conftest.GOLDEN_SHUFFLE_PARTITIONS), so both runs split the data the same way.
 SPARK_CONF = {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
               "spark.sql.session.timeZone": "UTC", "spark.sql.execution.arrow.pyspark.enabled": "true",
               "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
