@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import skops.io
 import yaml
@@ -19,8 +20,7 @@ from deltalake import DeltaTable
 from frames import cheap_config, free_port, mlflow_store
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 from segscale.cli import main
 from segscale.config import Settings
@@ -151,8 +151,7 @@ def test_training_run_logs_params_lineage_metrics_artifacts_and_a_skops_model(re
     assert info.saved_input_example_info is not None
     flavor = info.flavors["sklearn"]
     assert flavor["serialization_format"] == "skops"
-    assert sorted(flavor["skops_trusted_types"]) == sorted(churn_model.TRUSTED_TYPES - {
-        "sklearn.calibration._SigmoidCalibration"})  # isotonic calibration by default
+    assert flavor["skops_trusted_types"] == sorted(churn_model.TRUSTED_TYPES)
     assert (root / "mlartifacts").is_dir()  # the embedded store keeps artifacts beside it
 
 
@@ -208,22 +207,28 @@ def test_each_warehouse_uses_its_own_embedded_store_and_a_command_leaves_no_uri_
     assert os.environ["MLFLOW_TRACKING_URI"] == user and mlflow.get_tracking_uri() == user
 
 
-class HandWrittenClassifier(BaseEstimator, ClassifierMixin):
+class HandWrittenClassifier(HistGradientBoostingClassifier):
     """A type that is not on segscale's trusted list."""
 
 
 def test_model_with_an_untrusted_type_is_refused_when_saved_and_when_loaded(tmp_path):
-    model = CalibratedClassifierCV(HandWrittenClassifier())
-    with pytest.raises(SegscaleError, match=r"does not trust for loading: .*HandWrittenClassifier"):
-        churn_model.trusted_types_for(model)
+    example = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]})
+    untrusted = HandWrittenClassifier(max_iter=2).fit(example, [0, 1, 0, 1])
+    trusted = HistGradientBoostingClassifier(max_iter=2).fit(example, [0, 1, 0, 1])
+    with mlflow_store(tmp_path) as client:
+        mlflow.set_experiment("trusted types")  # this store's own (another test may have left its id active)
+        with mlflow.start_run():
+            with pytest.raises(SegscaleError, match=r"does not trust for loading: \[.*HandWrittenClassifier'\]"):
+                churn_model.log_classifier(untrusted, "refused", example)
+            assert client.search_registered_models() == []  # nothing registered
+            # A model of trusted types only is logged, with segscale's list recorded for its loading.
+            assert churn_model.log_classifier(trusted, "accepted", example) == 1
     # An artifact whose saved trust list misses a type it contains: skops refuses to load it.
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    fitted = HistGradientBoostingClassifier(max_iter=2).fit([[0.0], [1.0], [2.0], [3.0]], [0, 1, 0, 1])
     path = tmp_path / "model"
-    mlflow.sklearn.save_model(fitted, str(path), serialization_format="skops",
-                              skops_trusted_types=churn_model.trusted_types_for(fitted))
+    mlflow.sklearn.save_model(trusted, str(path), serialization_format="skops", pip_requirements=["scikit-learn"],
+                              skops_trusted_types=sorted(churn_model.TRUSTED_TYPES))
     mlmodel = yaml.safe_load((path / "MLmodel").read_text())
-    assert mlmodel["flavors"]["sklearn"]["skops_trusted_types"]
+    assert mlmodel["flavors"]["sklearn"]["skops_trusted_types"] == sorted(churn_model.TRUSTED_TYPES)
     mlmodel["flavors"]["sklearn"]["skops_trusted_types"] = []
     (path / "MLmodel").write_text(yaml.safe_dump(mlmodel))
     with pytest.raises(skops.io.exceptions.UntrustedTypesFoundException):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -283,27 +285,23 @@ def churn_udf(model: ScoringModel) -> Callable[[Column], Column]:
 
 
 # ---- MLflow ------------------------------------------------------------------------------------------------------
-def trusted_types_for(model: object) -> list[str]:
-    """The model's types that skops does not trust by default; all must be in TRUSTED_TYPES."""
-    import skops.io  # here, not at the top: every command, `segscale --help` included, imports this module, and
-    # importing skops made each one start 0.65 s later (importing the CLI: 4.35 to 3.7 s without it)
-
-    needed = set(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
-    refused = needed - TRUSTED_TYPES
-    if refused:
-        raise SegscaleError(f"the model contains types segscale does not trust for loading: {sorted(refused)}; "
-                            f"only {sorted(TRUSTED_TYPES)} are allowed (see docs/models.md)")
-    return sorted(needed)
-
-
 def log_classifier(model: object, name: str, example: pd.DataFrame) -> int:
     """Log `model` to the active run in skops format (pyfunc predicts probabilities), register it under `name`
-    and return the new version."""
+    and return the new version. skops may load only TRUSTED_TYPES: MLflow saves the model and loads it back with
+    that list before logging anything, so a model containing any other type is refused here, unregistered."""
     signature = infer_signature(example, model.predict_proba(example))
-    info = mlflow.sklearn.log_model(
-        model, name="model", serialization_format="skops", skops_trusted_types=trusted_types_for(model),
-        signature=signature, input_example=example, registered_model_name=name, pyfunc_predict_fn="predict_proba",
-        pip_requirements=pinned("mlflow", "numpy", "pandas", "scikit-learn", "scipy", "skops"))
+    try:
+        info = mlflow.sklearn.log_model(
+            model, name="model", serialization_format="skops", skops_trusted_types=sorted(TRUSTED_TYPES),
+            signature=signature, input_example=example, registered_model_name=name,
+            pyfunc_predict_fn="predict_proba",
+            pip_requirements=pinned("mlflow", "numpy", "pandas", "scikit-learn", "scipy", "skops"))
+    except MlflowException as exc:
+        untrusted = re.search(r"Untrusted types found in the file: (\[[^\]]*\])", str(exc))
+        if untrusted is None:
+            raise
+        raise SegscaleError(f"the model contains types segscale does not trust for loading: {untrusted[1]}; only "
+                            f"{sorted(TRUSTED_TYPES)} are allowed (see docs/models.md)") from exc
     return int(info.registered_model_version)
 
 
