@@ -1,5 +1,5 @@
 """One Spark session per test process (`make test` runs two): local[2], UTC, UI off, one shuffle partition except
-for the golden run and the tests of its warehouse, which run with two (`shuffle_partitions`).
+for the golden run and the tests of its warehouse, which run with two (GOLDEN_SHUFFLE_PARTITIONS).
 
 Every JVM the tests start (the sessions, the `segscale` processes, the cluster) collects with the serial GC and
 evaluates Spark's expressions interpreted, without generating Java code for them (JAVA_TOOL_OPTIONS, below; Spark
@@ -186,7 +186,6 @@ def delta_settings() -> DeltaSettings:
 # (docs/decisions.md). The golden run and every test of its warehouse keep two, so each stage also runs on more
 # than one partition, its tables are compared with the stored copies and the cluster's, and reruns reproduce them.
 GOLDEN_SHUFFLE_PARTITIONS = 2
-
 
 
 @pytest.fixture(autouse=True)
