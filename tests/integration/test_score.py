@@ -235,6 +235,8 @@ def register(uri: str, columns: list[str], champion: bool) -> None:
     with registry.scoped():
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"  # not the working directory
+        MlflowClient(uri, uri).create_experiment("hand-registered", artifact_location=artifacts.as_uri())
         mlflow.set_experiment("hand-registered")
         with mlflow.start_run():
             version = log_classifier(model, NAME, example)

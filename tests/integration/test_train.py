@@ -216,7 +216,7 @@ def test_model_with_an_untrusted_type_is_refused_when_saved_and_when_loaded(tmp_
     untrusted = HandWrittenClassifier(max_iter=2).fit(example, [0, 1, 0, 1])
     trusted = HistGradientBoostingClassifier(max_iter=2).fit(example, [0, 1, 0, 1])
     with mlflow_store(tmp_path) as client:
-        mlflow.set_experiment("trusted types")  # this store's own (another test may have left its id active)
+        mlflow_registry.connect(str(tmp_path / "wh"), "trusted types")  # the store's own experiment and artifacts
         with mlflow.start_run():
             with pytest.raises(SegscaleError, match=r"does not trust for loading: \[.*HandWrittenClassifier'\]"):
                 churn_model.log_classifier(untrusted, "refused", example)
