@@ -45,5 +45,3 @@ def write(uri: str, df: DataFrame, mode: WriteMode, meta: CommitMetadata, partit
     version = open_table(uri).version()
     log.info("committed %s version %d (%s, delta-spark)", uri, version, meta.stage)
     return WriteResult(version=version, files=-1, rows=-1)
-
-# ---- maintenance -------------------------------------------------------------------------------------
