@@ -20,13 +20,16 @@ check-java:
 	  if [ -n "$$v" ] && [ "$$v" -lt 17 ]; then \
 	    echo "segscale needs Java 17 or newer; 'java' on PATH is version $$v. Install a JDK 17+ and retry."; exit 1; fi
 
-# uv resolves and installs the same versions pip would, in half the time (docs/decisions.md).
+# uv resolves and installs the same versions pip would, in half the time (docs/decisions.md). Then the Delta jars
+# (docs/tables.md): the test sessions and an embedded session with delta.backend: delta-spark put them on the classpath.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
 	  echo "segscale needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1)."; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet 'uv>=0.9,<1'
 	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e '.[dev]'
+	@# The Delta jars of the pinned pyspark/delta-spark pair, from Maven Central into ~/.cache/segscale/jars, once.
+	$(VENV)/bin/segscale jars > /dev/null
 	touch $(STAMP)
 
 demo: check-java $(STAMP)

@@ -9,6 +9,8 @@ each step in a fresh process, one after the other:
    and disk). Every pipeline stage tags its Spark jobs `segscale-stage:<name>`; at the end the step reads the
    metrics of those jobs' stages from the driver's REST API. Plus the driver's peak RSS: the Python process and,
    in local mode, the JVM (which is driver and executors at once);
+   `segscale_delta_spark`: the same with every table written by delta-spark (`delta.backend: delta-spark`, the
+   jars of `segscale jars`), compared with the first as ratios;
 2. `duckdb`: the reference feature query of `benchmarks/reference_features.sql` over the same Parquet files;
 3. `plain_pyspark`: the straightforward PySpark version of the features and scores (see `bench_features.py`).
 
@@ -36,18 +38,21 @@ from common import ensure_generated, jvm_peak_rss_mb, machine, python_peak_rss_m
 
 HERE = Path(__file__).resolve().parent
 SNAPSHOT = dt.date(2024, 12, 31)
-STEPS = ("segscale", "duckdb", "plain_pyspark")
+# segscale once per Delta backend: the embedded default (delta-rs), then delta-spark (docs/tables.md).
+BACKEND_STEPS = {"segscale": "delta-rs", "segscale_delta_spark": "delta-spark"}
+STEPS = (*BACKEND_STEPS, "duckdb", "plain_pyspark")
 METRICS = {"shuffle_write_bytes": "shuffleWriteBytes", "memory_spill_bytes": "memoryBytesSpilled",
            "disk_spill_bytes": "diskBytesSpilled", "file_rows_read": "inputRecords"}
 
 
-def step_segscale(inputs: Path, work: Path) -> dict:
+def step_segscale(inputs: Path, work: Path, backend: str) -> dict:
     from segscale.config import load_settings
     from segscale.pipeline import STAGE_TAG, run_pipeline
     from segscale.session import get_spark
 
     # The defaults, plus a Spark UI that keeps every job and stage of the run for the metrics read at the end.
     settings = load_settings(None, {"paths.input": str(inputs), "paths.warehouse": str(work / "warehouse"),
+                                    "delta.backend": backend,
                                     "spark.conf": {"spark.ui.retainedJobs": "100000",
                                                    "spark.ui.retainedStages": "100000"}})
     spark = get_spark(settings)
@@ -117,7 +122,7 @@ def run_size(customers: int, data_dir: Path, steps: list[str]) -> dict:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         print(f"{customers:,} customers: {step} ...", flush=True)
-        if step == "segscale":
+        if step in BACKEND_STEPS:
             results[step] = run_isolated(__file__, "--step", step, "--inputs", str(inputs), "--work", str(work))
         else:
             results[step] = step_reference(step, customers, data_dir)
@@ -131,6 +136,17 @@ def run_size(customers: int, data_dir: Path, steps: list[str]) -> dict:
             # The routine run's features stage computes the features from the events; a first run's only writes
             # the features the CLV fit computed and kept.
             "features_over_duckdb": round(results["segscale"]["routine"]["stages"]["features"] / duckdb, 2),
+        }
+    if {"segscale", "segscale_delta_spark"} <= results.keys():
+        rs, spark = results["segscale"], results["segscale_delta_spark"]
+        results["backends"] = {
+            "first_run_delta_spark_over_delta_rs": round(spark["wall_seconds"] / rs["wall_seconds"], 2),
+            "routine_run_delta_spark_over_delta_rs": round(spark["routine"]["wall_seconds"]
+                                                           / rs["routine"]["wall_seconds"], 2),
+            "routine_stages_delta_spark_over_delta_rs": {
+                name: round(seconds / rs["routine"]["stages"][name], 2)
+                for name, seconds in spark["routine"]["stages"].items()
+                if rs["routine"]["stages"].get(name, 0) >= 0.5},
         }
     if {"segscale", "duckdb", "plain_pyspark"} <= results.keys():
         stages = results["segscale"]["stages"]
@@ -164,7 +180,7 @@ def main() -> int:
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
-        print("RESULT " + json.dumps(step_segscale(Path(args.inputs), Path(args.work))))
+        print("RESULT " + json.dumps(step_segscale(Path(args.inputs), Path(args.work), BACKEND_STEPS[args.step])))
         return 0
 
     sizes = sorted(int(s) for s in args.sizes.split(","))

@@ -10,9 +10,14 @@ that lives for one run never repays C2's compilations; a worker's session, which
 a result (the golden test compares every published table row for row); `make demo` and the benchmarks run with
 Spark's and scikit-learn's defaults.
 
+The sessions carry the Delta jars that make's setup fetched (`segscale jars`) and the Delta extension, so both
+backends write in them; the commands the tests run use delta-rs, the embedded default, unless a test sets
+frames.BACKEND_VARIABLE to delta-spark.
+
 One trained warehouse per session (`two_snapshots`, the golden run, default settings), read by every test that
-only reads a published warehouse; a test that writes works on its own copy (shutil.copytree of its root, the MLflow
-store included). Tests that train a model without being about its quality use the cheap model profile
+only reads a published warehouse, and the same run written by delta-spark (`two_snapshots_on_delta_spark`), each
+built on one worker; a test that writes works on its own copy (shutil.copytree of its root, the MLflow store
+included). Tests that train a model without being about its quality use the cheap model profile
 (frames.CHEAP_MODELS: 25 boosting iterations instead of 200, 2 calibration folds instead of 3), through the
 `cheap_models` fixture or `frames.cheap_config`; docs/models.md, "Tests"."""
 
@@ -29,7 +34,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 import yaml
-from frames import CHEAP_MODELS_ENV, D1, D2, GOLDEN_INPUT, free_port, settings_for, shuffle_partitions
+from frames import (
+    BACKEND_VARIABLE,
+    CHEAP_MODELS_ENV,
+    D1,
+    D2,
+    GOLDEN_INPUT,
+    free_port,
+    settings_for,
+    shuffle_partitions,
+)
 from pyspark.sql import SparkSession
 from threadpoolctl import threadpool_limits
 
@@ -37,7 +51,7 @@ from segscale.cli import main
 from segscale.config import DeltaSettings
 from segscale.io.delta import Warehouse
 from segscale.models import registry
-from segscale.session import DATAFRAME_DEBUGGING
+from segscale.session import DATAFRAME_DEBUGGING, delta_spark_conf
 
 # Inherited by every JVM started from here on (see the docstring above); the session's own JVM drops the C1-only
 # flag (SHORT_LIVED_JVM) when it starts.
@@ -45,6 +59,10 @@ SHORT_LIVED_JVM = "-XX:TieredStopAtLevel=1"
 os.environ["JAVA_TOOL_OPTIONS"] = (f"{SHORT_LIVED_JVM} -XX:+UseSerialGC -Dspark.sql.codegen.wholeStage=false "
                                    "-Dspark.sql.codegen.factoryMode=NO_CODEGEN")
 os.environ["OMP_NUM_THREADS"] = "1"  # the processes the tests start: Spark's Python workers, `segscale`
+# The test sessions carry the Delta jars and extension, so `delta.backend: auto` would pick delta-spark in them. The
+# commands the tests run write through the embedded default, delta-rs, unless a test sets BACKEND_VARIABLE (it wins
+# over config files) to delta-spark.
+os.environ[BACKEND_VARIABLE] = "delta-rs"
 threadpool_limits(1)  # this one, whose OpenMP runtime read the variable when frames imported scikit-learn
 
 
@@ -61,8 +79,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]):
     go wherever a worker is free."""
     for item in items:
         used = item._fixtureinfo.name2fixturedefs  # pytest's own record of each fixture's definition and scope
-        if "two_snapshots" in used:
-            item.add_marker(pytest.mark.xdist_group("two_snapshots"))
+        golden = [name for name in GOLDEN_RUNS if name in used]
+        if golden:
+            item.add_marker(pytest.mark.xdist_group(golden[0]))
         elif any(d.scope == "module" for defs in used.values() for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     return (yield)
@@ -85,19 +104,22 @@ def spark() -> SparkSession:
 
 
 def _local_session() -> SparkSession:
-    return (
-        SparkSession.builder.master("local[2]")
-        .appName("segscale-tests")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", "1")
-        .config("spark.default.parallelism", "2")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config(DATAFRAME_DEBUGGING, "false")  # as the embedded session (segscale.session)
-        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
-        .getOrCreate()
-    )
+    conf = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": "1",
+        "spark.default.parallelism": "2",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        DATAFRAME_DEBUGGING: "false",  # as the embedded session (segscale.session)
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+    }
+    # The Delta jars make's setup fetched, and the extension: the session writes through either backend.
+    conf.update(delta_spark_conf(conf, cores=1))
+    builder = SparkSession.builder.master("local[2]").appName("segscale-tests")
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +212,8 @@ GOLDEN_SHUFFLE_PARTITIONS = 2
 
 @pytest.fixture(autouse=True)
 def golden_partitioning(request) -> Iterator[None]:
-    """A test of the golden warehouse runs with the golden run's shuffle partitions."""
-    if "two_snapshots" not in request.fixturenames:
+    """A test of a golden warehouse runs with the golden run's shuffle partitions."""
+    if not set(GOLDEN_RUNS) & set(request.fixturenames):
         yield
         return
     with shuffle_partitions(request.getfixturevalue("spark"), GOLDEN_SHUFFLE_PARTITIONS):
@@ -203,12 +225,28 @@ def two_snapshots(spark, tmp_path_factory):
     """The golden run, published once per test session: `segscale run` on the shipped input (tests/golden/input,
     800 customers, 1 % bad rows) for D1 then D2, churn and CLV trained on the first run, a retention budget that
     binds: (settings, warehouse, first summary, second summary). Read it; never write to it."""
-    root = tmp_path_factory.mktemp("pipeline")  # the MLflow store sits beside the warehouse
-    settings = settings_for(GOLDEN_INPUT, root / "wh", retention={"budget": 2000.0})
+    return _golden_run(spark, tmp_path_factory.mktemp("pipeline"), "delta-rs")
+
+
+@pytest.fixture(scope="session")
+def two_snapshots_on_delta_spark(spark, tmp_path_factory):
+    """The golden run again, every table written by delta-spark (models trained and tracked as in the first):
+    the same four values. Read it; never write to it."""
+    return _golden_run(spark, tmp_path_factory.mktemp("pipeline-delta-spark"), "delta-spark")
+
+
+# The golden runs, each built once per session on one worker with the tests that read it.
+GOLDEN_RUNS = ("two_snapshots", "two_snapshots_on_delta_spark")
+
+
+def _golden_run(spark, root: Path, backend: str):
+    # the MLflow store sits beside the warehouse, under root
+    settings = settings_for(GOLDEN_INPUT, root / "wh", retention={"budget": 2000.0}, delta={"backend": backend})
     config = root / "golden.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json", include={"paths", "delta", "retention"})))
     summaries = []
-    with shuffle_partitions(spark, GOLDEN_SHUFFLE_PARTITIONS):
+    with shuffle_partitions(spark, GOLDEN_SHUFFLE_PARTITIONS), pytest.MonkeyPatch.context() as patch:
+        patch.setenv(BACKEND_VARIABLE, backend)
         for snapshot in (D1, D2):
             out = root / f"summary-{snapshot}.json"
             assert main(["run", "--config", str(config), "--snapshot-date", snapshot.isoformat(), "--summary-json",

@@ -28,6 +28,10 @@ TESTS = Path(__file__).resolve().parent  # tests/: the shared modules, golden/, 
 ROOT = TESTS.parent  # the checkout
 GOLDEN = TESTS / "golden"
 GOLDEN_INPUT = GOLDEN / "input"
+# The two Delta writers (docs/tables.md); the test sessions carry delta-spark's jars, so either can write. The
+# commands a test runs write through the one this variable names (conftest sets delta-rs; it wins over config files).
+BACKENDS = ("delta-rs", "delta-spark")
+BACKEND_VARIABLE = "SEGSCALE_DELTA__BACKEND"
 
 
 # The cheap model profile, for tests that train a model without being about how good it is: a churn classifier of

@@ -33,7 +33,11 @@ with DAG(
         conn_id=os.environ.get("SEGSCALE_AIRFLOW_SPARK_CONN", "spark_default"),
         application=f"{SEGSCALE_HOME}/jobs/run_pipeline.py",
         py_files=WHEEL,
-        conf={"spark.python.sql.dataFrameDebugging.enabled": "false"},  # see the README, "Running on a cluster"
+        # conf/cluster.yaml writes through delta-spark: its jars (the pair pinned in pyproject.toml) and extension
+        packages="io.delta:delta-spark_4.2_2.13:4.4.0",
+        conf={"spark.python.sql.dataFrameDebugging.enabled": "false",  # see the README, "Running on a cluster"
+              "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+              "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog"},
         application_args=[
             "--config", f"{SEGSCALE_HOME}/conf/cluster.yaml",
             "--snapshot-date", "{{ ds }}",

@@ -78,6 +78,15 @@ STORAGE_REFUSALS = re.compile(r"No space left on device|Disk quota exceeded|Perm
                               r"Operation not permitted|Read-only file system", re.IGNORECASE)
 
 
+def raise_if_storage_refused(exc: BaseException, uri: str, state: str) -> None:
+    """StorageError (exit 3) when the storage itself refused the write: full, read-only, or no permission."""
+    cause = describe_exception(exc)
+    if STORAGE_REFUSALS.search(cause) or STORAGE_REFUSALS.search(str(exc)):
+        raise StorageError(f"the warehouse storage refused the write to {uri}, so the table is {state}: {cause}. "
+                           f"Free space or fix the permissions, then re-run; `segscale vacuum` removes files the "
+                           f"failed write left behind") from exc
+
+
 UNREADABLE_FILE = re.compile(r"\[FAILED_READ_FILE[.\w]*\] Encountered error while reading file (\S+?)\.?\s")
 FILE_CAUSES = re.compile(r"(is not a Parquet file[^\n]*|Checksum error[^\n]*|[Mm]alformed[^\n]*|EOFException[^\n]*)")
 

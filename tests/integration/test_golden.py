@@ -1,5 +1,6 @@
 """The golden run: the whole job on a fixed input for two snapshots (the first trains both models), and every
-published table compared row for row with the copy stored in tests/golden/expected.
+published table compared row for row with the copy stored in tests/golden/expected, once with the tables written
+by delta-rs and once by delta-spark.
 
 The run is the session's shared warehouse (conftest.two_snapshots); its input (tests/golden/input) is 800
 generated customers with 1 % bad rows, shipped as CSV files so that neither a change of the generator nor a
@@ -52,6 +53,20 @@ def test_every_published_table_matches_the_golden_copy(two_snapshots, table, req
     if request.config.getoption("--refresh-golden"):
         expected_file.parent.mkdir(exist_ok=True)
         actual.to_csv(expected_file, index=False)
+    assert_same(actual, expected_file)
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_delta_spark_publishes_the_same_golden_tables(two_snapshots_on_delta_spark, table):
+    """The same run with every table written by delta-spark: the same rows, read back by delta-rs."""
+    _, warehouse, _, _ = two_snapshots_on_delta_spark
+    root = Path(warehouse.root.removeprefix("file://"))
+    assert {entry.get("engineInfo", "").split("/")[0] for entry in DeltaTable(str(root / table)).history()} == {
+        "Apache-Spark"}
+    assert_same(published(root, table), GOLDEN / "expected" / f"{table}.csv")
+
+
+def assert_same(actual: pd.DataFrame, expected_file: Path) -> None:
     expected = in_order(pd.read_csv(expected_file))
     assert list(actual.columns) == list(expected.columns)
     assert len(actual) == len(expected)

@@ -9,14 +9,17 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import duckdb
+import polars
 import pytest
 from deltalake import DeltaTable
+from frames import BACKENDS
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from segscale.config import DeltaSettings
-from segscale.errors import SchemaMismatchError, TableNotFoundError, WriteConflictError, WriteFailedError
+from segscale.errors import ConfigError, SchemaMismatchError, TableNotFoundError, WriteConflictError, WriteFailedError
 from segscale.io.delta import CommitMetadata, DeltaStore, rs_writer
 
 SCHEMA = T.StructType([
@@ -71,9 +74,17 @@ def data_files(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*.parquet")}
 
 
+@pytest.fixture(params=BACKENDS)
+def warehouse(spark, tmp_path, request) -> Tables:
+    """Tables written by each backend in turn."""
+    return Tables(spark, str(tmp_path / "wh"), DeltaSettings(backend=request.param))
+
+
 @pytest.fixture
-def warehouse(spark, tmp_path, delta_settings) -> Tables:
-    return Tables(spark, str(tmp_path / "wh"), delta_settings)
+def rs_warehouse(spark, tmp_path) -> Tables:
+    """Tables written by delta-rs, for what only its writer does: files written by the executors, the seam before
+    its commit."""
+    return Tables(spark, str(tmp_path / "wh"), DeltaSettings(backend="delta-rs"))
 
 
 def write_snapshot(warehouse: Tables, spark, snapshot: dt.date, scale: float = 1.0, run_id: str = "run-1"):
@@ -90,10 +101,10 @@ def test_create_then_read_round_trips_every_type_and_null(spark, warehouse):
     assert warehouse.read("features").schema == SCHEMA
 
 
-def test_files_are_written_by_executors_in_partition_directories_with_stats(spark, warehouse):
+def test_files_are_written_by_executors_in_partition_directories_with_stats(spark, rs_warehouse):
     df = spark.createDataFrame(rows(D1, n=40), SCHEMA).repartition(3)
-    warehouse.write("features", df, mode="create", partition_by=["snapshot_date"], meta=meta())
-    table = DeltaTable(warehouse.uri("features"))
+    rs_warehouse.write("features", df, mode="create", partition_by=["snapshot_date"], meta=meta())
+    table = DeltaTable(rs_warehouse.uri("features"))
     actions = table.get_add_actions(flatten=True).to_pydict() if hasattr(
         table.get_add_actions(flatten=True), "to_pydict") else None
     if actions is None:
@@ -214,9 +225,9 @@ def test_schema_mismatch_names_the_columns_and_commits_nothing(spark, warehouse,
     assert data_files(path) == files_before
 
 
-def test_additive_schema_evolution_only_when_allowed(spark, tmp_path):
-    evolving = Tables(spark, str(tmp_path / "wh"), DeltaSettings(backend="delta-rs",
-                                                                      allow_schema_evolution=True))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_additive_schema_evolution_only_when_allowed(spark, tmp_path, backend):
+    evolving = Tables(spark, str(tmp_path / "wh"), DeltaSettings(backend=backend, allow_schema_evolution=True))
     write_snapshot(evolving, spark, D1)
     wider = spark.createDataFrame(rows(D2), SCHEMA).withColumn("score", F.col("frequency") * 2)
     evolving.write("features", wider, mode="replace_partition", replace={"snapshot_date": D2}, meta=meta())
@@ -226,9 +237,9 @@ def test_additive_schema_evolution_only_when_allowed(spark, tmp_path):
     assert current.where(F.col("snapshot_date") == D2).agg(F.sum("score")).first()[0] == 6
 
 
-def test_task_failure_leaves_the_table_at_its_previous_version_and_vacuum_removes_orphans(spark, warehouse):
-    write_snapshot(warehouse, spark, D1)
-    path = Path(warehouse.uri("features"))
+def test_task_failure_leaves_the_table_at_its_previous_version_and_vacuum_removes_orphans(spark, rs_warehouse):
+    write_snapshot(rs_warehouse, spark, D1)
+    path = Path(rs_warehouse.uri("features"))
     committed = data_files(path)
     # One task, small Arrow batches: the task writes D2 rows to its file, then meets a row of another partition
     # in its last batch and fails, leaving a half-written file behind.
@@ -236,17 +247,17 @@ def test_task_failure_leaves_the_table_at_its_previous_version_and_vacuum_remove
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "10")
     try:
         with pytest.raises(WriteFailedError, match="unchanged at version 0.*in a write that replaces"):
-            warehouse.write("features", poisoned, mode="replace_partition", replace={"snapshot_date": D2},
+            rs_warehouse.write("features", poisoned, mode="replace_partition", replace={"snapshot_date": D2},
                             meta=meta())
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
     assert DeltaTable(str(path)).version() == 0
     orphans = data_files(path) - committed
     assert orphans, "the failed task left its file behind"
-    assertDataFrameEqual(warehouse.read("features"), spark.createDataFrame(rows(D1), SCHEMA))
+    assertDataFrameEqual(rs_warehouse.read("features"), spark.createDataFrame(rows(D1), SCHEMA))
     # the default retention window protects files an in-flight write may still commit
-    assert warehouse.vacuum("features", dry_run=True) == []
-    removed = warehouse.vacuum("features", retention_hours=0)
+    assert rs_warehouse.vacuum("features", dry_run=True) == []
+    removed = rs_warehouse.vacuum("features", retention_hours=0)
     assert {str(Path(p)) for p in removed} == orphans
     assert data_files(path) == committed
 
@@ -267,60 +278,60 @@ def test_python_worker_failure_is_reported_with_its_cause(spark, warehouse):
     assert DeltaTable(warehouse.uri("features")).version() == 0
 
 
-def test_concurrent_replace_of_the_same_partition_one_wins_the_other_gets_a_conflict(spark, warehouse,
+def test_concurrent_replace_of_the_same_partition_one_wins_the_other_gets_a_conflict(spark, rs_warehouse,
                                                                                       monkeypatch):
-    write_snapshot(warehouse, spark, D1)
+    write_snapshot(rs_warehouse, spark, D1)
     original = rs_writer.before_commit
 
     def race(uri: str, write_id: str) -> None:
         monkeypatch.setattr(rs_writer, "before_commit", original)  # the rival commits without racing
-        write_snapshot(warehouse, spark, D1, scale=5.0, run_id="rival")
+        write_snapshot(rs_warehouse, spark, D1, scale=5.0, run_id="rival")
 
     monkeypatch.setattr(rs_writer, "before_commit", race)
     with pytest.raises(WriteConflictError, match="another writer"):
-        write_snapshot(warehouse, spark, D1, scale=2.0, run_id="loser")
-    table = DeltaTable(warehouse.uri("features"))
+        write_snapshot(rs_warehouse, spark, D1, scale=2.0, run_id="loser")
+    table = DeltaTable(rs_warehouse.uri("features"))
     assert table.version() == 1
     assert table.history(1)[0]["userMetadata"] and "rival" in table.history(1)[0]["userMetadata"]
-    assertDataFrameEqual(warehouse.read("features"), spark.createDataFrame(rows(D1, scale=5.0), SCHEMA))
+    assertDataFrameEqual(rs_warehouse.read("features"), spark.createDataFrame(rows(D1, scale=5.0), SCHEMA))
 
 
-def test_concurrent_appends_both_land(spark, warehouse, monkeypatch):
-    write_snapshot(warehouse, spark, D1)
+def test_concurrent_appends_both_land(spark, rs_warehouse, monkeypatch):
+    write_snapshot(rs_warehouse, spark, D1)
     original = rs_writer.before_commit
 
     def race(uri: str, write_id: str) -> None:
         monkeypatch.setattr(rs_writer, "before_commit", original)
-        warehouse.write("features", spark.createDataFrame(rows(D2, n=1), SCHEMA), mode="append", meta=meta())
+        rs_warehouse.write("features", spark.createDataFrame(rows(D2, n=1), SCHEMA), mode="append", meta=meta())
 
     monkeypatch.setattr(rs_writer, "before_commit", race)
-    warehouse.write("features", spark.createDataFrame(rows(D2, n=2), SCHEMA), mode="append", meta=meta())
-    assert DeltaTable(warehouse.uri("features")).version() == 2
-    assert warehouse.read("features").count() == 4 + 2 + 3
+    rs_warehouse.write("features", spark.createDataFrame(rows(D2, n=2), SCHEMA), mode="append", meta=meta())
+    assert DeltaTable(rs_warehouse.uri("features")).version() == 2
+    assert rs_warehouse.read("features").count() == 4 + 2 + 3
 
 
-def test_a_table_created_by_another_writer_during_a_create_is_a_conflict(spark, warehouse, monkeypatch):
+def test_a_table_created_by_another_writer_during_a_create_is_a_conflict(spark, rs_warehouse, monkeypatch):
     original = rs_writer.before_commit
 
     def race(uri: str, write_id: str) -> None:
         monkeypatch.setattr(rs_writer, "before_commit", original)
-        write_snapshot(warehouse, spark, D1, scale=5.0, run_id="rival")
+        write_snapshot(rs_warehouse, spark, D1, scale=5.0, run_id="rival")
 
     monkeypatch.setattr(rs_writer, "before_commit", race)
     with pytest.raises(WriteConflictError, match="created by another writer"):
-        write_snapshot(warehouse, spark, D1, run_id="loser")
-    assert DeltaTable(warehouse.uri("features")).version() == 0
-    assertDataFrameEqual(warehouse.read("features"), spark.createDataFrame(rows(D1, scale=5.0), SCHEMA))
+        write_snapshot(rs_warehouse, spark, D1, run_id="loser")
+    assert DeltaTable(rs_warehouse.uri("features")).version() == 0
+    assertDataFrameEqual(rs_warehouse.read("features"), spark.createDataFrame(rows(D1, scale=5.0), SCHEMA))
 
 
-def test_two_writers_creating_the_same_table_at_once_one_wins_without_duplicates(spark, warehouse, monkeypatch):
+def test_two_writers_creating_the_same_table_at_once_one_wins_without_duplicates(spark, rs_warehouse, monkeypatch):
     barrier = threading.Barrier(2, timeout=120)
     monkeypatch.setattr(rs_writer, "before_commit", lambda uri, write_id: barrier.wait())
     outcomes: list[str] = []
 
     def write(scale: float) -> None:
         try:
-            write_snapshot(warehouse, spark, D1, scale=scale)
+            write_snapshot(rs_warehouse, spark, D1, scale=scale)
             outcomes.append("won")
         except WriteConflictError as exc:
             outcomes.append("conflict" if "created by another writer" in str(exc) else str(exc))
@@ -333,14 +344,12 @@ def test_two_writers_creating_the_same_table_at_once_one_wins_without_duplicates
     for t in threads:
         t.join()
     assert sorted(outcomes) == ["conflict", "won"]
-    table = DeltaTable(warehouse.uri("features"))
+    table = DeltaTable(rs_warehouse.uri("features"))
     assert table.version() == 0
-    assert warehouse.read("features").count() == 4
+    assert rs_warehouse.read("features").count() == 4
 
 
 def test_tables_are_readable_by_deltalake_duckdb_and_polars(spark, warehouse):
-    duckdb = pytest.importorskip("duckdb")
-    polars = pytest.importorskip("polars")
     write_snapshot(warehouse, spark, D1)
     write_snapshot(warehouse, spark, D2)
     uri = warehouse.uri("features")
@@ -364,29 +373,43 @@ def test_empty_frame_creates_an_empty_table_with_the_schema(spark, warehouse):
     assert read.schema == SCHEMA and read.count() == 0
 
 
-def _delta_jars_available(spark) -> bool:
-    try:
-        spark._jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension")
-        return True
-    except Exception:
-        return False
+@pytest.mark.parametrize(("first", "then"), [("delta-rs", "delta-spark"), ("delta-spark", "delta-rs")])
+def test_a_table_one_backend_wrote_the_other_extends_and_every_reader_reads(spark, tmp_path, first, then):
+    root = str(tmp_path / "wh")
+    write_snapshot(Tables(spark, root, DeltaSettings(backend=first)), spark, D1, run_id="first")
+    other = Tables(spark, root, DeltaSettings(backend=then))
+    write_snapshot(other, spark, D2, run_id="then")
+    other.write("features", spark.createDataFrame(rows(D2, n=1, scale=4.0), SCHEMA), mode="append",
+                meta=meta(run_id="appended"))
+    expected = sorted(rows(D1) + rows(D2) + rows(D2, n=1, scale=4.0), key=str)
+    uri = other.uri("features")
+    # one protocol, whoever created the table (log.PINNED_PROTOCOL)
+    table = DeltaTable(uri)
+    protocol = table.protocol()
+    assert (protocol.min_reader_version, protocol.min_writer_version) == (1, 2)
+    assert not protocol.reader_features and not protocol.writer_features
+    assert table.metadata().configuration == {"delta.enableDeletionVectors": "false"}
+    assert [h.metadata["run_id"] for h in other.history("features")] == ["appended", "then", "first"]
+
+    def as_tuples(records) -> list[tuple]:
+        """Rows in one order, each timestamp in UTC (Spark's are naive, in the process's time zone)."""
+        return sorted((tuple(v.astimezone(dt.UTC) if isinstance(v, dt.datetime) else v for v in r)
+                       for r in records), key=str)
+
+    columns = SCHEMA.fieldNames()
+    assert as_tuples(spark.read.format("delta").load(uri).select(*columns).collect()) == expected
+    for backend in BACKENDS:
+        assert as_tuples(Tables(spark, root, DeltaSettings(backend=backend)).read("features").collect()) == expected
+    arrow = table.to_pyarrow_table().select(columns)
+    assert as_tuples(zip(*(arrow[c].to_pylist() for c in columns), strict=True)) == expected
+    con = duckdb.connect()  # through deltalake's dataset: DuckDB's delta extension is not installable offline
+    con.register("features", table.to_pyarrow_dataset())
+    assert as_tuples(con.sql(f"select {', '.join(columns)} from features").fetchall()) == expected
+    assert as_tuples(polars.read_delta(uri).select(columns).iter_rows()) == expected
 
 
-def test_delta_spark_backend_writes_the_same_table(spark, tmp_path):
-    if not _delta_jars_available(spark):
-        pytest.skip("the Delta Lake jars are not on the test session's Spark classpath: the setup of `make test` "
-                    "does not fetch them from Maven yet, so the delta-spark backend is not exercised here")
-    rs = Tables(spark, str(tmp_path / "rs"), DeltaSettings(backend="delta-rs"))
-    ds = Tables(spark, str(tmp_path / "ds"), DeltaSettings(backend="delta-spark"))
-    for wh in (rs, ds):
-        write_snapshot(wh, spark, D1)
-        write_snapshot(wh, spark, D1, scale=2.0)
-    assertDataFrameEqual(rs.read("features"), ds.read("features"))
-    assert ds.history("features")[0].metadata["run_id"] == "run-1"
-
-
-def test_store_chooses_delta_rs_without_the_delta_extension(spark):
-    assert DeltaStore(spark, DeltaSettings()).backend == "delta-rs"
+def test_store_chooses_delta_spark_in_a_session_with_the_delta_extension(spark):
+    assert DeltaStore(spark, DeltaSettings()).backend == "delta-spark"  # the test sessions have it
 
 
 def _session_with_extensions(extensions: str) -> SimpleNamespace:
@@ -400,3 +423,9 @@ def test_store_chooses_delta_spark_when_the_delta_extension_is_configured():
     assert DeltaStore(with_delta, DeltaSettings()).backend == "delta-spark"
     assert DeltaStore(_session_with_extensions(""), DeltaSettings()).backend == "delta-rs"
     assert DeltaStore(with_delta, DeltaSettings(backend="delta-rs")).backend == "delta-rs"
+
+
+def test_delta_spark_in_a_session_without_the_delta_extension_names_what_spark_submit_needs():
+    with pytest.raises(ConfigError, match=r"--packages io\.delta:delta-spark_4\.2_2\.13:4\.4\.0 --conf "
+                                          r"spark\.sql\.extensions=io\.delta\.sql\.DeltaSparkSessionExtension"):
+        DeltaStore(_session_with_extensions(""), DeltaSettings(backend="delta-spark"))

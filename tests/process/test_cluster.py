@@ -1,7 +1,7 @@
 """The pipeline under spark-submit on a real Spark standalone cluster (a master and two workers on 127.0.0.1,
 started from the pyspark distribution): executors are separate JVMs with their own Python workers, so the
 executor-side Delta writes and model loading run where they run in production. The published tables must equal
-those of the local-mode run on the same input."""
+those of the local-mode run on the same input, whichever backend writes them."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ import pyspark
 import pytest
 import yaml
 from deltalake import DeltaTable
-from frames import D2, ROOT, free_port
+from frames import BACKENDS, D2, ROOT, free_port
 
 from segscale import catalog
-from segscale.session import DATAFRAME_DEBUGGING
+from segscale.session import DATAFRAME_DEBUGGING, delta_spark_conf
 
 SPARK_HOME = Path(pyspark.__file__).parent
 SNAPSHOT_TABLES = tuple(t.name for t in catalog.TABLES if "snapshot_date" in t.partition_by)
@@ -128,37 +128,52 @@ def assert_same_rows(local: pa.Table, cluster: pa.Table, name: str) -> None:
 def test_spark_submit_on_a_standalone_cluster_publishes_what_local_mode_does(two_snapshots, wheel, tmp_path):
     settings, _, _, second = two_snapshots
     local = Path(settings.paths.warehouse)
-    # The cluster re-runs D2 into a copy of the local warehouse: the same D1 before it and the same champion
-    # models (the local run's MLflow store), so every D2 table must come out the same.
-    copy = tmp_path / "cluster" / "wh"
-    shutil.copytree(local, copy)
-    config = tmp_path / "cluster.yaml"
-    config.write_text(yaml.safe_dump({
-        "paths": {"input": settings.paths.input, "warehouse": str(copy)},
-        "delta": {"backend": "delta-rs"}, "retention": {"budget": settings.retention.budget}}))
-    summary = tmp_path / "summary.json"
+    # The cluster re-runs D2 once per backend, each into its own copy of the local warehouse: the same D1 before it
+    # and the same champion models (the local run's MLflow store), so every D2 table must come out the same. The
+    # delta-spark run replaces D2 in tables delta-rs wrote.
+    runs = {}
     with standalone_cluster(tmp_path / "spark") as (master, ui_port):
-        conf = [arg for key, value in {**SPARK_CONF, "spark.pyspark.python": sys.executable}.items()
-                for arg in ("--conf", f"{key}={value}")]
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_GATEWAY", "SPARK_"))},
-               "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
-               "MLFLOW_TRACKING_URI": f"sqlite:///{local.parent / 'mlflow.db'}"}
-        result = subprocess.run(
-            [str(SPARK_HOME / "bin" / "spark-submit"), "--master", master, "--deploy-mode", "client",
-             "--executor-memory", "1g", "--total-executor-cores", "2", *conf, "--py-files", str(wheel),
-             str(ROOT / "jobs" / "run_pipeline.py"), "--config", str(config), "--snapshot-date", D2.isoformat(),
-             "--summary-json", str(summary)],
-            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
-        assert result.returncode == 0, result.stderr[-5000:]
+        for backend in BACKENDS:
+            copy = tmp_path / backend / "wh"
+            shutil.copytree(local, copy)
+            runs[backend] = submit(master, wheel, tmp_path / backend, settings, copy, backend)
         state = cluster_state(ui_port)
-    # It ran on the cluster: one application, with an executor on each worker (their own work directories).
-    assert len(state["completedapps"] + state["activeapps"]) == 1, state
+    # It ran on the cluster: one application per run, with executors on each worker (their own work directories).
+    assert len(state["completedapps"] + state["activeapps"]) == len(BACKENDS), state
     for n in range(2):
-        assert list((tmp_path / "spark" / f"worker{n}").glob("app-*/*/stderr")), f"no executor ran on worker{n}"
-    run = json.loads(summary.read_text())
-    assert run["status"] == "succeeded"
-    assert "train" not in run["stages"] and "clv fit" not in run["stages"]  # scored with the local champions
-    for name in SNAPSHOT_TABLES:
-        assert_same_rows(table_at(local, name), table_at(copy, name), name)
-    scores = DeltaTable(str(copy / "customer_scores")).history(1)[0]
-    assert json.loads(scores["userMetadata"])["run_id"] == run["run_id"] != second["run_id"]
+        assert len(list((tmp_path / "spark" / f"worker{n}").glob("app-*/*/stderr"))) == len(BACKENDS), \
+            f"not every application ran an executor on worker{n}"
+    for backend, run in runs.items():
+        assert run["status"] == "succeeded", backend
+        assert "train" not in run["stages"] and "clv fit" not in run["stages"]  # scored with the local champions
+        copy = tmp_path / backend / "wh"
+        for name in SNAPSHOT_TABLES:
+            assert_same_rows(table_at(local, name), table_at(copy, name), f"{backend}: {name}")
+        scores = DeltaTable(str(copy / "customer_scores")).history(1)[0]
+        assert json.loads(scores["userMetadata"])["run_id"] == run["run_id"] != second["run_id"]
+        assert scores["engineInfo"].startswith("Apache-Spark" if backend == "delta-spark" else "delta-rs")
+
+
+def submit(master: str, wheel: Path, work: Path, settings, warehouse: Path, backend: str) -> dict:
+    """`spark-submit` of jobs/run_pipeline.py for D2 into `warehouse` with `backend`: the run's summary. The
+    delta-spark run gets the Delta jars and extension as a cluster does (docs/tables.md)."""
+    config = work / "cluster.yaml"
+    config.write_text(yaml.safe_dump({
+        "paths": {"input": settings.paths.input, "warehouse": str(warehouse)},
+        "delta": {"backend": backend}, "retention": {"budget": settings.retention.budget}}))
+    summary = work / "summary.json"
+    spark_conf = {**SPARK_CONF, "spark.pyspark.python": sys.executable}
+    if backend == "delta-spark":
+        spark_conf.update(delta_spark_conf({}, cores=1))
+    conf = [arg for key, value in spark_conf.items() for arg in ("--conf", f"{key}={value}")]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_GATEWAY", "SPARK_", "SEGSCALE_"))},
+           "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{Path(settings.paths.warehouse).parent / 'mlflow.db'}"}
+    result = subprocess.run(
+        [str(SPARK_HOME / "bin" / "spark-submit"), "--master", master, "--deploy-mode", "client",
+         "--executor-memory", "1g", "--total-executor-cores", "2", *conf, "--py-files", str(wheel),
+         str(ROOT / "jobs" / "run_pipeline.py"), "--config", str(config), "--snapshot-date", D2.isoformat(),
+         "--summary-json", str(summary)],
+        capture_output=True, text=True, env=env, cwd=work, timeout=900)
+    assert result.returncode == 0, f"{backend}: {result.stderr[-5000:]}"
+    return json.loads(summary.read_text())

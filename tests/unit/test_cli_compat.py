@@ -147,7 +147,7 @@ ARGPARSE_ERRORS = [
      "segscale sql: error: argument --as-of: not allowed with argument --version"),
     (["nosuch"], "segscale: error: argument COMMAND: invalid choice: 'nosuch' (choose from 'generate', 'run', "
                  "'validate', 'features', 'segment', 'plan', 'backfill', 'score', 'train', 'promote', 'history', "
-                 "'sql', 'report', 'vacuum')"),
+                 "'sql', 'report', 'vacuum', 'jars')"),
     ([], "segscale: error: the following arguments are required: COMMAND"),
 ]
 

@@ -17,6 +17,8 @@ from frames import ROOT
 
 from segscale import __version__
 from segscale.cli.app import parse
+from segscale.config import load_settings
+from segscale.session import DELTA_CATALOG, DELTA_EXTENSION, delta_package
 
 SCHEDULES = ROOT / "conf" / "schedules"
 WHEEL = f"segscale-{__version__}-py3-none-any.whl"  # what `make wheel` writes to dist/
@@ -78,8 +80,8 @@ def load_airflow_dag(path: Path, home: Path) -> list[dict]:
             else:
                 sys.modules[name] = previous
     if not stubs:  # real Airflow: read the operators off the DAG
-        operators = [{"application": t.application, "py_files": t._py_files, "application_args": t.application_args}
-                     for t in module.dag.tasks]
+        operators = [{"application": t.application, "py_files": t._py_files, "application_args": t.application_args,
+                      "packages": t._packages, "conf": t.conf} for t in module.dag.tasks]
     else:
         assert module.dag.kwargs["max_active_runs"] == 1
     return operators
@@ -95,6 +97,11 @@ def test_the_airflow_dag_submits_the_pipeline_job_with_arguments_it_accepts():
     parses_as_the_job(arguments)
     assert Path(flag_value(arguments, "--config")).is_file()
     assert flag_value(arguments, "--snapshot-date") == "2024-12-31"
+    # conf/cluster.yaml writes through delta-spark: the session gets the pinned jars and the Delta extension
+    assert load_settings(flag_value(arguments, "--config"), environ={}).delta.backend == "delta-spark"
+    assert task["packages"] == delta_package()
+    assert task["conf"]["spark.sql.extensions"] == DELTA_EXTENSION
+    assert task["conf"]["spark.sql.catalog.spark_catalog"] == DELTA_CATALOG
 
 
 def test_the_databricks_bundle_runs_the_pipeline_job_with_arguments_it_accepts():

@@ -51,7 +51,7 @@ from segscale.pipeline.commands import (
     snapshot_dates,
     train_models,
 )
-from segscale.session import get_spark
+from segscale.session import fetch_delta_jars, get_spark
 
 __all__ = ["app", "format_summary", "main", "parse"]
 
@@ -560,5 +560,17 @@ def vacuum(
         print(f"{'would delete' if dry_run else 'deleted'} {len(files)} files from {table}")
         for name in files:
             print(f"  {name}")
+        return 0
+    return _execute(ctx, job, needs_spark=False)
+
+
+@app.command("jars", cls=Command, short_help="fetch the Delta jars once and print their paths",
+             help="Fetch the Delta Lake jars built for the installed pyspark and delta-spark, with their dependencies, "
+                  "from Maven Central into the user's cache (once: afterwards nothing is downloaded), and print their "
+                  "paths comma-separated, as spark-submit's --jars takes them. make's setup runs it; an embedded "
+                  "session with delta.backend: delta-spark puts them on its classpath. See docs/tables.md.")
+def jars(ctx: typer.Context, config: Config = None, debug: Debug = False) -> int:
+    def job(spark: SparkSession | None, settings: Settings) -> int:
+        print(",".join(fetch_delta_jars()))
         return 0
     return _execute(ctx, job, needs_spark=False)

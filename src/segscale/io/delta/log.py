@@ -23,6 +23,11 @@ from segscale.errors import SchemaMismatchError, SegscaleError, TableNotFoundErr
 WriteMode = Literal["create", "append", "overwrite", "replace_partition"]
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 SAFE_PARTITION_VALUE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# Every segscale table has this protocol (reader, writer) and these properties, whichever backend created it: no
+# table features, deletion vectors off even where a platform enables them by default, so delta-rs, delta-spark,
+# DuckDB and Polars all read, and both backends write, every table (docs/tables.md, "One protocol").
+PINNED_PROTOCOL = (1, 2)
+TABLE_PROPERTIES = {"delta.enableDeletionVectors": "false"}
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,9 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from segscale.config import DeltaSettings
-from segscale.errors import (
-    STORAGE_REFUSALS,
-    StorageError,
-    WriteConflictError,
-    WriteFailedError,
-    describe_exception,
-)
+from segscale.errors import WriteConflictError, WriteFailedError, describe_exception, raise_if_storage_refused
 from segscale.io.delta.log import (
+    TABLE_PROPERTIES,
     CommitMetadata,
     WriteMode,
     WriteResult,
@@ -99,7 +94,7 @@ def write(uri: str, df: DataFrame, mode: WriteMode, meta: CommitMetadata, partit
             create_props = CommitProperties(custom_metadata={"userMetadata": meta.to_json()},
                                             max_commit_retries=0)
             create_table_with_add_actions(uri, schema, adds, mode="error", partition_by=partition_by or None,
-                                          commit_properties=create_props)
+                                          configuration=TABLE_PROPERTIES, commit_properties=create_props)
         else:
             if new_columns:
                 table.alter.add_columns([Field.from_json(json.dumps(f.jsonValue())) for f in new_columns])
@@ -196,7 +191,6 @@ def split_by_partition(batch: pa.RecordBatch, columns: tuple[str, ...]
         yield key, batch.filter(mask).select(data_columns)
 
 
-
 class DataFile:
     """One Parquet file being written by a task, with the Delta statistics of what it holds."""
 
@@ -241,15 +235,6 @@ class DataFile:
             "num_records": self.rows,
             "stats": self.stats.to_json(self.rows),
         }
-
-
-def raise_if_storage_refused(exc: BaseException, uri: str, state: str) -> None:
-    """StorageError (exit 3) when the storage itself refused the write: full, read-only, or no permission."""
-    cause = describe_exception(exc)
-    if STORAGE_REFUSALS.search(cause) or STORAGE_REFUSALS.search(str(exc)):
-        raise StorageError(f"the warehouse storage refused the write to {uri}, so the table is {state}: {cause}. "
-                           f"Free space or fix the permissions, then re-run; `segscale vacuum` removes files the "
-                           f"failed write left behind") from exc
 
 
 def before_commit(uri: str, write_id: str) -> None:

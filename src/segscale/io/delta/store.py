@@ -20,10 +20,10 @@ from pyspark.sql import types as T
 
 from segscale.catalog import Table
 from segscale.config import DeltaSettings
-from segscale.errors import SegscaleError
+from segscale.errors import ConfigError, SegscaleError
 from segscale.io.delta import log, rs_writer, spark_writer
 from segscale.io.delta.log import CommitMetadata, TableVersion, WriteMode, WriteResult, absolute_uri, open_table
-from segscale.session import has_delta_extension
+from segscale.session import DELTA_CATALOG, DELTA_EXTENSION, delta_package, has_delta_extension
 
 Backend = Literal["delta-rs", "delta-spark"]
 
@@ -48,14 +48,9 @@ class DeltaStore:
              timestamp: str | dt.datetime | None = None) -> DataFrame:
         """The table's current version, or the given version / timestamp, as a Spark DataFrame."""
         uri = absolute_uri(uri)
+        table = open_table(uri, version, timestamp)  # the version a timestamp names, resolved once for both
         if self.backend == "delta-spark":
-            reader = self.spark.read.format("delta")
-            if version is not None:
-                reader = reader.option("versionAsOf", version)
-            elif timestamp is not None:
-                reader = reader.option("timestampAsOf", str(timestamp))
-            return reader.load(uri)
-        table = open_table(uri, version, timestamp)
+            return self.spark.read.format("delta").option("versionAsOf", table.version()).load(uri)
         return log.read_snapshot(self.spark, table, uri)
 
     def partition_values(self, uri: str, column: str) -> list[str]:
@@ -146,8 +141,13 @@ class Warehouse:
 
 # ---- backend choice, opening, reading -----------------------------------------------------------------------
 def _choose_backend(spark: SparkSession | None, settings: DeltaSettings) -> Backend:
-    if settings.backend != "auto":
-        return settings.backend
-    return "delta-spark" if spark is not None and has_delta_extension(spark) else "delta-rs"
+    if settings.backend == "auto":
+        return "delta-spark" if spark is not None and has_delta_extension(spark) else "delta-rs"
+    if settings.backend == "delta-spark" and spark is not None and not has_delta_extension(spark):
+        raise ConfigError(
+            "delta.backend is delta-spark, but the Spark session was started without the Delta extension: give "
+            f"spark-submit --packages {delta_package()} --conf spark.sql.extensions={DELTA_EXTENSION} --conf "
+            f"spark.sql.catalog.spark_catalog={DELTA_CATALOG} (docs/tables.md), or set delta.backend: delta-rs")
+    return settings.backend
 
 
