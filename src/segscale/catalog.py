@@ -360,7 +360,8 @@ CUSTOMER_SCORES = Table(
                      '(`{"recency": [...], "frequency": [...], "monetary": [...]}`, the cut points used), '
                      '`extra.tier_thresholds` (`{"basis", "high_value_above", "potential_above"}`) and '
                      '`extra.clv_model` (the pinned CLV model URI, e.g. `models:/segscale_clv/2`; `null` with '
-                     '`clv.enabled: false`). Score commits carry no `extra`.'),
+                     '`clv.enabled: false`). Score commits carry the same `extra` as the snapshot\'s segment '
+                     'commit (the rows they keep were shaped by it) with their own `model_version`.'),
 )
 
 SEGMENT_MIGRATION = Table(
@@ -553,6 +554,14 @@ RUNS = Table(
                    'of a CLV model, a boundary CLV fit, an empty plan, a churn model that does not beat its '
                    "baselines. Empty when there was nothing to say; the same list as `summary_json`'s `warnings`. A "
                    'table written by an earlier segscale gains the column at its next write, null in its earlier rows'),
+        Column("table_versions", "string", added=True,
+               doc='what a succeeded run published, as readers see it: a JSON object of every published table\'s '
+                   'Delta version, `{"customer_scores": 7, ...}`, those the run wrote or read at the versions it '
+                   'wrote or read, the others at the versions of the run completed before it. `segscale sql`, '
+                   '`segscale report` and the notebooks read the tables at the versions of the newest succeeded run '
+                   '(`--run-id`, `--as-of`: an older one), so a run that fails between two commits is never seen '
+                   'half-published. Written last, after every table of the run. Null for a failed run, and in '
+                   'the rows of an earlier segscale, which did not record it'),
     ),
     partition_by=(),
     write="append",

@@ -134,3 +134,28 @@ def test_parquet_output_needs_a_file(warehouse, tmp_path, capsys):
     out = tmp_path / "scores.parquet"
     assert sql(root, "SELECT * FROM customer_scores", "--format", "parquet", "--out", str(out)) == 0
     assert pq.read_table(out).num_rows == 5
+
+
+def test_readers_see_the_tables_as_the_newest_completed_run_left_them_or_an_older_one(two_snapshots, capsys):
+    settings, _, first, second = two_snapshots
+    root = settings.paths.warehouse
+    finished = {r["run_id"]: r["finished_at"] for r in DeltaTable(f"{root}/runs").to_pyarrow_table().to_pylist()}
+    query = ("SELECT DISTINCT s.snapshot_date, p.run_id FROM customer_scores s JOIN retention_plan p "
+             "USING (snapshot_date) ORDER BY 1")
+
+    def seen(*extra: str) -> list[tuple]:
+        assert sql(root, query, "--format", "json", *extra) == 0, capsys.readouterr().err
+        return [(r["snapshot_date"], r["run_id"]) for r in json.loads(capsys.readouterr().out)]
+
+    both = [("2024-06-30", first["run_id"]), ("2024-09-30", second["run_id"])]
+    assert seen() == both
+    assert seen("--run-id", first["run_id"]) == both[:1]
+    assert seen("--as-of", finished[first["run_id"]].isoformat()) == both[:1]
+    assert seen("--as-of", finished[second["run_id"]].isoformat()) == both
+    assert sql(root, query, "--run-id", "nosuch") == 2
+    assert f"no succeeded run 'nosuch' with recorded table versions in {root}" in capsys.readouterr().err
+    assert sql(root, query, "--as-of", "2000-01-01") == 2
+    assert "no run had completed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        sql(root, query, "--run-id", first["run_id"], "--as-of", "2000-01-01")
+    assert usage.value.code == 2 and "--run-id: not allowed with argument --as-of" in capsys.readouterr().err

@@ -216,8 +216,13 @@ def test_score_rescores_with_a_chosen_version_and_keeps_every_other_column(spark
     after = scores_of(spark, root, SNAPSHOT)
     assert after.where(F.col("model_version") != 1).count() == 0
     assertDataFrameEqual(after.drop("run_id", *CHURN_COLUMNS), before)
-    history = DeltaTable(str(root / "wh" / "customer_scores")).history(1)[0]
-    assert json.loads(history["userMetadata"])["stage"] == "score"
+    commits = [json.loads(c["userMetadata"]) for c in DeltaTable(str(root / "wh" / "customer_scores")).history()]
+    segmented = next(c for c in commits if c["stage"] == "segment" and c["snapshot_date"] == SNAPSHOT)
+    assert commits[0]["stage"] == commits[1]["stage"] == "score"
+    # every score commit names the cut points, thresholds and CLV model of the rows it keeps, as a run's does
+    assert commits[0]["extra"] == commits[1]["extra"] == segmented["extra"]
+    assert set(segmented["extra"]) >= {"rfm_cut_points", "tier_thresholds", "clv_model"}
+    assert commits[0]["model_version"] == "models:/segscale_churn/1"
 
 
 def test_run_with_a_champion_scores_without_training(spark, own):

@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from segscale import catalog
+from segscale.analyst.sql import run_query, visible_tables
 from segscale.cli import main
 from segscale.config import Settings
 from segscale.io.delta import Warehouse
@@ -116,6 +117,16 @@ def test_a_killed_worker_is_retried_and_a_process_killed_before_a_commit_leaves_
     orphans = data_files(scores) - before[scores]
     assert orphans
     assert_same_tables(spark, warehouse, clean)
+    # Readers (`segscale sql`, the report, the notebooks) still see the clean run whole: not the quarantine and
+    # features the killed run committed, but every table at the version the clean run recorded.
+    (clean_run,) = DeltaTable(str(warehouse / "runs")).to_pyarrow_table()["run_id"].to_pylist()
+    visible = visible_tables(str(warehouse))
+    for table in TABLES:
+        assert DeltaTable(str(warehouse / table.name)).version() == (0 if table is catalog.CUSTOMER_SCORES else 1)
+        assert visible[table.name].version() == 0, table
+    for table in (catalog.QUARANTINE, catalog.CUSTOMER_SCORES):
+        assert run_query(str(warehouse), f"SELECT DISTINCT run_id FROM {table}").column(0).to_pylist() == [
+            clean_run], table
     run_pipeline(spark, settings_for(inputs, warehouse, **WITHOUT_MODELS), SNAPSHOT)  # the rerun publishes correctly
     assert DeltaTable(str(scores)).version() == 1
     assert_same_tables(spark, warehouse, clean)

@@ -44,9 +44,10 @@ ARGPARSE_FLAGS = {
                "--summary-json"], []),
     "promote": (["-h", "--help", "--config", "--debug", "--model", "--warehouse", "--version", "--reason"], []),
     "history": (["-h", "--help", "--config", "--debug", "--warehouse", "--limit"], ["table"]),
-    "sql": (["-h", "--help", "--config", "--debug", "--warehouse", "--version", "--as-of", "--snapshot", "--format",
-             "--out"], ["query"]),
-    "report": (["-h", "--help", "--config", "--debug", "--warehouse", "--snapshot", "--out"], []),
+    "sql": (["-h", "--help", "--config", "--debug", "--warehouse", "--version", "--as-of", "--run-id", "--snapshot",
+             "--format", "--out"], ["query"]),
+    "report": (["-h", "--help", "--config", "--debug", "--warehouse", "--snapshot", "--out", "--as-of", "--run-id"],
+               []),
     "vacuum": (["-h", "--help", "--config", "--debug", "--warehouse", "--retention-hours", "--dry-run"], ["table"]),
 }
 
@@ -93,10 +94,12 @@ def test_the_top_level_has_its_flags_and_version(capsys):
         "first": dt.date(2024, 6, 1), "last": dt.date(2024, 6, 30), "every": 1, "force": False, "strict": False}),
     (["backfill", "--from", "2024-06-01", "--to", "2024-06-30", "--every", "2w"], {"every": 14}),
     (["promote", "--version", "3", "--reason", "r"], {"model": "churn", "model_version": 3, "reason": "r"}),
-    (["sql", "SELECT 1"], {"query": "SELECT 1", "output_format": "table", "table_version": None, "as_of": None}),
+    (["sql", "SELECT 1"], {"query": "SELECT 1", "output_format": "table", "table_version": None, "as_of": None,
+                           "run_id": None}),
+    (["sql", "SELECT 1", "--run-id", "r1"], {"run_id": "r1"}),
     (["sql", "SELECT 1", "--as-of", "2024-12-31T08:00:00"], {
         "as_of": dt.datetime(2024, 12, 31, 8, tzinfo=dt.UTC)}),
-    (["report"], {"out": "report.html", "snapshot": None}),
+    (["report"], {"out": "report.html", "snapshot": None, "run_id": None, "as_of": None}),
     (["vacuum", "t", "--retention-hours", "0", "--dry-run"], {"table": "t", "retention_hours": 0.0, "dry_run": True}),
     (["score", "--model-version", "2", "--snapshot-date", "2024-06-30"], {
         "model_version": 2, "snapshot_date": dt.date(2024, 6, 30)}),
@@ -145,6 +148,10 @@ ARGPARSE_ERRORS = [
      "segscale sql: error: argument --as-of: 'yesterday' is not an ISO 8601 time like 2024-12-31T08:00:00"),
     (["sql", "select 1", "--version", "1", "--as-of", "2024-01-01"],
      "segscale sql: error: argument --as-of: not allowed with argument --version"),
+    (["sql", "select 1", "--version", "1", "--run-id", "r1"],
+     "segscale sql: error: argument --run-id: not allowed with argument --version"),
+    (["report", "--run-id", "r1", "--as-of", "2024-01-01"],
+     "segscale report: error: argument --run-id: not allowed with argument --as-of"),
     (["nosuch"], "segscale: error: argument COMMAND: invalid choice: 'nosuch' (choose from 'generate', 'run', "
                  "'validate', 'features', 'segment', 'plan', 'backfill', 'score', 'train', 'promote', 'history', "
                  "'sql', 'report', 'vacuum', 'jars')"),

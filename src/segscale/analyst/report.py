@@ -23,10 +23,11 @@ from typing import Any
 import duckdb
 import jinja2
 import pandas as pd
+from deltalake import DeltaTable
 from markupsafe import Markup
 
 from segscale import __version__, catalog, charts
-from segscale.analyst.sql import connect, published_snapshots, published_tables
+from segscale.analyst.sql import connect, published_snapshots, visible_tables
 from segscale.config import DeltaSettings
 from segscale.errors import InputError
 from segscale.io.delta import DeltaStore, absolute_uri
@@ -72,7 +73,7 @@ class Section:
 class Context:
     root: str
     snapshot: dt.date
-    tables: dict[str, str]
+    tables: dict[str, DeltaTable]  # name -> the version the report reads
     con: duckdb.DuckDBPyConnection  # every published table, registered once, showing only the snapshot
 
     def query(self, sql: str) -> pd.DataFrame:
@@ -83,9 +84,11 @@ class Context:
         return self.con.sql(sql).to_arrow_table().to_pandas()  # small: aggregates only
 
 
-def build_report(root: str, snapshot: dt.date | None = None) -> str:
-    """The report's HTML for `snapshot` (default: the latest published one)."""
-    known = published_snapshots(root)
+def build_report(root: str, snapshot: dt.date | None = None, *, run_id: str | None = None,
+                 as_of: dt.datetime | None = None) -> str:
+    """The report's HTML for `snapshot` (default: the latest published one), from the tables as the newest
+    completed run left them, or as run `run_id` or the last run completed by `as_of` did (`visible_tables`)."""
+    known = published_snapshots(root, run_id=run_id, as_of=as_of)
     if not known:
         raise InputError(f"customer_scores in {root} has no rows: run segscale run first")
     if snapshot is None:
@@ -93,7 +96,7 @@ def build_report(root: str, snapshot: dt.date | None = None) -> str:
     elif snapshot not in known:
         raise InputError(f"snapshot {snapshot} is not published in {root}; customer_scores has "
                          f"{', '.join(str(d) for d in known)}")
-    tables = published_tables(root)
+    tables = visible_tables(root, run_id=run_id, as_of=as_of)
     ctx = Context(root, snapshot, tables, connect(tables, snapshot=snapshot))
     try:
         sections = [_section(key, title, build, ctx) for key, title, build in SECTIONS]
@@ -103,9 +106,10 @@ def build_report(root: str, snapshot: dt.date | None = None) -> str:
                   generated=dt.datetime.now(dt.UTC), sections=sections)
 
 
-def write_report(root: str, out: str, snapshot: dt.date | None = None) -> dict[str, Any]:
+def write_report(root: str, out: str, snapshot: dt.date | None = None, *, run_id: str | None = None,
+                 as_of: dt.datetime | None = None) -> dict[str, Any]:
     """Build the report and write it to `out` (the file appears whole or not at all)."""
-    page = build_report(root, snapshot)
+    page = build_report(root, snapshot, run_id=run_id, as_of=as_of)
     target = Path(out)
     if target.parent and not target.parent.exists():
         raise InputError(f"cannot write the report to {out}: directory {target.parent} does not exist")
@@ -408,8 +412,9 @@ def _lineage(ctx: Context) -> Values:
     day = ctx.snapshot.isoformat()
     store = DeltaStore(None, DeltaSettings())
     commits, segment_meta, scores_meta = [], {}, {}
-    for name, uri in ctx.tables.items():
-        history = [c for c in store.history(uri) if c.metadata.get("snapshot_date") == day]  # newest first
+    for name, table in ctx.tables.items():
+        history = [c for c in store.history(table.table_uri)  # newest first, up to the version the report reads
+                   if c.version <= table.version() and c.metadata.get("snapshot_date") == day]
         if not history:
             continue
         newest = history[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections.abc import Sequence
 from typing import IO
 
 import duckdb
@@ -20,8 +21,9 @@ from deltalake import DeltaTable
 from pyarrow import fs as pafs
 
 from segscale import catalog
+from segscale.config import DeltaSettings
 from segscale.errors import InputError, first_line
-from segscale.io.delta import absolute_uri, open_table
+from segscale.io.delta import Warehouse, absolute_uri, open_table
 
 READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 FORMATS = ("table", "csv", "json", "parquet")
@@ -37,11 +39,14 @@ def published_tables(root: str) -> dict[str, str]:
     return {name: uri for name, uri in sorted(tables.items()) if DeltaTable.is_deltatable(uri)}
 
 
-def published_snapshots(root: str, table: catalog.Table = catalog.CUSTOMER_SCORES) -> list[dt.date]:
-    """The snapshot dates of `table`, oldest first; InputError when the table is not published."""
-    if table.name not in published_tables(root):
+def published_snapshots(root: str, table: catalog.Table = catalog.CUSTOMER_SCORES, *, run_id: str | None = None,
+                        as_of: dt.datetime | None = None) -> list[dt.date]:
+    """The snapshot dates of `table` readers see (`visible_tables`), oldest first; InputError when the table is not
+    published."""
+    if table.name not in visible_tables(root, [table.name], run_id=run_id, as_of=as_of):
         raise InputError(f"warehouse {root} has no {table} table: run segscale run first")
-    return run_query(root, f"SELECT DISTINCT snapshot_date FROM {table} ORDER BY 1").column(0).to_pylist()
+    return run_query(root, f"SELECT DISTINCT snapshot_date FROM {table} ORDER BY 1", run_id=run_id,
+                     as_of=as_of).column(0).to_pylist()
 
 
 def check_read_only(sql: str) -> None:
@@ -59,32 +64,50 @@ def check_read_only(sql: str) -> None:
 
 
 def run_query(root: str, sql: str, *, version: int | None = None, as_of: dt.datetime | None = None,
-              snapshot: dt.date | None = None) -> pa.Table:
-    """The query's result. Every published table is visible under its own name, at `version` or as of `as_of`
-    when given; with `snapshot`, tables partitioned by snapshot_date show only that snapshot."""
+              run_id: str | None = None, snapshot: dt.date | None = None) -> pa.Table:
+    """The query's result. Every published table is visible under its own name as the newest completed run left
+    it (`visible_tables`), or as run `run_id` or the last run completed by `as_of` did, or at raw Delta `version`
+    N of each; with `snapshot`, tables partitioned by snapshot_date show only that snapshot."""
     check_read_only(sql)
-    tables = published_tables(root)
     # The tables the query names (a name inside a string literal only costs an extra registration).
-    named = {t.name: tables[t.name] for t in catalog.named_in(sql) if t.name in tables}
-    con = connect(named, version=version, as_of=as_of, snapshot=snapshot)
+    named = [t.name for t in catalog.named_in(sql)]
+    tables = visible_tables(root, named, version=version, as_of=as_of, run_id=run_id)
+    con = connect(tables, snapshot=snapshot)
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as exc:
-        known = f" (published tables: {', '.join(tables) or 'none'})" if isinstance(exc, duckdb.CatalogException) \
-            else ""
+        known = f" (published tables: {', '.join(published_tables(root)) or 'none'})" \
+            if isinstance(exc, duckdb.CatalogException) else ""
         raise InputError(f"{first_line(exc)}{known}\nquery: {sql}") from None
     finally:
         con.close()
 
 
-def connect(tables: dict[str, str], *, version: int | None = None, as_of: dt.datetime | None = None,
-            snapshot: dt.date | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with each of `tables` (name → URI) as a view over its Delta files, at
-    `version` / `as_of`, and only `snapshot` of the partitioned ones when given. It cannot read or write any
-    other file. The caller closes it."""
+def visible_tables(root: str, names: Sequence[str] | None = None, *, version: int | None = None,
+                   as_of: dt.datetime | None = None, run_id: str | None = None) -> dict[str, DeltaTable]:
+    """Every published table (of `names`, if given), loaded at the version readers are to see: the version the
+    newest succeeded run recorded in `runs.table_versions` (so a run that failed between two commits is never
+    seen half-published), or the one run `run_id` recorded, or the newest run completed at or before `as_of`. A
+    table no completed run published is not visible. `runs` itself is read as it is (as of `as_of`). With
+    `version`, each table at that raw Delta version instead. A warehouse whose runs recorded no versions (written
+    by an earlier segscale) shows each table as it is, or as of `as_of`."""
+    tables = {name: uri for name, uri in published_tables(root).items() if names is None or name in names}
+    if version is not None:
+        return {name: open_table(uri, version) for name, uri in tables.items()}
+    recorded = Warehouse(None, root, DeltaSettings(backend="delta-rs")).published_versions(run_id, as_of)
+    if recorded is None:
+        return {name: open_table(uri, None, as_of) for name, uri in tables.items()}
+    return {name: open_table(uri, recorded[name]) if name != catalog.RUNS.name else open_table(uri, None, as_of)
+            for name, uri in tables.items() if name in recorded or name == catalog.RUNS.name}
+
+
+def connect(tables: dict[str, DeltaTable], *, snapshot: dt.date | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with each of `tables` (name → a loaded Delta version) as a view over its
+    files, and only `snapshot` of the partitioned ones when given. It cannot read or write any other file. The
+    caller closes it."""
     con = duckdb.connect()
-    for name, uri in tables.items():
-        dataset = open_table(uri, version, as_of).to_pyarrow_dataset()
+    for name, table in tables.items():
+        dataset = table.to_pyarrow_dataset()
         con.register(f"{name}__delta", dataset)
         where = ""
         if snapshot is not None and "snapshot_date" in dataset.schema.names:

@@ -92,6 +92,17 @@ TableWarehouse = Annotated[str | None, typer.Option(
     "--warehouse", metavar="WAREHOUSE", help="warehouse directory (default from config)")]
 Table = Annotated[str, typer.Argument(help="table name, e.g. customer_features",
                                       show_default=False)]
+# What the analyst commands read: the tables as the newest completed run left them, or as an older one did.
+AsOf = Annotated[dt.datetime | None, typer.Option(
+    "--as-of", parser=TIMESTAMP, metavar="TIME",
+    help="read the tables as the last run completed by this time left them (ISO 8601; UTC if no offset is given)")]
+RunId = Annotated[str | None, typer.Option(
+    "--run-id", metavar="RUN_ID", help="read the tables as this succeeded run left them (default: the newest)")]
+
+
+def _one_run(ctx: typer.Context, as_of: dt.datetime | None, run_id: str | None) -> None:
+    if as_of is not None and run_id is not None:
+        raise ArgumentError("argument --run-id: not allowed with argument --as-of", ctx)
 
 
 def _print_version(value: bool) -> None:
@@ -480,18 +491,18 @@ def history(
 
 @app.command("sql", cls=Command, short_help="query the published tables with SQL (read-only, DuckDB)",
              help="Run one SELECT over the published Delta tables, each visible under its own name "
-                  "(customer_scores, customer_features, retention_plan, ...). Statements that would write are "
-                  "refused. See docs/querying.md.")
+                  "(customer_scores, customer_features, retention_plan, ...) as the newest completed run left it: "
+                  "a run that failed between two commits is never seen half-published. Statements that would "
+                  "write are refused. See docs/querying.md.")
 def sql(
     ctx: typer.Context,
     query: Annotated[str, typer.Argument(help="one SELECT (or EXPLAIN) statement",
                                          show_default=False)],
     warehouse: TableWarehouse = None,
     table_version: Annotated[int | None, typer.Option(
-        "--version", parser=INT, metavar="N", help="read version N of every table named")] = None,
-    as_of: Annotated[dt.datetime | None, typer.Option(
-        "--as-of", parser=TIMESTAMP, metavar="TIME",
-        help="read the tables as of this time (ISO 8601; UTC if no offset is given)")] = None,
+        "--version", parser=INT, metavar="N", help="read raw Delta version N of every table named")] = None,
+    as_of: AsOf = None,
+    run_id: RunId = None,
     snapshot: Annotated[dt.date | None, typer.Option(
         "--snapshot", parser=DATE, metavar="YYYY-MM-DD",
         help="show only this snapshot_date of the partitioned tables")] = None,
@@ -503,11 +514,14 @@ def sql(
     config: Config = None,
     debug: Debug = False,
 ) -> int:
-    if table_version is not None and as_of is not None:
-        raise ArgumentError("argument --as-of: not allowed with argument --version", ctx)
+    if table_version is not None and (as_of is not None or run_id is not None):
+        raise ArgumentError(f"argument {'--as-of' if as_of is not None else '--run-id'}: not allowed with "
+                            f"argument --version", ctx)
+    _one_run(ctx, as_of, run_id)
 
     def job(spark: SparkSession | None, settings: Settings) -> int:
-        result = run_query(settings.paths.warehouse, query, version=table_version, as_of=as_of, snapshot=snapshot)
+        result = run_query(settings.paths.warehouse, query, version=table_version, as_of=as_of, run_id=run_id,
+                           snapshot=snapshot)
         try:
             write_result(result, output_format, out)
         except BrokenPipeError:  # the reader (head, less) stopped early: not an error
@@ -528,11 +542,15 @@ def report(
         help="snapshot date (default: the latest published)")] = None,
     out: Annotated[str, typer.Option("--out", metavar="OUT", show_default=False,
                                      help="the HTML file to write (default: report.html)")] = "report.html",
+    as_of: AsOf = None,
+    run_id: RunId = None,
     config: Config = None,
     debug: Debug = False,
 ) -> int:
+    _one_run(ctx, as_of, run_id)
+
     def job(spark: SparkSession | None, settings: Settings) -> int:
-        written = write_report(settings.paths.warehouse, out, snapshot)
+        written = write_report(settings.paths.warehouse, out, snapshot, run_id=run_id, as_of=as_of)
         print(f"wrote {written['out']} ({written['bytes'] / 1e6:.1f} MB)")
         return 0
     return _execute(ctx, job, needs_spark=False)

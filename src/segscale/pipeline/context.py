@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from segscale import __version__
-from segscale.catalog import RUNS, Table
+from segscale.catalog import RUNS, TABLES, Table
 from segscale.config import Settings
 from segscale.errors import InputError
 from segscale.io.delta import CommitMetadata, Warehouse
@@ -201,6 +201,17 @@ class Run:
             **({"failed_stage": self.current_stage} if status == "failed" else {}),
         }
 
+    def table_versions(self) -> dict[str, int]:
+        """The version of every published table this run leaves to readers: those it wrote or read at the versions
+        it wrote or read, the others as the run completed before it left them (or as they are, in a warehouse no
+        run recorded versions in yet). A table another run changed but never completed stays hidden."""
+        warehouse = self.warehouse
+        before = warehouse.published_versions()
+        if before is None:
+            before = {t.name: warehouse.store.version(warehouse.uri(t)) for t in TABLES
+                      if t is not RUNS and warehouse.exists(t)}
+        return {**before, **{name: v for name, v in warehouse.seen.items() if name != RUNS.name}}
+
     @contextlib.contextmanager
     def recorded(self) -> Iterator[Run]:
         """Around a command's stages: the run is appended to the `runs` table as failed or succeeded; the frames
@@ -216,10 +227,12 @@ class Run:
         self._record("succeeded")
 
     def _record(self, status: str) -> None:
-        """Append the run, its effective config and summary to the `runs` table (best effort on failure)."""
+        """Append the run, its effective config and summary to the `runs` table (best effort on failure), the last
+        commit of the run: a succeeded run's row holds the version of every table as readers are to see them."""
         row = (self.run_id, self.command, self.snapshot_date, status, self.started_at, dt.datetime.now(dt.UTC),
                self.settings.config_hash(), self.settings.to_json(), json.dumps(self.summary(status), default=str),
-               __version__, list(self.warnings))
+               __version__, list(self.warnings),
+               json.dumps(self.table_versions(), sort_keys=True) if status == "succeeded" else None)
         try:
             runs_df = self.spark.createDataFrame([row], RUNS.spark_schema)
             self.warehouse.write(RUNS, runs_df, meta=self.meta("record run"))

@@ -346,9 +346,21 @@ def rescore(run: Run, churn_version: int | None) -> Scores:
                        .join(churn_df.select("customer_id", *CHURN_COLUMNS), "customer_id", how="left")
                        .select(*[F.lit(run.run_id).alias(c) if c == "run_id" else F.col(c)
                                  for c in scores_df.columns]))
-        bands = _publish_scores(run, stage, rescored_df, scoring)
+        bands = _publish_scores(run, stage, rescored_df, scoring, **_segment_details(run))
         stage.record = ScoreRecord(_named(scoring), bands)
     return Scores(run.snapshot_of(CUSTOMER_SCORES))
+
+
+def _segment_details(run: Run) -> dict[str, Any]:
+    """What the segment stage recorded about the snapshot's rows (RFM cut points, tier thresholds, the CLV model),
+    from the newest commit of the snapshot that carries it: a score commit names all that shaped the rows it
+    keeps, as the segment commit does."""
+    day = run.snapshot_date.isoformat()
+    for commit in run.warehouse.history(CUSTOMER_SCORES):  # newest first
+        extra = commit.metadata.get("extra", {})
+        if commit.metadata.get("snapshot_date") == day and "tier_thresholds" in extra:
+            return dict(extra)
+    return {}
 
 
 def _predicted(run: Run, features_df: DataFrame, models: ModelSet) -> DataFrame:

@@ -10,17 +10,19 @@ what the other wrote.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import pyarrow.dataset as pads
 from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from segscale.catalog import Table
+from segscale.catalog import RUNS, Table
 from segscale.config import DeltaSettings
-from segscale.errors import ConfigError, SegscaleError
+from segscale.errors import ConfigError, InputError, SegscaleError
 from segscale.io.delta import log, rs_writer, spark_writer
 from segscale.io.delta.log import CommitMetadata, TableVersion, WriteMode, WriteResult, absolute_uri, open_table
 from segscale.session import DELTA_CATALOG, DELTA_EXTENSION, delta_package, has_delta_extension
@@ -48,7 +50,11 @@ class DeltaStore:
              timestamp: str | dt.datetime | None = None) -> DataFrame:
         """The table's current version, or the given version / timestamp, as a Spark DataFrame."""
         uri = absolute_uri(uri)
-        table = open_table(uri, version, timestamp)  # the version a timestamp names, resolved once for both
+        return self.read_loaded(uri, open_table(uri, version, timestamp))
+
+    def read_loaded(self, uri: str, table: DeltaTable) -> DataFrame:
+        """The version of the table at `uri` that `table` loaded (the version a timestamp names is resolved by
+        delta-rs for both backends)."""
         if self.backend == "delta-spark":
             return self.spark.read.format("delta").option("versionAsOf", table.version()).load(uri)
         return log.read_snapshot(self.spark, table, uri)
@@ -106,6 +112,8 @@ class Warehouse:
     def __init__(self, spark: SparkSession | None, root: str, settings: DeltaSettings):
         self.root = absolute_uri(root)
         self.store = DeltaStore(spark, settings)
+        # table name -> the version this warehouse object last read or wrote: what a run saw (`Run._record`)
+        self.seen: dict[str, int] = {}
 
     def uri(self, table: Table) -> str:
         return f"{self.root}/{table.name}"
@@ -115,7 +123,9 @@ class Warehouse:
 
     def read(self, table: Table, version: int | None = None,
              timestamp: str | dt.datetime | None = None) -> DataFrame:
-        return self.store.read(self.uri(table), version, timestamp)
+        loaded = open_table(self.uri(table), version, timestamp)
+        self.seen[table.name] = loaded.version()
+        return self.store.read_loaded(self.uri(table), loaded)
 
     def write(self, table: Table, df: DataFrame, *, meta: CommitMetadata,
               partition: Mapping[str, Any] | None = None) -> WriteResult:
@@ -125,9 +135,47 @@ class Warehouse:
         if (table.write == "replace_partition") != (partition is not None):
             raise ValueError(f"{table.name} is written with {table.write}: "
                              f"{'give' if partition is None else 'no'} partition values")
-        return self.store.write(self.uri(table), table.conform(df), mode=table.write, meta=meta,
-                                partition_by=table.partition_by, replace=partition,
-                                added_columns=table.added_columns)
+        result = self.store.write(self.uri(table), table.conform(df), mode=table.write, meta=meta,
+                                  partition_by=table.partition_by, replace=partition,
+                                  added_columns=table.added_columns)
+        self.seen[table.name] = result.version
+        return result
+
+    # ---- what readers see: the tables as the last completed run left them ------------------------------------
+    def published_versions(self, run_id: str | None = None, as_of: dt.datetime | None = None
+                           ) -> dict[str, int] | None:
+        """The Delta version of every published table as the newest succeeded run recorded it (`runs.table_versions`),
+        or as run `run_id` did, or the newest run completed at or before `as_of`. None when no run recorded versions
+        (no runs table, or one written before segscale recorded them): then readers take each table as it is.
+        InputError for a `run_id` that did not succeed, or an `as_of` before the first recorded run."""
+        rows = self._recorded_runs()
+        if run_id is not None:
+            match = [r for r in rows if r["run_id"] == run_id]
+            if not match:
+                known = ", ".join(r["run_id"] for r in rows[-5:]) or "none"
+                raise InputError(f"no succeeded run {run_id!r} with recorded table versions in {self.root} "
+                                 f"(the newest: {known})")
+            return json.loads(match[0]["table_versions"])
+        if as_of is not None:
+            moment = as_of if as_of.tzinfo else as_of.replace(tzinfo=dt.UTC)
+            earlier = [r for r in rows if r["finished_at"] <= moment]
+            if rows and not earlier:
+                raise InputError(f"no run had completed in {self.root} by {moment.isoformat()}; the first completed "
+                                 f"at {rows[0]['finished_at'].isoformat()}")
+            rows = earlier
+        return json.loads(rows[-1]["table_versions"]) if rows else None
+
+    def _recorded_runs(self) -> list[dict[str, Any]]:
+        """The succeeded runs that recorded table versions, oldest first."""
+        if not self.exists(RUNS):
+            return []
+        runs = open_table(self.uri(RUNS))
+        if "table_versions" not in runs.schema().to_arrow().names:
+            return []
+        rows = runs.to_pyarrow_dataset().to_table(
+            columns=["run_id", "finished_at", "table_versions"],
+            filter=(pads.field("status") == "succeeded") & pads.field("table_versions").is_valid()).to_pylist()
+        return sorted(rows, key=lambda r: r["finished_at"])
 
     def history(self, table: Table, limit: int | None = None) -> list[TableVersion]:
         return self.store.history(self.uri(table), limit)
