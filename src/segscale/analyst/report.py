@@ -27,7 +27,7 @@ from deltalake import DeltaTable
 from markupsafe import Markup
 
 from segscale import __version__, catalog, charts
-from segscale.analyst.sql import connect, published_snapshots, visible_tables
+from segscale.analyst.sql import connect, snapshots_in, visible_tables
 from segscale.config import DeltaSettings
 from segscale.errors import InputError
 from segscale.io.delta import DeltaStore, absolute_uri
@@ -88,7 +88,8 @@ def build_report(root: str, snapshot: dt.date | None = None, *, run_id: str | No
                  as_of: dt.datetime | None = None) -> str:
     """The report's HTML for `snapshot` (default: the latest published one), from the tables as the newest
     completed run left them, or as run `run_id` or the last run completed by `as_of` did (`visible_tables`)."""
-    known = published_snapshots(root, run_id=run_id, as_of=as_of)
+    tables = visible_tables(root, run_id=run_id, as_of=as_of)
+    known = snapshots_in(root, tables)
     if not known:
         raise InputError(f"customer_scores in {root} has no rows: run segscale run first")
     if snapshot is None:
@@ -96,7 +97,6 @@ def build_report(root: str, snapshot: dt.date | None = None, *, run_id: str | No
     elif snapshot not in known:
         raise InputError(f"snapshot {snapshot} is not published in {root}; customer_scores has "
                          f"{', '.join(str(d) for d in known)}")
-    tables = visible_tables(root, run_id=run_id, as_of=as_of)
     ctx = Context(root, snapshot, tables, connect(tables, snapshot=snapshot))
     try:
         sections = [_section(key, title, build, ctx) for key, title, build in SECTIONS]

@@ -43,10 +43,19 @@ def published_snapshots(root: str, table: catalog.Table = catalog.CUSTOMER_SCORE
                         as_of: dt.datetime | None = None) -> list[dt.date]:
     """The snapshot dates of `table` readers see (`visible_tables`), oldest first; InputError when the table is not
     published."""
-    if table.name not in visible_tables(root, [table.name], run_id=run_id, as_of=as_of):
+    return snapshots_in(root, visible_tables(root, [table.name], run_id=run_id, as_of=as_of), table)
+
+
+def snapshots_in(root: str, tables: dict[str, DeltaTable], table: catalog.Table = catalog.CUSTOMER_SCORES
+                 ) -> list[dt.date]:
+    """The snapshot dates of `table` among loaded `tables`, oldest first; InputError when it is not among them."""
+    if table.name not in tables:
         raise InputError(f"warehouse {root} has no {table} table: run segscale run first")
-    return run_query(root, f"SELECT DISTINCT snapshot_date FROM {table} ORDER BY 1", run_id=run_id,
-                     as_of=as_of).column(0).to_pylist()
+    con = connect({table.name: tables[table.name]})
+    try:
+        return [day for (day,) in con.sql(f"SELECT DISTINCT snapshot_date FROM {table} ORDER BY 1").fetchall()]
+    finally:
+        con.close()
 
 
 def check_read_only(sql: str) -> None:
