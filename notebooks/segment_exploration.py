@@ -28,7 +28,7 @@ import os
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from segscale.analyst.sql import published_snapshots, run_query
+from segscale.analyst.sql import published_snapshots, published_tables, run_query
 from segscale.transforms.segments import TIER_LABELS, VALUE_TIERS
 
 WAREHOUSE = os.environ.get("SEGSCALE_WAREHOUSE", "../warehouse")
@@ -136,3 +136,20 @@ if PREVIOUS is not None:
         ORDER BY before.monetary DESC LIMIT 20""")
     print(f"top {len(dropped)} former high_value customers by their previous monetary")
     display(dropped)
+
+# %% [markdown]
+# ## Tiers and the high-value customers at risk by region
+# `customer_attributes` holds what the input says about each customer (region, city tier, signup channel and
+# cohort); joined to the scores on (customer_id, snapshot_date). An input without regions shows one null region.
+
+# %%
+if "customer_attributes" in published_tables(WAREHOUSE):
+    regions = sql("""
+        SELECT a.region, s.value_tier, count(*) AS customers,
+               count(*) FILTER (WHERE s.lifecycle_stage = 'at_risk') AS at_risk, round(sum(s.clv)) AS clv
+        FROM customer_scores s JOIN customer_attributes a USING (customer_id, snapshot_date)
+        GROUP BY ALL ORDER BY a.region, s.value_tier""", snapshot=SNAPSHOT)
+    display(regions.pivot(index="region", columns="value_tier", values="customers").fillna(0).astype(int))
+    display(regions[regions["value_tier"] == "high_value"].sort_values("at_risk", ascending=False))
+else:
+    print("This warehouse was published before customer_attributes existed: rerun a snapshot to get it.")

@@ -73,7 +73,9 @@ def alike(names: str, types: str, doc: str, nullable: bool = True) -> tuple[Colu
 @dataclass(frozen=True)
 class Table:
     """One published table. `write`: `replace_partition` replaces one partition (a snapshot) per commit, `append`
-    adds rows. `key`: the columns that identify a row (empty when rows have no identity of their own)."""
+    adds rows. `key`: the columns that identify a row (empty when rows have no identity of their own).
+    `cluster_by`: the columns `segscale maintain` Z-orders each partition's files by, so a lookup by them reads few
+    files (empty: the files are only compacted)."""
 
     name: str
     doc: str
@@ -85,10 +87,11 @@ class Table:
     cadence: str
     commit_metadata: str
     notes: str = ""
+    cluster_by: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = self.column_names
-        unknown = [c for c in (*self.partition_by, *self.key) if c not in names]
+        unknown = [c for c in (*self.partition_by, *self.key, *self.cluster_by) if c not in names]
         if len(set(names)) != len(names) or unknown:
             raise ValueError(f"table {self.name}: duplicate columns or unknown partition/key columns {unknown}")
         if (self.write == "replace_partition") != bool(self.partition_by):
@@ -270,6 +273,46 @@ CUSTOMER_FEATURES = Table(
           'and features undefined without a purchase are null: a null never stands for 0.'),
 )
 
+CUSTOMER_ATTRIBUTES = Table(
+    name="customer_attributes",
+    doc=("One row per customer per snapshot with what the input says about the customer (region, city tier, signup "
+         "channel and cohort): the dimension to break scores and plans down by, e.g. high-value customers at risk "
+         "by region ([docs/querying.md](querying.md)); written by the features stage beside `customer_features`."),
+    columns=(
+        Column("customer_id", "string", nullable=False,
+               doc="the customer; the same customers as the snapshot's `customer_features`. Never null"),
+        Column("snapshot_date", "date", nullable=False,
+               doc='D, the snapshot date. Never null'),
+        Column("signup_date", "date", nullable=False,
+               doc="`customers.signup_date` (without a customers table: the day of the customer's first transaction"
+                   ', as validation derives it). Never null'),
+        Column("signup_cohort", "string", nullable=False,
+               doc="the signup month, `YYYY-MM` (UTC). Never null"),
+        Column("region", "string",
+               doc='`customers.region` as the input has it. Null when the input has no region (no such column, or '
+                   'no customers table) or the customer has none'),
+        Column("city_tier", "int",
+               doc='`customers.city_tier` as the input has it (1 = the largest cities, in the generated data). Null '
+                   'as `region`'),
+        Column("channel", "string",
+               doc='`customers.channel`, the channel the customer signed up through. Null as `region`'),
+        Column("run_id", "string", nullable=False,
+               doc='the run that published the row. Never null'),
+    ),
+    partition_by=("snapshot_date",),
+    write="replace_partition",
+    key=("customer_id", "snapshot_date"),
+    written_by=("the features stage (`stage: features`) of `segscale run` and `segscale features`, from the "
+                "validated customers, right after `customer_features`; replace_partition per snapshot: a rerun "
+                "replaces that snapshot's partition."),
+    cadence="every run of those commands for a snapshot.",
+    commit_metadata=('`run_id`, `stage` (`features`), `config_hash`, `snapshot_date`, `package_version`; no '
+                     '`model_version`, no `extra`.'),
+    notes=('Population: the customers who had signed up by the end of D, as `customer_features`. Join it to any '
+           'snapshot table on `(customer_id, snapshot_date)`. The attributes are as the input holds them when the '
+           "snapshot is run: a customer who moved region shows the new one in the snapshots run after the move."),
+)
+
 CUSTOMER_SCORES = Table(
     name="customer_scores",
     doc=('One row per customer per snapshot with RFM scores and segment, value tier, lifecycle stage, churn score '
@@ -362,6 +405,7 @@ CUSTOMER_SCORES = Table(
                      '`extra.clv_model` (the pinned CLV model URI, e.g. `models:/segscale_clv/2`; `null` with '
                      '`clv.enabled: false`). Score commits carry the same `extra` as the snapshot\'s segment '
                      'commit (the rows they keep were shaped by it) with their own `model_version`.'),
+    cluster_by=("customer_id",),
 )
 
 SEGMENT_MIGRATION = Table(
@@ -393,12 +437,17 @@ SEGMENT_MIGRATION = Table(
          "to_lifecycle_stage"),
     written_by=('the migration stage (`stage: migration`) of `segscale run` and `segscale segment`, after '
                 '`customer_scores` is written, from the two snapshots of `customer_scores`; replace_partition '
-                "per snapshot: a rerun replaces that snapshot's partition. Nothing is written when "
-                '`customer_scores` has no earlier snapshot (the summary says `previous_snapshot: null`). '
-                '`segscale score` does not rewrite it (tiers and stages do not change on a rescore).'),
+                "per snapshot: a rerun replaces that snapshot's partition. Nothing is written for the snapshot "
+                'when `customer_scores` has no earlier snapshot (the summary says `previous_snapshot: null`). '
+                'When `customer_scores` has a later snapshot, the same stage also replaces the partition of the '
+                'next later one with its migration from the new scores (in a commit whose `snapshot_date` is '
+                "that later snapshot; the summary's `next_snapshot`). `segscale score` does not rewrite it (tiers "
+                'and stages do not change on a rescore).'),
     cadence=('every run of `run` or `segment` for a snapshot that has an earlier one. The previous snapshot is '
-             'the latest earlier partition of `customer_scores` at run time, so backfilling an older snapshot '
-             'later does not rewrite the migration of later snapshots.'),
+             'the latest earlier partition of `customer_scores` at run time. A run (or `backfill`) of an older '
+             'snapshot rewrites the migration of the next later snapshot, so each partition always compares '
+             'that snapshot with the published scores of the one before it, also when the older snapshot was '
+             'newly inserted between two others or rerun with other config or input.'),
     commit_metadata=('`run_id`, `stage` (`migration`), `config_hash`, `snapshot_date`, `package_version`; no '
                      '`model_version`, no `extra`.'),
 )
@@ -445,8 +494,9 @@ RETENTION_PLAN = Table(
     write="replace_partition",
     key=("customer_id", "snapshot_date"),
     written_by=('the plan stage (`stage: plan`) of `segscale run` and `segscale plan`, and of `segscale score` '
-                'after it re-scores churn (when `clv.enabled`); replace_partition per snapshot: a rerun replaces'
-                " that snapshot's partition. When no customer has both a churn probability and a CLV "
+                'after it re-scores churn (from the new churn probabilities and the CLV published with the '
+                "snapshot's scores); replace_partition per snapshot: a rerun replaces that snapshot's "
+                "partition. When no customer has both a churn probability and a CLV "
                 '(`churn.enabled` or `clv.enabled` false, or a model the data could not support: '
                 '[docs/models.md](models.md#degraded-runs)), `run` publishes an empty partition, so no earlier '
                 'plan of the snapshot stays behind, and `retention_summary.note` says why; `plan` alone stops '
@@ -490,8 +540,11 @@ RETENTION_SUMMARY = Table(
                doc="total `value_at_risk` of the tier's selected candidates. Never null (0.0)"),
         Column("expected_saved_value", "double", nullable=False,
                doc="total `expected_saved_value` of the tier's selected candidates (net of cost). Never null (0.0)"),
-        Column("roi", "double",
-               doc='`expected_saved_value / spend`. Null when `spend` is 0 (nobody targeted, or only free treatments)'),
+        Column("roi", "double", nullable=False,
+               doc='saved value per currency unit spent, the spend counted as at least one currency unit: '
+                   '`expected_saved_value / max(spend, 1)`. So a tier whose targeted customers all have a free '
+                   'treatment has the value it is expected to save as its ROI, and a tier with nobody targeted has '
+                   '0. Never null (0.0); rows written by an earlier segscale hold null where `spend` was 0'),
         Column("run_id", "string", nullable=False,
                doc='the run that published the row. Never null'),
         Column("note", "string", added=True,
@@ -522,10 +575,11 @@ RUNS = Table(
                doc="the run's id, `YYYYMMDDTHHMMSSZ-` (its UTC start time) followed by 8 random hex digits; the "
                    '`run_id` of every row and commit the run published. Never null'),
         Column("command", "string", nullable=False,
-               doc='the command: `run`, `validate`, `features`, `segment`, `plan`, `score` or `train`. Never null'),
-        Column("snapshot_date", "date", nullable=False,
-               doc="the run's snapshot date (`--snapshot-date`, default yesterday in UTC). Never null for these "
-                   'commands'),
+               doc='the command: `run`, `validate`, `features`, `segment`, `plan`, `score`, `train` or `maintain`. '
+                   'Never null'),
+        Column("snapshot_date", "date",
+               doc="the run's snapshot date (`--snapshot-date`, default yesterday in UTC). Null for `maintain`, "
+                   'which works on every snapshot'),
         Column("status", "string", nullable=False,
                doc='`succeeded` or `failed`. Never null'),
         Column("started_at", "timestamp", nullable=False,
@@ -534,8 +588,8 @@ RUNS = Table(
                doc='when the run was recorded (UTC), after its last stage or its failure. Never null'),
         Column("config_hash", "string", nullable=False,
                doc='the first 16 hex digits of the SHA-256 of the effective configuration as canonical JSON, without '
-                   'the `paths`, `spark` and `generate` sections (which do not change what is computed); the same as '
-                   'in the commit metadata. Never null'),
+                   'the `paths`, `spark`, `generate`, `maintenance` and `metastore` sections (which do not change '
+                   'what is computed); the same as in the commit metadata. Never null'),
         Column("config_json", "string", nullable=False,
                doc='the full effective configuration (every section, defaults included) as JSON with sorted keys. '
                    'Never null'),
@@ -566,18 +620,19 @@ RUNS = Table(
     partition_by=(),
     write="append",
     key=("run_id",),
-    written_by=('every run of `segscale run`, `validate`, `features`, `segment`, `plan`, `score` and `train` '
-                '(and the spark-submit job `jobs/run_pipeline.py`, which is `run`), when it ends (`stage: record'
-                ' run`); the `runs` table is appended, never replaced. A failed run is recorded on a best-effort'
-                ' basis (when the warehouse is writable); when recording a succeeded run fails, the command '
+    written_by=('every run of `segscale run`, `validate`, `features`, `segment`, `plan`, `score`, `train` and '
+                '`maintain` (and the spark-submit job `jobs/run_pipeline.py`, which is `run`), when it ends '
+                '(`stage: record run`); the `runs` table is appended, never replaced. A failed run is recorded on a '
+                'best-effort basis (when the warehouse is writable); when recording a succeeded run fails, the command '
                 'fails. `generate`, `promote`, `history`, `sql` and `vacuum` are not recorded.'),
-    cadence=('one new row per command run; existing rows never change.'),
+    cadence=('one new row per command run; existing rows never change (`segscale maintain` compacts the table\'s '
+             'files, never its rows).'),
     commit_metadata=('`run_id`, `stage` (`record run`), `config_hash`, `snapshot_date`, `package_version`; no '
                      '`model_version`, no `extra`.'),
 )
 
-TABLES: tuple[Table, ...] = (QUARANTINE, CUSTOMER_FEATURES, CUSTOMER_SCORES, SEGMENT_MIGRATION, RETENTION_PLAN,
-                             RETENTION_SUMMARY, RUNS)
+TABLES: tuple[Table, ...] = (QUARANTINE, CUSTOMER_FEATURES, CUSTOMER_ATTRIBUTES, CUSTOMER_SCORES, SEGMENT_MIGRATION,
+                             RETENTION_PLAN, RETENTION_SUMMARY, RUNS)
 BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
 
 
@@ -648,6 +703,8 @@ def table_section(entry: Table) -> str:
         f"## `{entry.name}`", "", _wrapped(entry.doc), "",
         *(_wrapped(f"- **{label}:** {text}", "  ") for label, text in (
             ("Partitioned by", partitioned),
+            *((("Clustered by", f"{_codes(entry.cluster_by)} (Z-order within each partition, by `segscale "
+                                "maintain`)"),) if entry.cluster_by else ()),
             ("Write mode", WRITE_MODES[entry.write].format(partition=", ".join(entry.partition_by))),
             ("Key", key), ("Written by", entry.written_by), ("Cadence", entry.cadence),
             ("Commit metadata", entry.commit_metadata))),

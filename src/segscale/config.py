@@ -96,6 +96,30 @@ class DeltaSettings(_Section):
     compression: Literal["snappy", "zstd", "gzip", "none"] = "zstd"
 
 
+class MaintenanceSettings(_Section):
+    """`segscale maintain` (docs/tables.md, "Maintenance")."""
+
+    # Snapshot retention: a snapshot leaves every snapshot table once no rule set here keeps it (neither among the
+    # newest keep_snapshots nor within keep_days of the newest). Both null: every snapshot is kept.
+    keep_snapshots: int | None = Field(default=None, ge=1)
+    keep_days: int | None = Field(default=None, ge=0)
+    # Vacuum (`segscale vacuum` and `maintain`) also keeps every version the newest keep_runs completed runs
+    # recorded, whatever its age, so readers can still read those runs (`--run-id`, `--as-of`).
+    keep_runs: int = Field(default=3, ge=0)
+    # Compaction and clustering write files of about this size.
+    target_file_mb: float = Field(default=128.0, gt=0)
+
+
+class MetastoreSettings(_Section):
+    """`segscale catalog`: where the published tables are registered by name (docs/querying.md)."""
+
+    # The database (schema) the tables are registered in: `segscale.customer_scores`, ...
+    database: str = Field(default="segscale", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # The embedded session's Derby metastore directory (null: `metastore` beside the warehouse). A session given by
+    # spark-submit uses the cluster's metastore instead.
+    path: str | None = None
+
+
 class GenerateSettings(_Section):
     customers: int = Field(default=20_000, gt=0)
     seed: int = 42
@@ -324,6 +348,8 @@ class Settings(BaseSettings):
     input: InputSettings = Field(default_factory=InputSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     delta: DeltaSettings = Field(default_factory=DeltaSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    metastore: MetastoreSettings = Field(default_factory=MetastoreSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
@@ -354,7 +380,8 @@ class Settings(BaseSettings):
 
     def config_hash(self) -> str:
         """Hash of everything that changes what the pipeline computes (not where or on what it runs)."""
-        relevant = self.model_dump(mode="json", exclude={"paths", "spark", "generate"})
+        relevant = self.model_dump(mode="json", exclude={"paths", "spark", "generate", "maintenance",
+                                                                  "metastore"})
         canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

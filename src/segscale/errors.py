@@ -71,7 +71,8 @@ class DependencyError(SegscaleError):
 
 
 class StorageError(DependencyError):
-    """The warehouse storage refused a write (no space left, no permission, read-only); nothing was committed."""
+    """The warehouse storage refused a write (no space left, no permission, read-only; nothing was committed), or
+    refused a read or could not be reached."""
 
 
 STORAGE_REFUSALS = re.compile(r"No space left on device|Disk quota exceeded|Permission denied|"
@@ -81,10 +82,36 @@ STORAGE_REFUSALS = re.compile(r"No space left on device|Disk quota exceeded|Perm
 def raise_if_storage_refused(exc: BaseException, uri: str, state: str) -> None:
     """StorageError (exit 3) when the storage itself refused the write: full, read-only, or no permission."""
     cause = describe_exception(exc)
-    if STORAGE_REFUSALS.search(cause) or STORAGE_REFUSALS.search(str(exc)):
+    refusal = STORAGE_REFUSALS.search(cause) or STORAGE_REFUSALS.search(str(exc))
+    if refusal:
+        if refusal.group(0) not in cause:  # the outer error says little ("Generic LocalFileSystem error")
+            cause = f"{cause} ({refusal.group(0)})"
         raise StorageError(f"the warehouse storage refused the write to {uri}, so the table is {state}: {cause}. "
                            f"Free space or fix the permissions, then re-run; `segscale vacuum` removes files the "
                            f"failed write left behind") from exc
+
+
+# A read the storage refused (permission) or that could not reach it (network, endpoint), as delta-rs and the object
+# stores it uses report them. A missing path ("No such file or directory", "Not a directory") is not among them:
+# that table does not exist.
+STORAGE_UNREACHABLE = re.compile(r"Permission denied|PermissionDenied|Operation not permitted|Access ?Denied|"
+                                 r"Forbidden|Connection refused|Connection reset|tcp connect error|"
+                                 r"dns error|error sending request|timed out|Network is unreachable|"
+                                 r"No route to host|Could not connect|NETWORK_CONNECTION", re.IGNORECASE)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def raise_if_storage_unreachable(exc: BaseException, uri: str) -> None:
+    """StorageError (exit 3) when reading `uri` failed because its storage refused the read or could not be
+    reached, naming the outermost and innermost causes delta-rs reported (it nests causes, one per line)."""
+    text = ANSI.sub("", str(exc))
+    if not STORAGE_UNREACHABLE.search(text):
+        return
+    causes = [line.strip(" ↳") for line in text.splitlines() if line.strip(" ↳")] or [type(exc).__name__]
+    cause = causes[0] if len(causes) == 1 else f"{causes[0]}: {causes[-1]}"
+    raise StorageError(f"cannot read {uri}: the warehouse storage refused the read or could not be reached "
+                       f"({cause}). Check the warehouse's location, network and credentials or permissions, then "
+                       f"run again") from exc
 
 
 UNREADABLE_FILE = re.compile(r"\[FAILED_READ_FILE[.\w]*\] Encountered error while reading file (\S+?)\.?\s")

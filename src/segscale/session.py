@@ -36,8 +36,10 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def get_spark(settings: Settings) -> SparkSession:
-    """Return the active session, the cluster's session under spark-submit, or a new embedded one."""
+def get_spark(settings: Settings, *, metastore: bool = False) -> SparkSession:
+    """Return the active session, the cluster's session under spark-submit, or a new embedded one; with
+    `metastore`, an embedded one is attached to the Derby metastore of `metastore_conf` and can read Delta tables
+    by name."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
@@ -45,10 +47,10 @@ def get_spark(settings: Settings) -> SparkSession:
         # The platform owns master, resources and cluster settings: take its session as it is.
         log.info("running under spark-submit: using the cluster's session unchanged")
         return SparkSession.builder.getOrCreate()
-    return _embedded_session(settings)
+    return _embedded_session(settings, metastore)
 
 
-def _embedded_session(settings: Settings) -> SparkSession:
+def _embedded_session(settings: Settings, metastore: bool = False) -> SparkSession:
     # Python workers must run the driver's interpreter, or its packages are "not found" on them.
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
@@ -74,7 +76,9 @@ def _embedded_session(settings: Settings) -> SparkSession:
         DATAFRAME_DEBUGGING: "false",
     }
     conf.update(spark_cfg.conf)
-    if settings.delta.backend == "delta-spark":
+    if metastore:
+        conf.update(metastore_conf(settings, conf))
+    if settings.delta.backend == "delta-spark" or metastore:
         conf.update(delta_spark_conf(conf, os.cpu_count() or 2))
     builder = SparkSession.builder.master(spark_cfg.master).appName(spark_cfg.app_name)
     for key, value in conf.items():
@@ -192,6 +196,41 @@ def delta_spark_conf(conf: dict[str, str], cores: int) -> dict[str, str]:
     if not brought:
         out["spark.jars"] = ",".join(filter(None, [conf.get("spark.jars"), *delta_jars()]))
     return out
+
+
+def metastore_dir(settings: Settings) -> Path:
+    """The embedded Derby metastore's directory: `metastore.path`, or `metastore` beside a local warehouse."""
+    if settings.metastore.path:
+        return Path(settings.metastore.path.removeprefix("file://")).resolve()
+    warehouse = settings.paths.warehouse
+    if "://" in warehouse and not warehouse.startswith("file://"):
+        raise ConfigError(f"warehouse {warehouse} is not a local directory, so there is no default metastore beside "
+                          f"it: set metastore.path, or run under spark-submit with the cluster's metastore")
+    return Path(warehouse.removeprefix("file://")).resolve().parent / "metastore"
+
+
+def metastore_conf(settings: Settings, conf: dict[str, str] | None = None) -> dict[str, str]:
+    """What a local session (or `spark-sql`) adds to `conf` to share the embedded metastore: Spark's Hive catalog
+    on a Derby database in `metastore_dir` (one process at a time: Derby's embedded driver locks it)."""
+    directory = metastore_dir(settings)
+    java_options = (conf or {}).get("spark.driver.extraJavaOptions", "")
+    return {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={directory / 'metastore_db'};"
+                                                       f"create=true",
+        "spark.sql.warehouse.dir": str(directory / "spark-warehouse"),
+        # Derby's log goes beside its database, not into the working directory.
+        "spark.driver.extraJavaOptions": f"{java_options} -Dderby.system.home={directory}".strip(),
+    }
+
+
+def spark_sql_command(settings: Settings) -> list[str]:
+    """`spark-sql` with what it needs to read the tables `segscale catalog` registered in the embedded metastore
+    by name: the Delta jars and extension, and the metastore."""
+    conf = {**metastore_conf(settings), "spark.sql.extensions": DELTA_EXTENSION,
+            "spark.sql.catalog.spark_catalog": DELTA_CATALOG, "spark.sql.session.timeZone": "UTC"}
+    return ["spark-sql", "--jars", ",".join(delta_jars()),
+            *[arg for key, value in conf.items() for arg in ("--conf", f"{key}={value}")]]
 
 
 def has_delta_extension(spark: SparkSession) -> bool:

@@ -35,7 +35,7 @@ def scores(root: Path) -> list[tuple]:
     return sorted(zip(*(table[c].to_pylist() for c in columns), strict=True), key=str)
 
 
-def test_score_backfill_and_vacuum_write_and_clean_through_delta_spark(spark, own, capsys):
+def test_score_backfill_and_vacuum_write_and_clean_through_delta_spark(spark, own, capsys, monkeypatch):
     root, config = own
     before = scores(root)
     assert main(["score", "--config", str(config), "--snapshot-date", SNAPSHOT], spark=spark) == 0
@@ -52,7 +52,9 @@ def test_score_backfill_and_vacuum_write_and_clean_through_delta_spark(spark, ow
     assert scores(root) == before
 
     # the score and the rerun replaced D2's two files twice: vacuum deletes those four (and Spark's checksum files,
-    # which no Delta version lists), and the table reads the same
+    # which no Delta version lists), and the table reads the same. (Without maintenance.keep_runs 0, vacuum would
+    # keep them for the runs that recorded them: test_maintain.py.)
+    monkeypatch.setenv("SEGSCALE_MAINTENANCE__KEEP_RUNS", "0")
     table = DeltaTable(str(root / "wh" / "customer_scores"))
     current = {Path(uri).relative_to(root / "wh" / "customer_scores").as_posix() for uri in table.file_uris()}
     capsys.readouterr()

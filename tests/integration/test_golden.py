@@ -21,8 +21,8 @@ import pytest
 from deltalake import DeltaTable
 from frames import GOLDEN
 
-TABLES = ("quarantine", "customer_features", "customer_scores", "segment_migration", "retention_plan",
-          "retention_summary", "runs")
+TABLES = ("quarantine", "customer_features", "customer_attributes", "customer_scores", "segment_migration",
+          "retention_plan", "retention_summary", "runs")
 # Different on every run by design. Of `runs`, the stable part of each row is kept (below).
 VOLATILE = ("run_id",)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from deltalake import DeltaTable
-from frames import D1, D2, GOLDEN_INPUT, ROOT, settings_for
+from frames import D1, D2, GOLDEN_INPUT, ROOT, contract_schema, settings_for
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
@@ -23,6 +23,7 @@ from segscale.config import Settings
 from segscale.errors import InputError
 from segscale.io.delta import Warehouse
 from segscale.pipeline import STAGE_TAG, Run, generate_inputs, run_pipeline
+from segscale.transforms.migration import segment_migration
 
 
 def snapshot(warehouse: Warehouse, table: catalog.Table, day: dt.date):
@@ -97,6 +98,60 @@ def test_migration_accounts_for_every_customer_of_both_snapshots(two_snapshots):
     arrived = migration.where(F.col("from_value_tier").isNull()).agg(F.sum("customers")).first()[0]
     assert arrived == len(ids_d2 - ids_d1)
     assert migration.where(F.col("previous_snapshot_date") != F.lit(D1)).count() == 0
+
+
+def test_a_snapshot_run_between_two_published_ones_recomputes_the_next_one_s_migration(spark, two_snapshots,
+                                                                                        tmp_path):
+    """D1 and D2 are published, D2's migration from D1. A run of a date between them (a backfill filling a gap)
+    publishes its own migration from D1 and D2's again, from the new snapshot; D2's other tables stay as they
+    were."""
+    settings, original, _, _ = two_snapshots
+    shutil.copytree(Path(original.root.removeprefix("file://")).parent, tmp_path / "copy")
+    copy_settings = settings_for(settings.paths.input, tmp_path / "copy" / "wh", retention={"budget": 2000.0})
+    warehouse = Warehouse(spark, str(tmp_path / "copy" / "wh"), settings.delta)
+    between = dt.date(2024, 8, 15)
+    summary = run_pipeline(spark, copy_settings, between)
+    record = summary["stages"]["migration"]
+    assert (record["previous_snapshot"], record["next_snapshot"]) == (D1.isoformat(), D2.isoformat())
+    assert list(record["published"]) == ["segment_migration"]  # the run's own snapshot
+    scores = {day: snapshot(warehouse, catalog.CUSTOMER_SCORES, day) for day in (D1, between, D2)}
+    migration = warehouse.read(catalog.SEGMENT_MIGRATION)
+    for before, after in ((D1, between), (between, D2)):
+        fresh = segment_migration(scores[before], scores[after], before, after, summary["run_id"])
+        assertDataFrameEqual(migration.where(F.col("snapshot_date") == F.lit(after)), fresh)
+    assert record["next_published"]["rows"] == migration.where(F.col("snapshot_date") == F.lit(D2)).count()
+    newest = warehouse.history(catalog.SEGMENT_MIGRATION, 1)[0]
+    assert newest.version == record["next_published"]["version"]
+    assert (newest.metadata["snapshot_date"], newest.metadata["run_id"]) == (D2.isoformat(), summary["run_id"])
+    for table in (catalog.QUARANTINE, catalog.CUSTOMER_FEATURES, catalog.CUSTOMER_SCORES, catalog.RETENTION_PLAN,
+                  catalog.RETENTION_SUMMARY):
+        assertDataFrameEqual(snapshot(warehouse, table, D2), snapshot(original, table, D2), rtol=0, atol=0)
+        assertDataFrameEqual(snapshot(warehouse, table, D1), snapshot(original, table, D1), rtol=0, atol=0)
+
+
+def test_a_rerun_replaces_the_quarantine_of_its_snapshot_only(spark, tmp_path):
+    """Validating D2 again on other input replaces D2's rejected rows; D1's stay as its run published them."""
+    settings = settings_for(tmp_path / "in", tmp_path / "wh", validation={"max_bad_ratio": 1.0})
+    when = dt.datetime(2024, 6, 1, 12, tzinfo=dt.UTC)
+
+    def validate(day: dt.date, bad_transaction: tuple) -> str:
+        spark.createDataFrame([("C1", dt.date(2023, 1, 1), "north", 1, "online", 1980, "F")],
+                              contract_schema("customers")).write.mode("overwrite").parquet(str(tmp_path / "in" /
+                                                                                                "customers"))
+        spark.createDataFrame([("t1", "C1", when, 10.0, 1, "books", "online", "purchase"), bad_transaction],
+                              contract_schema("transactions")).write.mode("overwrite").parquet(
+            str(tmp_path / "in" / "transactions"))
+        return run_pipeline(spark, settings, day, Run("validate", settings, day))["run_id"]
+
+    negative = ("t2", "C1", when, -5.0, 1, "books", "online", "purchase")
+    first, _ = validate(D1, negative), validate(D2, negative)
+    rerun = validate(D2, ("t3", None, when, 7.0, 1, "toys", "store", "purchase"))
+    quarantine = Warehouse(spark, str(tmp_path / "wh"), settings.delta).read(catalog.QUARANTINE).select(
+        "snapshot_date", "source_table", "reason", F.get_json_object("record", "$.transaction_id").alias("id"),
+        "run_id")
+    expected = spark.createDataFrame([(D1, "transactions", "invalid_amount", "t2", first),
+                                      (D2, "transactions", "null_customer_id", "t3", rerun)], quarantine.schema)
+    assertDataFrameEqual(quarantine, expected)
 
 
 def test_quarantine_and_summary_carry_counts_per_reason(two_snapshots):
@@ -180,7 +235,7 @@ def test_every_example_query_in_the_docs_runs_on_a_published_warehouse(spark, tw
     settings, _, _, _ = two_snapshots
     text = (ROOT / "docs" / "querying.md").read_text()
     queries = re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)
-    assert len(queries) == 11
+    assert len(queries) == 13
     for query in queries:
         result = run_query(settings.paths.warehouse, query)
         assert result.num_rows > 0, query

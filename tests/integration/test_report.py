@@ -23,7 +23,7 @@ from segscale.cli import main
 
 ALL_CHARTS = {"tier-pyramid", "rfm-heatmap", "rfm-segments", "lifecycle-funnel", "churn-distribution",
               "churn-risk-by-tier", "churn-calibration", "churn-lift", "clv-distribution", "clv-by-tier",
-              "migration-matrix", "retention-plan", "quarantine-reasons"}
+              "migration-matrix", "retention-plan", "region-tiers", "quarantine-reasons"}
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                   "--disable-background-networking", "--disable-component-update"]
 

@@ -180,8 +180,7 @@ def test_the_plan_spends_within_budget_and_its_summary_adds_up(spark, own, monke
         assert row["expected_saved_value"] == pytest.approx(expected["saved"], abs=0.5e-4 * expected["n"] + 1e-9)
         assert row["share_of_budget"] == pytest.approx(expected["spend"] / 300)
         assert row["candidates"] == (plan["value_tier"] == tier).sum() <= row["scored_customers"]
-        if row["spend"] > 0:
-            assert row["roi"] == pytest.approx(row["expected_saved_value"] / row["spend"])
+        assert row["roi"] == pytest.approx(row["expected_saved_value"] / max(row["spend"], 1.0))
     assert set(summary.index) == {"high_value", "potential", "regular"}
 
 
@@ -198,7 +197,7 @@ def test_executors_score_exactly_what_the_model_predicts(spark, scored):
     np.testing.assert_allclose(published.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=1e-12)
 
 
-def test_score_rescores_with_a_chosen_version_and_keeps_every_other_column(spark, own, cheap_models):
+def test_score_rescores_with_a_chosen_version_and_keeps_every_other_column(spark, own, cheap_models, monkeypatch):
     root = own
     # Train version 2 on the same inputs with `train` (cheap profile), score with it, then with version 1 again.
     out = root / "train.json"
@@ -223,6 +222,13 @@ def test_score_rescores_with_a_chosen_version_and_keeps_every_other_column(spark
     assert commits[0]["extra"] == commits[1]["extra"] == segmented["extra"]
     assert set(segmented["extra"]) >= {"rfm_cut_points", "tier_thresholds", "clv_model"}
     assert commits[0]["model_version"] == "models:/segscale_churn/1"
+    # with clv.enabled false, too, the plan follows the new churn scores (with the CLV the snapshot published)
+    monkeypatch.setenv("SEGSCALE_CLV__ENABLED", "false")
+    monkeypatch.setenv("SEGSCALE_TIERS__BASIS", "monetary")
+    assert score(spark, root, "--model-version", "2") == 0
+    plan = DeltaTable(str(root / "wh" / "retention_plan"))
+    assert plan.version() == plan_version + 2 and json.loads(plan.history(1)[0]["userMetadata"])["stage"] == "plan"
+    assert of_snapshot(table_of(spark, root, "retention_plan")).count() > 0
 
 
 def test_run_with_a_champion_scores_without_training(spark, own):
@@ -291,6 +297,33 @@ def test_without_models_the_scores_carry_null_model_columns(spark, tmp_path, mon
     notes = set(rows_of(tmp_path, "retention_summary")["note"])
     assert notes == {"churn.enabled is false and clv.enabled is false"}
     assert main(["run", "--train", "--input", str(GOLDEN_INPUT), "--warehouse", str(tmp_path / "wh")], spark=spark) == 2
+
+
+@pytest.mark.parametrize("disabled", ["churn", "clv"])
+def test_a_rerun_with_a_model_disabled_leaves_no_earlier_plan_of_the_snapshot(spark, own, monkeypatch, disabled):
+    """D2 was planned with both models; rerun with one of them disabled, its plan is empty and its summary says
+    why, and D1's plan is untouched."""
+    root = own
+    before = {name: rows_of(root, name) for name in ("retention_plan", "retention_summary")}
+    assert (before["retention_plan"]["snapshot_date"].astype(str) == SNAPSHOT).sum() > 0
+    monkeypatch.setenv(f"SEGSCALE_{disabled.upper()}__ENABLED", "false")
+    if disabled == "clv":
+        monkeypatch.setenv("SEGSCALE_TIERS__BASIS", "monetary")
+    assert run(spark, root)["stages"]["plan"]["retention"]["note"] == f"{disabled}.enabled is false"
+    for name, earlier in before.items():
+        now = rows_of(root, name)
+        rerun = now["snapshot_date"].astype(str) == SNAPSHOT
+        kept = (now[~rerun].sort_values(list(now.columns[:2])).reset_index(drop=True),
+                earlier[earlier["snapshot_date"].astype(str) != SNAPSHOT].sort_values(list(now.columns[:2]))
+                .reset_index(drop=True))
+        pd.testing.assert_frame_equal(*kept)  # D1's rows, as the first run published them
+        if name == "retention_plan":
+            assert not rerun.any()
+        else:
+            summary = now[rerun].set_index("value_tier")
+            assert sorted(summary.index) == ["high_value", "potential", "regular"]
+            assert set(summary["note"]) == {f"{disabled}.enabled is false"}
+            assert (summary[["candidates", "customers_targeted", "spend", "roi"]] == 0).all().all()
 
 
 def test_history_names_the_model_that_scored_each_commit(scored, capsys):

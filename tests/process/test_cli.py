@@ -187,8 +187,8 @@ def test_help_lists_every_command_and_each_has_help(capsys):
     listing = started.stdout
     # skops takes seconds to import (it lists scikit-learn's types) and only saving a churn model needs it.
     assert " skops" not in started.stderr
-    for command in ("generate", "run", "backfill", "train", "score", "promote", "history", "vacuum", "sql",
-                    "report"):
+    for command in ("generate", "run", "backfill", "train", "score", "promote", "history", "vacuum", "maintain",
+                    "catalog", "sql", "report"):
         assert command in listing
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
@@ -196,7 +196,8 @@ def test_help_lists_every_command_and_each_has_help(capsys):
         assert f"usage: segscale {command}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("job", "command"), [("run_pipeline.py", "run"), ("generate_data.py", "generate")])
+@pytest.mark.parametrize(("job", "command"), [("run_pipeline.py", "run"), ("generate_data.py", "generate"),
+                                              ("maintain.py", "maintain"), ("catalog.py", "catalog")])
 def test_spark_submit_jobs_run_the_cli_code_path(job, command):
     result = subprocess.run([sys.executable, str(ROOT / "jobs" / job), "--help"], capture_output=True,
                             text=True, check=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
-from frames import TESTS, run_command, settings_for
+from frames import TESTS, free_port, run_command, settings_for
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -130,9 +130,11 @@ def test_a_killed_worker_is_retried_and_a_process_killed_before_a_commit_leaves_
     run_pipeline(spark, settings_for(inputs, warehouse, **WITHOUT_MODELS), SNAPSHOT)  # the rerun publishes correctly
     assert DeltaTable(str(scores)).version() == 1
     assert_same_tables(spark, warehouse, clean)
+    # without keeping what earlier runs recorded (maintenance.keep_runs 0), only the committed files stay
+    (warehouse.parent / "keep-no-runs.yaml").write_text("maintenance: {keep_runs: 0}\n")
     for table in (features, scores):
         assert main(["vacuum", table.name, "--warehouse", str(warehouse), "--retention-hours", "0",
-                     "--config", str(warehouse.parent / "none.yaml")]) == 0
+                     "--config", str(warehouse.parent / "keep-no-runs.yaml")]) == 0
         assert data_files(table) == committed_files(table)
     assert not (killed_attempt | orphans) & (data_files(features) | data_files(scores))
 
@@ -174,6 +176,9 @@ def no_models(monkeypatch):
 def assert_nothing_half_published(warehouse: Path) -> None:
     """Every table that exists is readable and holds exactly its committed files' rows."""
     for table in (p for p in warehouse.iterdir() if (p / "_delta_log").exists()):
+        if not DeltaTable.is_deltatable(str(table)):  # a create that failed before its first commit: no table
+            assert not list((table / "_delta_log").glob("*.json")), table.name
+            continue
         delta = DeltaTable(str(table))
         delta.to_pyarrow_table()
         assert committed_files(table) <= data_files(table), table.name
@@ -211,3 +216,23 @@ def test_a_warehouse_without_write_permission_is_a_clear_error_and_nothing_chang
     assert f"refused the write to {warehouse}/quarantine" in err and "Operation not permitted" in err
     assert {t: DeltaTable(str(warehouse / t.name)).version() for t in TABLES} == versions
     assert_same_tables(spark, warehouse, clean)
+
+
+def test_storage_that_cannot_be_reached_on_read_exits_3_naming_the_table(tmp_path, monkeypatch, capsys):
+    """A warehouse on an object store nothing answers at: reading a table's log is a storage error (exit 3) that
+    names the table and the cause, not a missing table (exit 2). A path that names no table keeps exit 2, also
+    when a regular file stands where a directory should be."""
+    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_ALLOW_HTTP": "true",
+                        "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"
+                        }.items():
+        monkeypatch.setenv(name, value)
+    assert main(["history", "customer_scores", "--warehouse", "s3://segscale-test/wh"]) == 3
+    err = capsys.readouterr().err
+    assert "cannot read s3://segscale-test/wh/customer_scores: the warehouse storage refused the read or " \
+           "could not be reached" in err and "Connection refused" in err and "Traceback" not in err
+    # sql and the report look for the warehouse first, through pyarrow (which retries for about 10 s)
+    assert main(["sql", "--warehouse", "s3://segscale-test/wh", "select 1"]) == 3
+    assert "cannot read s3://segscale-test/wh: the warehouse storage refused the read" in capsys.readouterr().err
+    (tmp_path / "file").write_text("not a directory")
+    assert main(["history", "customer_scores", "--warehouse", str(tmp_path / "file" / "wh")]) == 2
+    assert f"no Delta table at {tmp_path}/file/wh/customer_scores" in capsys.readouterr().err

@@ -49,6 +49,8 @@ ARGPARSE_FLAGS = {
     "report": (["-h", "--help", "--config", "--debug", "--warehouse", "--snapshot", "--out", "--as-of", "--run-id"],
                []),
     "vacuum": (["-h", "--help", "--config", "--debug", "--warehouse", "--retention-hours", "--dry-run"], ["table"]),
+    "maintain": (["-h", "--help", "--config", "--debug", "--warehouse", "--summary-json"], []),
+    "catalog": (["-h", "--help", "--config", "--debug", "--warehouse"], []),
 }
 
 
@@ -154,7 +156,7 @@ ARGPARSE_ERRORS = [
      "segscale report: error: argument --run-id: not allowed with argument --as-of"),
     (["nosuch"], "segscale: error: argument COMMAND: invalid choice: 'nosuch' (choose from 'generate', 'run', "
                  "'validate', 'features', 'segment', 'plan', 'backfill', 'score', 'train', 'promote', 'history', "
-                 "'sql', 'report', 'vacuum', 'jars')"),
+                 "'sql', 'report', 'vacuum', 'maintain', 'catalog', 'jars')"),
     ([], "segscale: error: the following arguments are required: COMMAND"),
 ]
 
@@ -231,6 +233,8 @@ SUMMARY = {
         "segment": {"rfm_cut_points": {"recency": [10.0, 30.5], "frequency": []},
                     "tiers_by_stage": {"high_value": {"loyal": 40, "repeat": 10}, "regular": {"churned": 1250}},
                     "published": {"customer_scores": {"rows": 300, "version": 5}}, "seconds": 3.0},
+        "migration": {"previous_snapshot": "2024-03-31", "next_snapshot": "2024-09-30",
+                      "next_published": {"rows": 12, "version": 4}, "seconds": 0.25},
         "plan": {"retention": {"customers_targeted": 50, "spend": 1000.0, "budget": 2000.0,
                                "expected_saved_value": 4321.5,
                                "tiers": {"high_value": {"treatment": "dedicated_account_manager", "candidates": 60,
@@ -239,7 +243,7 @@ SUMMARY = {
                                                         "roi": 4.32},
                                          "regular": {"treatment": "none", "candidates": 0, "customers_targeted": 0,
                                                      "spend": 0.0, "share_of_budget": None,
-                                                     "expected_saved_value": 0.0, "roi": None}}},
+                                                     "expected_saved_value": 0.0, "roi": 0.0}}},
                  "seconds": 0.5},
     },
     "models": {"churn": {"status": "skipped", "version": None, "skipped": "too few churned buyers"}},
@@ -269,6 +273,9 @@ def test_the_summary_puts_stages_inputs_tiers_and_the_plan_in_tables():
     plan_line = [line for line in text.splitlines() if "dedicated_account_manager" in line][0].split()
     assert plan_line == ["high_value", "dedicated_account_manager", "60", "50", "1,000.00", "50.0%", "4,321.50",
                          "4.32"]
+    untargeted = [line for line in text.splitlines() if " none " in line][0].split()
+    assert untargeted == ["regular", "none", "0", "0", "0.00", "-", "0.00", "0.00"]
+    assert "migration from 2024-03-31; the migration of 2024-09-30 recomputed from this snapshot" in text
     assert rows(text, "churn")[:2] == ["churn", "no"] and "training skipped: too few churned buyers" in text
     assert "warnings (1)" in text and "  - churn model skipped: too few churned buyers" in text
     assert all(line == line.rstrip() for line in text.splitlines())

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import Observation
 
 from segscale.config import RetentionSettings
-from segscale.transforms.plan import candidates, ranked
+from segscale.transforms.plan import candidates, plan_counters, ranked, retention_plan, scored_by_tier, summary_rows
 
 D = dt.date(2024, 12, 31)
 SCHEMA = ("customer_id string, snapshot_date date, value_tier string, lifecycle_stage string, "
@@ -73,6 +75,38 @@ def test_budget_zero_plans_only_free_treatments(spark):
     rows = [("h", D, "high_value", "loyal", 0.5, 200.0), ("r", D, "regular", "new", 0.9, 10.0)]
     plan = plan_of(spark, rows, SETTINGS.model_copy(update={"budget": 0.0}))
     assert plan.set_index("customer_id")["selected"].to_dict() == {"r": True, "h": False}
+
+
+def summary_of(spark, rows, settings=SETTINGS) -> dict[str, dict]:
+    """retention_summary's figures per tier, counted while the plan's rows are written, as the plan stage does."""
+    scores = spark.createDataFrame(rows, SCHEMA)
+    counted = Observation("plan_by_tier")
+    with several_partitions(spark), ranked(candidates(scores, settings), settings.budget) as ranked_df:
+        retention_plan(ranked_df, "run-1").observe(counted, *plan_counters()).collect()  # a few literal rows
+    return {row["value_tier"]: row for row in summary_rows(counted.get, scored_by_tier(scores), settings)}
+
+
+def test_roi_of_free_treatments_is_their_saved_value_and_of_an_untargeted_tier_zero(spark):
+    rows = [("r1", D, "regular", "new", 0.9, 10.0),  # free: saves 0.1 × 9 = 0.9
+            ("r2", D, "regular", "repeat", 0.5, 20.0),  # free: saves 0.1 × 10 = 1.0
+            ("h", D, "high_value", "loyal", 0.5, 200.0)]  # saves 40, costs 10: over a budget of 0
+    summary = summary_of(spark, rows, SETTINGS.model_copy(update={"budget": 0.0}))
+    figures = {tier: (row["customers_targeted"], row["spend"], row["expected_saved_value"], row["roi"])
+               for tier, row in summary.items()}
+    assert figures["regular"] == (2, 0.0, pytest.approx(1.9), pytest.approx(1.9))
+    assert figures["high_value"] == (0, 0.0, 0.0, 0.0)  # a candidate, not targeted
+    assert figures["potential"] == (0, 0.0, 0.0, 0.0)  # no candidate at all
+    json.dumps(summary, default=str, allow_nan=False)  # finite, JSON-safe figures
+
+
+def test_roi_counts_a_spend_below_one_unit_as_one_and_divides_by_a_larger_spend(spark):
+    settings = SETTINGS.model_copy(update={"treatments": SETTINGS.treatments.model_copy(update={
+        "potential": SETTINGS.treatments.potential.model_copy(update={"cost": 0.25})})})
+    rows = [("p", D, "potential", "repeat", 0.4, 50.0),  # 0.2 × 20 - 0.25 = 3.75 for 0.25
+            ("h", D, "high_value", "loyal", 0.5, 200.0)]  # 0.5 × 100 - 10 = 40 for 10
+    summary = summary_of(spark, rows, settings)
+    assert (summary["potential"]["spend"], summary["potential"]["roi"]) == (0.25, pytest.approx(3.75))
+    assert (summary["high_value"]["spend"], summary["high_value"]["roi"]) == (10.0, pytest.approx(4.0))
 
 
 def test_a_budget_above_every_cost_selects_every_candidate(spark):

@@ -24,10 +24,16 @@ SCHEDULES = ROOT / "conf" / "schedules"
 WHEEL = f"segscale-{__version__}-py3-none-any.whl"  # what `make wheel` writes to dist/
 
 
-def parses_as_the_job(arguments: list[str]) -> None:
-    """jobs/run_pipeline.py runs `segscale run ARGS`; the CLI exits on an argument it does not accept."""
+# The spark-submit entry points and the command each runs (`segscale COMMAND ARGS`).
+JOBS = {"run_pipeline.py": "run", "maintain.py": "maintain"}
+
+
+def parses_as_the_job(arguments: list[str], job: str = "run_pipeline.py") -> None:
+    """jobs/JOB runs `segscale COMMAND ARGS`; the CLI exits on an argument it does not accept."""
+    source = (ROOT / "jobs" / job).read_text()
+    assert f'main(["{JOBS[job]}", *sys.argv[1:]])' in source
     try:
-        parse(["run", *arguments])
+        parse([JOBS[job], *arguments])
     except SystemExit as exc:
         raise AssertionError(f"the job does not accept {arguments}") from exc
 
@@ -54,7 +60,12 @@ def load_airflow_dag(path: Path, home: Path) -> list[dict]:
 
         class SparkSubmitOperator:
             def __init__(self, **kwargs):
-                operators.append(kwargs)
+                self.kwargs = {**kwargs, "downstream": []}
+                operators.append(self.kwargs)
+
+            def __rshift__(self, other):
+                self.kwargs["downstream"].append(other.kwargs["task_id"])
+                return other
 
         airflow = types.ModuleType("airflow")
         airflow.DAG = DAG
@@ -80,31 +91,34 @@ def load_airflow_dag(path: Path, home: Path) -> list[dict]:
             else:
                 sys.modules[name] = previous
     if not stubs:  # real Airflow: read the operators off the DAG
-        operators = [{"application": t.application, "py_files": t._py_files, "application_args": t.application_args,
-                      "packages": t._packages, "conf": t.conf} for t in module.dag.tasks]
+        operators = [{"task_id": t.task_id, "application": t.application, "py_files": t._py_files,
+                      "application_args": t.application_args, "packages": t._packages, "conf": t.conf,
+                      "downstream": sorted(t.downstream_task_ids)} for t in module.dag.tasks]
     else:
         assert module.dag.kwargs["max_active_runs"] == 1
     return operators
 
 
-def test_the_airflow_dag_submits_the_pipeline_job_with_arguments_it_accepts():
-    operators = load_airflow_dag(SCHEDULES / "segscale_airflow_dag.py", ROOT)
-    assert len(operators) == 1
-    task = operators[0]
-    assert Path(task["application"]) == ROOT / "jobs" / "run_pipeline.py" and Path(task["application"]).exists()
-    assert Path(task["py_files"]) == ROOT / "dist" / WHEEL
-    arguments = [re.sub(r"\{\{\s*ds\s*\}\}", "2024-12-31", a) for a in task["application_args"]]  # Airflow's ds
-    parses_as_the_job(arguments)
-    assert Path(flag_value(arguments, "--config")).is_file()
-    assert flag_value(arguments, "--snapshot-date") == "2024-12-31"
-    # conf/cluster.yaml writes through delta-spark: the session gets the pinned jars and the Delta extension
-    assert load_settings(flag_value(arguments, "--config"), environ={}).delta.backend == "delta-spark"
-    assert task["packages"] == delta_package()
-    assert task["conf"]["spark.sql.extensions"] == DELTA_EXTENSION
-    assert task["conf"]["spark.sql.catalog.spark_catalog"] == DELTA_CATALOG
+def test_the_airflow_dag_submits_the_pipeline_then_maintenance_with_arguments_they_accept():
+    operators = {task["task_id"]: task for task in load_airflow_dag(SCHEDULES / "segscale_airflow_dag.py", ROOT)}
+    assert sorted(operators) == ["maintain", "run_pipeline"]
+    assert operators["run_pipeline"]["downstream"] == ["maintain"]  # maintenance after the run, never beside it
+    for task in operators.values():
+        job = Path(task["application"])
+        assert job.parent == ROOT / "jobs" and job.exists()
+        assert Path(task["py_files"]) == ROOT / "dist" / WHEEL
+        arguments = [re.sub(r"\{\{\s*ds\s*\}\}", "2024-12-31", a) for a in task["application_args"]]  # Airflow's ds
+        parses_as_the_job(arguments, job.name)
+        assert Path(flag_value(arguments, "--config")).is_file()
+        # conf/cluster.yaml writes through delta-spark: the session gets the pinned jars and the Delta extension
+        assert load_settings(flag_value(arguments, "--config"), environ={}).delta.backend == "delta-spark"
+        assert task["packages"] == delta_package()
+        assert task["conf"]["spark.sql.extensions"] == DELTA_EXTENSION
+        assert task["conf"]["spark.sql.catalog.spark_catalog"] == DELTA_CATALOG
+    assert flag_value(operators["run_pipeline"]["application_args"], "--snapshot-date") == "{{ ds }}"
 
 
-def test_the_databricks_bundle_runs_the_pipeline_job_with_arguments_it_accepts():
+def test_the_databricks_bundle_runs_the_pipeline_then_maintenance_with_arguments_they_accept():
     bundle_dir = SCHEDULES / "databricks"
     bundle = yaml.safe_load((bundle_dir / "databricks.yml").read_text())
     synced = [(bundle_dir / p).resolve() for p in bundle["sync"]["paths"]]
@@ -114,13 +128,16 @@ def test_the_databricks_bundle_runs_the_pipeline_job_with_arguments_it_accepts()
     assert jobs and all(job["max_concurrent_runs"] == 1 for job in jobs.values())
     for job in jobs.values():
         assert job["schedule"]["timezone_id"] == "UTC"
-        for task in job["tasks"]:
+        tasks = {task["task_key"]: task for task in job["tasks"]}
+        assert sorted(tasks) == ["maintain", "run_pipeline"]
+        assert tasks["maintain"]["depends_on"] == [{"task_key": "run_pipeline"}]
+        for task in tasks.values():
             python_file = (bundle_dir / task["spark_python_task"]["python_file"]).resolve()
-            assert python_file == ROOT / "jobs" / "run_pipeline.py" and python_file.exists()
+            assert python_file.parent == ROOT / "jobs" and python_file.exists()
             assert any(python_file.is_relative_to(p) for p in synced)
             parameters = task["spark_python_task"]["parameters"]
             arguments = [a.replace("${workspace.file_path}", str(ROOT)) for a in parameters]
-            parses_as_the_job(arguments)
+            parses_as_the_job(arguments, python_file.name)
             assert Path(flag_value(arguments, "--config")).is_file()
             wheels = [(bundle_dir / lib["whl"]).resolve() for lib in task["libraries"]]
             assert [w.parent for w in wheels] == [ROOT / "dist"] and fnmatch.fnmatch(WHEEL, wheels[0].name)

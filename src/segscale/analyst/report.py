@@ -390,6 +390,41 @@ def _retention(ctx: Context) -> Values:
             "tiers": _records(df, "tier")}
 
 
+def _regions(ctx: Context) -> Values:
+    """Tiers, the high-value customers at risk, value and the plan per region (customer_attributes)."""
+    tiers = ", ".join(f"count(*) FILTER (WHERE s.value_tier = '{t}') AS {t}" for t in VALUE_TIERS)
+    df = ctx.query(f"""
+        SELECT a.region, count(*) AS customers, {tiers},
+               count(*) FILTER (WHERE s.value_tier = '{HIGH_VALUE}' AND s.lifecycle_stage = '{AT_RISK}')
+                   AS high_value_at_risk,
+               sum(s.clv) AS clv
+        FROM customer_scores s JOIN customer_attributes a USING (customer_id)
+        GROUP BY ALL ORDER BY customers DESC""")
+    if df["region"].isna().all():
+        raise Missing("the input gives no region for its customers (customers.region)")
+    if "retention_plan" in ctx.tables:
+        plan = ctx.query("""
+            SELECT a.region, count(*) AS targeted, sum(p.cost) AS spend, sum(p.expected_saved_value) AS saved
+            FROM retention_plan p JOIN customer_attributes a USING (customer_id)
+            WHERE p.selected GROUP BY ALL""")
+        df = df.merge(plan, on="region", how="left").fillna({"targeted": 0, "spend": 0.0, "saved": 0.0})
+    else:  # no plan published: its columns stay empty
+        df = df.assign(targeted=None, spend=None, saved=None)
+    df["region"] = df["region"].fillna("(none)")
+    plt = charts.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(df) + 1.4))
+    left = pd.Series(0.0, index=df.index)
+    for tier in reversed(VALUE_TIERS):  # regular first, high value at the right end
+        ax.barh(df["region"], df[tier], left=left, color=TIER_COLOURS[tier], label=tier)
+        left += df[tier]
+    ax.set(xlabel="customers", title="Value tiers per region")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return {"chart": _chart("region-tiers", fig, "Customers per value tier and region"),
+            "regions": df.to_dict("records")}
+
+
 def _quality(ctx: Context) -> Values:
     df = ctx.query("""
         SELECT source_table, reason, count(*) AS rows FROM quarantine GROUP BY ALL
@@ -461,6 +496,7 @@ SECTIONS: Sequence[tuple[str, str, Callable[[Context], Values]]] = (
     ("clv", "Customer lifetime value", _clv),
     ("migration", "Migration since the previous snapshot", _migration),
     ("retention", "Retention plan", _retention),
+    ("regions", "Regions", _regions),
     ("quality", "Data quality", _quality),
     ("lineage", "Run lineage", _lineage),
 )

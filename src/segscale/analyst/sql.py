@@ -22,8 +22,9 @@ from pyarrow import fs as pafs
 
 from segscale import catalog
 from segscale.config import DeltaSettings
-from segscale.errors import InputError, first_line
+from segscale.errors import InputError, first_line, raise_if_storage_unreachable
 from segscale.io.delta import Warehouse, absolute_uri, open_table
+from segscale.io.delta.log import is_table
 
 READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 FORMATS = ("table", "csv", "json", "parquet")
@@ -33,10 +34,15 @@ def published_tables(root: str) -> dict[str, str]:
     """Name → URI of every catalog table (segscale.catalog) published under the warehouse root."""
     base = absolute_uri(root)
     filesystem, path = pafs.FileSystem.from_uri(base)
-    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
+    try:
+        found = filesystem.get_file_info(path).type == pafs.FileType.Directory
+    except OSError as exc:
+        raise_if_storage_unreachable(exc, base)
+        raise
+    if not found:
         raise InputError(f"warehouse {root} does not exist")
     tables = {table.name: f"{base}/{table.name}" for table in catalog.TABLES}
-    return {name: uri for name, uri in sorted(tables.items()) if DeltaTable.is_deltatable(uri)}
+    return {name: uri for name, uri in sorted(tables.items()) if is_table(uri)}
 
 
 def published_snapshots(root: str, table: catalog.Table = catalog.CUSTOMER_SCORES, *, run_id: str | None = None,

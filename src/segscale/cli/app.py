@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,16 @@ from segscale.cli.parsing import (
     choice,
     report_usage_error,
 )
-from segscale.cli.summary import format_summary, history_view, show, stages_view, summary_view, training_view
+from segscale.cli.summary import (
+    format_summary,
+    history_view,
+    maintenance_view,
+    registration_view,
+    show,
+    stages_view,
+    summary_view,
+    training_view,
+)
 from segscale.config import Settings, load_settings
 from segscale.errors import DegradedRunError, InputError, SegscaleError, describe_exception, unreadable_input
 from segscale.io.delta import Warehouse
@@ -46,12 +56,13 @@ from segscale.pipeline.commands import (
     Run,
     backfill,
     generate_inputs,
+    maintain,
     run_pipeline,
     score_snapshot,
     snapshot_dates,
     train_models,
 )
-from segscale.session import fetch_delta_jars, get_spark
+from segscale.session import fetch_delta_jars, get_spark, spark_sql_command, under_spark_submit
 
 __all__ = ["app", "format_summary", "main", "parse"]
 
@@ -136,9 +147,10 @@ _FLAG_KEYS = {
 Job = Callable[[SparkSession | None, Settings], int]
 
 
-def _execute(ctx: typer.Context, job: Job, *, needs_spark: bool = True) -> int:
-    """Run `job` with the settings (config file, environment, flags) and, when it `needs_spark`, the session;
-    a failure becomes one paragraph on stderr and its exit code."""
+def _execute(ctx: typer.Context, job: Job, *, needs_spark: bool = True, metastore: bool = False) -> int:
+    """Run `job` with the settings (config file, environment, flags) and, when it `needs_spark`, the session (an
+    embedded one attached to the metastore with `metastore`); a failure becomes one paragraph on stderr and its exit
+    code."""
     root = ctx.find_root()
     command = ctx.info_name
     # --config and --debug count before the command's name as after it.
@@ -162,7 +174,7 @@ def _execute(ctx: typer.Context, job: Job, *, needs_spark: bool = True) -> int:
                     yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True, default_flow_style=None,
                                    width=120))
             if spark is None and needs_spark:
-                spark = get_spark(settings)
+                spark = get_spark(settings, metastore=metastore)
             return job(spark, settings)
     except SegscaleError as exc:
         return _fail(command, debug, exc.exit_code, str(exc))
@@ -249,9 +261,14 @@ def _snapshot_job(job: Callable[..., dict[str, Any]], spark: SparkSession, setti
     """Run `job` for the snapshot (yesterday, UTC, by default); --summary-json gets the summary, also when the job
     fails."""
     snapshot = snapshot_date or _yesterday()
-    run = Run(command, settings, snapshot)
+    return _summarised(Run(command, settings, snapshot), summary_json,
+                       lambda run: job(spark, settings, snapshot, run))
+
+
+def _summarised(run: Run, summary_json: str | None, job: Callable[[Run], dict[str, Any]]) -> dict[str, Any]:
+    """`job(run)`'s summary; --summary-json gets it, also when the job fails."""
     try:
-        summary = job(spark, settings, snapshot, run)
+        summary = job(run)
     except Exception:
         if summary_json:
             _write_json(summary_json, run.summary("failed"))
@@ -557,8 +574,8 @@ def report(
 
 
 @app.command("vacuum", cls=Command, short_help="delete files no retained version needs",
-             help="Delete data files that no version inside the retention window references, including files of "
-                  "failed writes.")
+             help="Delete data files that no version inside the retention window references, nor any version the "
+                  "newest maintenance.keep_runs completed runs recorded, including files of failed writes.")
 def vacuum(
     ctx: typer.Context,
     table: Table,
@@ -574,12 +591,52 @@ def vacuum(
         if retention_hours is not None and retention_hours < 0:
             raise InputError("--retention-hours must not be negative")
         warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
-        files = warehouse.vacuum(catalog.table(table), retention_hours, dry_run)
+        files = warehouse.vacuum(catalog.table(table), retention_hours, dry_run, settings.maintenance.keep_runs)
         print(f"{'would delete' if dry_run else 'deleted'} {len(files)} files from {table}")
         for name in files:
             print(f"  {name}")
         return 0
     return _execute(ctx, job, needs_spark=False)
+
+
+@app.command("maintain", cls=Command, short_help="prune old snapshots, compact, cluster, vacuum and checkpoint",
+             help="Maintain every published table, as one recorded run: delete the snapshots the retention rules "
+                  "(maintenance.keep_snapshots, keep_days) no longer keep, compact small files, Z-order "
+                  "customer_scores by customer_id in the snapshots written since the last maintenance, vacuum "
+                  "(keeping every version the newest maintenance.keep_runs completed runs recorded) and write a "
+                  "checkpoint. Readers see the maintained tables once it completes. See docs/tables.md.")
+def maintain_command(ctx: typer.Context, warehouse: TableWarehouse = None, summary_json: SummaryJson = None,
+                     config: Config = None, debug: Debug = False) -> int:
+    def job(spark: SparkSession, settings: Settings) -> int:
+        summary = _summarised(Run("maintain", settings), summary_json, lambda run: maintain(spark, settings, run))
+        show(maintenance_view(summary))
+        return 0
+    return _execute(ctx, job)
+
+
+@app.command("catalog", cls=Command, short_help="register the published tables by name in the Spark metastore",
+             help="Register every published table as an external Delta table in the Spark session's metastore "
+                  "(segscale.customer_scores, ...; metastore.database): the cluster's metastore under spark-submit, "
+                  "else a local Derby metastore beside the warehouse (metastore.path). Then spark.table(...) and "
+                  "spark-sql read them by name, at their current versions. Safe to run again: a table already "
+                  "registered at this warehouse is kept, one registered elsewhere is moved. See docs/querying.md.")
+def catalog_command(ctx: typer.Context, warehouse: TableWarehouse = None, config: Config = None,
+                    debug: Debug = False) -> int:
+    def job(spark: SparkSession, settings: Settings) -> int:
+        if spark.conf.get("spark.sql.catalogImplementation", "in-memory") != "hive":
+            log.warning("the Spark session's catalog is in memory: the tables are registered for this session only")
+        store = Warehouse(spark, settings.paths.warehouse, settings.delta)
+        registered = store.register(settings.metastore.database)
+        show(registration_view(settings.metastore.database, {name: store.uri(catalog.table(name))
+                                                              for name in registered}, registered))
+        if embedded:
+            print("\nquery them by name, e.g.:\n  " + shlex.join([
+                *spark_sql_command(settings), "-e",
+                f"SELECT value_tier, count(*) FROM {settings.metastore.database}.customer_scores GROUP BY 1"]))
+        return 0
+    embedded = not (isinstance(ctx.obj, Invocation) and ctx.obj.spark) and SparkSession.getActiveSession() is None \
+        and not under_spark_submit()
+    return _execute(ctx, job, metastore=True)
 
 
 @app.command("jars", cls=Command, short_help="fetch the Delta jars once and print their paths",

@@ -76,9 +76,8 @@ def _plan(plan: dict[str, Any]) -> RenderableType:
                    "ROI", right=("candidates", "targeted", "spend", "budget share", "expected saved", "ROI"))
     for tier, t in plan["tiers"].items():
         share = f"{t['share_of_budget']:.1%}" if t["share_of_budget"] is not None else "-"
-        roi = f"{t['roi']:.2f}" if t["roi"] is not None else "-"
         table.add_row(tier, t["treatment"], f"{t['candidates']:,}", f"{t['customers_targeted']:,}",
-                      f"{t['spend']:,.2f}", share, f"{t['expected_saved_value']:,.2f}", roi)
+                      f"{t['spend']:,.2f}", share, f"{t['expected_saved_value']:,.2f}", f"{t['roi']:.2f}")
     return table
 
 
@@ -141,17 +140,56 @@ def summary_view(summary: dict[str, Any]) -> Group:
                           f"({trained['promotion']['reason']})"))
     migration = stages.get("migration")
     if migration is not None:
-        previous = migration.get("previous_snapshot")
-        parts.append(Text(f"migration from {previous}" if previous else "migration: no earlier snapshot"))
+        previous, later = migration.get("previous_snapshot"), migration.get("next_snapshot")
+        line = f"migration from {previous}" if previous else "migration: no earlier snapshot"
+        if later:
+            line += f"; the migration of {later} recomputed from this snapshot"
+        parts.append(Text(line))
     if summary.get("models"):
         models = _table("models", "model", "outcome")
         for kind, outcome in summary["models"].items():
             models.add_row(kind, _model_outcome(outcome))
         parts.append(models)
     if summary.get("warnings"):
-        warnings = [f"warnings ({len(summary['warnings'])})", *(f"  - {w}" for w in summary["warnings"])]
-        parts.append(Text("\n".join(warnings), style="yellow"))
+        parts.append(_warnings(summary["warnings"]))
     return Group(*_spaced(parts))
+
+
+def maintenance_view(summary: dict[str, Any]) -> Group:
+    """What `segscale maintain` did to each table: the snapshots it deleted, its files before and after compaction
+    (and the snapshots it Z-ordered), the files vacuum deleted, the checkpoint's version; then the warnings."""
+    stages = summary["stages"]
+    retention, optimized = stages["retention"], stages["optimize"]["tables"]
+    table = _table(None, "table", "snapshots deleted", "files before", "files after", "clustered snapshots",
+                   "files vacuumed", "checkpoint", right=("files before", "files after", "files vacuumed",
+                                                          "checkpoint"))
+    for name, version in stages["checkpoint"]["versions"].items():
+        files = optimized.get(name)
+        clustered = files.get("clustered") if files else None
+        table.add_row(name, ", ".join(retention["deleted"].get(name, [])) or "-",
+                      f"{files['files_before']:,}" if files else "-", f"{files['files_after']:,}" if files else "-",
+                      ("-" if clustered is None else ", ".join(clustered) or "none new"),
+                      f"{stages['vacuum']['deleted_files'][name]:,}", str(version))
+    kept = retention["kept"]
+    parts: list[RenderableType] = [
+        Text(f"segscale maintain {summary['status']}: run {summary['run_id']}", style="bold"), _stages(stages),
+        Text(f"snapshots kept: {len(kept)}" + (f" ({kept[0]} to {kept[-1]})" if kept else "")), table]
+    if summary.get("warnings"):
+        parts.append(_warnings(summary["warnings"]))
+    return Group(*_spaced(parts))
+
+
+def registration_view(database: str, locations: dict[str, str], outcome: dict[str, str]) -> Table:
+    """What `segscale catalog` registered: each table's name in the metastore, its location, and whether it was
+    registered now, kept, or moved from another location."""
+    table = _table(f"{len(outcome)} tables in database {database}", "table", "location", "")
+    for name, status in outcome.items():
+        table.add_row(f"{database}.{name}", locations[name], status)
+    return table
+
+
+def _warnings(warnings: list[str]) -> Text:
+    return Text("\n".join([f"warnings ({len(warnings)})", *(f"  - {w}" for w in warnings)]), style="yellow")
 
 
 def _spaced(parts: list[RenderableType]) -> list[RenderableType]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from pyspark.sql import DataFrame, SparkSession
 
-from segscale.catalog import RUNS
+from segscale.catalog import RUNS, TABLES, Table
 from segscale.config import Settings
 from segscale.errors import InputError
 from segscale.io.delta import DeltaStore, Warehouse, open_table
@@ -43,7 +43,7 @@ GRAPHS: dict[str, Graph] = {graph.command: graph for graph in (
         Stage(s.migration),
     )),
     Graph("plan", (Stage(s.published_scores, "scores"), Stage(s.plan))),
-    Graph("score", (Stage(s.rescore, "scores"), Stage(s.plan_if_scored)), given=("churn_version",)),
+    Graph("score", (Stage(s.rescore, "scores"), Stage(s.plan)), given=("churn_version",)),
     Graph("train", (
         Stage(s.every_model_to_train, "models"), Stage(s.ingest, "inputs"), Stage(s.check_inputs, "validated"),
         Stage(s.compute_features, "features"), Stage(s.train_every_model, "models"),
@@ -144,6 +144,131 @@ def backfill(spark: SparkSession, settings: Settings, dates: list[dt.date], *, f
         if outcome["status"] == "published":
             check(summary)
     return outcomes
+
+
+# ---- maintenance -------------------------------------------------------------------------------------------------
+# Commits that change no row: a table whose commits since the newest completed run are all of these is as readers
+# see it.
+NO_DATA_CHANGE = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END"})
+SNAPSHOT_TABLES = tuple(t for t in TABLES if t.partition_by == ("snapshot_date",))
+
+
+@dataclass(frozen=True)
+class RetentionRecord:
+    kept: list[str]  # the snapshots the retention rules keep
+    deleted: dict[str, list[str]]  # per table, the snapshots a commit deleted
+    held: dict[str, str]  # the tables left alone, and why
+
+
+@dataclass(frozen=True)
+class OptimizeRecord:
+    # per table: files before and after, and the snapshots Z-ordered (absent: the files were only compacted)
+    tables: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class VacuumRecord:
+    deleted_files: dict[str, int]
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    versions: dict[str, int]
+
+
+def maintain(spark: SparkSession, settings: Settings, run: Run | None = None) -> dict[str, Any]:
+    """Maintain every published table, as one recorded run whose table versions readers then see: delete the
+    snapshots the retention rules (`maintenance`) no longer keep, compact small files and Z-order the partitions of
+    clustered tables written since the last maintenance, vacuum (keeping what the newest `maintenance.keep_runs`
+    completed runs recorded) and write a checkpoint. A table holding commits of a run that did not complete is
+    neither pruned nor rewritten (that would publish them), only vacuumed and checkpointed."""
+    run = run or Run("maintain", settings)
+    with run.bind(spark).recorded():
+        warehouse = run.warehouse
+        tables = [t for t in TABLES if warehouse.exists(t)]
+        visible = warehouse.published_versions()
+        held = {t.name: why for t in tables if (why := _unpublished_commits(warehouse, t, visible))}
+        for name, why in held.items():
+            run.warn(f"{name} left unpruned and uncompacted: {why}")
+        free = [t for t in tables if t.name not in held]
+        _apply_retention(run, [t for t in free if t in SNAPSHOT_TABLES], tables, held)
+        _optimize(run, free)
+        with run.stage("vacuum") as stage:
+            stage.record = VacuumRecord({t.name: len(warehouse.vacuum(t, keep_runs=settings.maintenance.keep_runs))
+                                         for t in tables})
+        with run.stage("checkpoint") as stage:
+            stage.record = CheckpointRecord({t.name: warehouse.checkpoint(t) for t in tables})
+    return run.summary("succeeded")
+
+
+def expired_snapshots(snapshots: Sequence[str], keep_snapshots: int | None, keep_days: int | None) -> list[str]:
+    """The snapshots (ISO dates) no retention rule keeps: neither among the newest `keep_snapshots` nor within
+    `keep_days` days of the newest. None when no rule is set."""
+    if keep_snapshots is None and keep_days is None:
+        return []
+    ordered = sorted(set(snapshots))
+    kept = set(ordered[-keep_snapshots:]) if keep_snapshots else set()
+    if keep_days is not None and ordered:
+        newest = dt.date.fromisoformat(ordered[-1])
+        kept |= {day for day in ordered if (newest - dt.date.fromisoformat(day)).days <= keep_days}
+    return [day for day in ordered if day not in kept]
+
+
+def _unpublished_commits(warehouse: Warehouse, table: Table, visible: dict[str, int] | None) -> str | None:
+    """Why `table` must not be rewritten: it has commits no completed run published (None: it has none)."""
+    if visible is None or table is RUNS:
+        return None
+    if table.name not in visible:
+        return "no completed run has published it yet"
+    newer = warehouse.store.version(warehouse.uri(table)) - visible[table.name]
+    unpublished = [v for v in warehouse.history(table, newer) if v.operation not in NO_DATA_CHANGE] if newer else []
+    if not unpublished:
+        return None
+    runs = sorted({str(v.metadata.get("run_id", "unknown")) for v in unpublished})
+    return (f"versions {', '.join(str(v.version) for v in reversed(unpublished))} hold commits of runs that did not "
+            f"complete ({', '.join(runs)}); the next completed run publishes them, then maintain can prune it")
+
+
+def _apply_retention(run: Run, tables: list[Table], every_table: list[Table], held: dict[str, str]) -> None:
+    warehouse, policy = run.warehouse, run.settings.maintenance
+    with run.stage("retention") as stage:
+        present = {t.name: warehouse.partition_values(t, "snapshot_date") for t in every_table
+                   if t in SNAPSHOT_TABLES}
+        expired = expired_snapshots([day for days in present.values() for day in days], policy.keep_snapshots,
+                                    policy.keep_days)
+        deleted = {}
+        for table in tables:
+            gone = [day for day in present[table.name] if day in expired]
+            if gone:
+                warehouse.delete_snapshots(table, gone, run.meta(stage.name, deleted_snapshots=gone))
+                deleted[table.name] = gone
+        kept = sorted({day for days in present.values() for day in days} - set(expired))
+        stage.record = RetentionRecord(kept, deleted, held)
+
+
+def _optimize(run: Run, tables: list[Table]) -> None:
+    """Compact every table; Z-order the snapshots of a clustered table that gained files since the last maintain
+    run (every snapshot the first time)."""
+    warehouse = run.warehouse
+    target = int(run.settings.maintenance.target_file_mb * 2**20)
+    maintained = (warehouse.recorded_versions("maintain") or [{}])[-1]
+    with run.stage("optimize") as stage:
+        done = {}
+        for table in tables:
+            files = {"files_before": warehouse.file_count(table)}
+            if table.cluster_by:
+                since = maintained.get(table.name)
+                snapshots = warehouse.snapshots_added_since(table, since) if since is not None else None
+                if snapshots is None:
+                    snapshots = warehouse.partition_values(table, "snapshot_date")
+                if snapshots:
+                    warehouse.optimize(table, run.meta(stage.name, cluster_by=list(table.cluster_by),
+                                                       snapshots=snapshots), target, snapshots)
+                files["clustered"] = snapshots
+            else:
+                warehouse.optimize(table, run.meta(stage.name), target)
+            done[table.name] = {**files, "files_after": warehouse.file_count(table)}
+        stage.record = OptimizeRecord(done)
 
 
 # ---- synthetic inputs --------------------------------------------------------------------------------------------

@@ -162,13 +162,18 @@ class Run:
             extra=extra,
         )
 
-    def publish(self, stage: StageRecord, table: Table, df: DataFrame, *, model_version: str | None = None,
-                **extra: Any) -> Published:
-        """Replace the snapshot's partition of `table` with `df` in one commit, recorded on `stage`."""
-        result = self.warehouse.write(table, df, partition={"snapshot_date": self.snapshot_date},
-                                      meta=self.meta(stage.name, model_version, **extra))
-        stage.published[table.name] = Published(result.rows, result.version)
-        return stage.published[table.name]
+    def publish(self, stage: StageRecord, table: Table, df: DataFrame, *, snapshot_date: dt.date | None = None,
+                model_version: str | None = None, **extra: Any) -> Published:
+        """Replace the run's snapshot's partition of `table` with `df` in one commit, recorded on `stage`; or, with
+        `snapshot_date`, another snapshot's partition (its commit names that snapshot; the stage's own record says
+        what it was)."""
+        day = snapshot_date or self.snapshot_date
+        meta = dataclasses.replace(self.meta(stage.name, model_version, **extra), snapshot_date=day.isoformat())
+        result = self.warehouse.write(table, df, partition={"snapshot_date": day}, meta=meta)
+        published = Published(result.rows, result.version)
+        if day == self.snapshot_date:
+            stage.published[table.name] = published
+        return published
 
     def published(self, table: Table) -> bool:
         """Whether a stage of this run published `table`."""

@@ -16,6 +16,7 @@ from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
 from segscale.catalog import (
+    CUSTOMER_ATTRIBUTES,
     CUSTOMER_FEATURES,
     CUSTOMER_SCORES,
     QUARANTINE,
@@ -30,9 +31,14 @@ from segscale.models.all import MODELS
 from segscale.models.base import Model, TrainingData
 from segscale.models.churn import CHURN_COLUMNS, RISK_BANDS
 from segscale.models.registry import ScoringModel, require_inputs
-from segscale.pipeline.context import ModelOutcome, Run
+from segscale.pipeline.context import ModelOutcome, Published, Run
 from segscale.transforms.conform import InputTables
-from segscale.transforms.features import FEATURE_TYPES, customer_features, filter_signed_up_by
+from segscale.transforms.features import (
+    FEATURE_TYPES,
+    customer_attributes,
+    customer_features,
+    filter_signed_up_by,
+)
 from segscale.transforms.migration import segment_migration
 from segscale.transforms.plan import (
     PLAN_METRICS,
@@ -79,9 +85,11 @@ class ModelSet:
 
 @dataclass(frozen=True)
 class Features:
-    """The snapshot's features: computed from the validated inputs, or read from the published table."""
+    """The snapshot's features: computed from the validated inputs (with the customers' attributes, published
+    beside them), or read from the published table."""
 
     df: DataFrame
+    attributes: DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,12 @@ class SegmentRecord(ScoreRecord):
 
 @dataclass(frozen=True)
 class MigrationRecord:
+    """The snapshot this one is compared with, and the next later snapshot, whose migration (from this one) the
+    stage published again, with its commit."""
+
     previous_snapshot: str | None
+    next_snapshot: str | None = None
+    next_published: Published | None = None
 
 
 @dataclass(frozen=True)
@@ -280,13 +293,16 @@ def compute_features(run: Run, validated: Validated) -> Features:
     settings = run.settings
     customers_df = validated.customers.transform(filter_signed_up_by, run.snapshot_date)
     return Features(customer_features(customers_df, validated.transactions, validated.interactions,
-                                      run.snapshot_date, settings.features, settings.rfm.lookback_days))
+                                      run.snapshot_date, settings.features, settings.rfm.lookback_days),
+                    customer_attributes(customers_df, run.snapshot_date, run.run_id))
 
 
 def publish_features(run: Run, features: Features) -> Features:
-    """Publish customer_features; later stages read the published rows, never the events again."""
+    """Publish customer_features and customer_attributes; later stages read the published rows, never the events
+    again."""
     with run.stage("features") as stage:
         run.publish(stage, CUSTOMER_FEATURES, features.df)
+        run.publish(stage, CUSTOMER_ATTRIBUTES, features.attributes)
     run.release(features.df)
     return Features(run.snapshot_of(CUSTOMER_FEATURES))
 
@@ -411,18 +427,26 @@ def _clv_by_tier() -> list[Column]:
 
 
 def migration(run: Run, scores: Scores) -> None:
-    """Customers moving between (value tier, lifecycle stage) since the previous snapshot."""
-    warehouse = run.warehouse
+    """Customers moving between (value tier, lifecycle stage) since the previous snapshot; and, when a later
+    snapshot is published, its migration again, from this snapshot's new scores (a rerun or backfill of an older
+    snapshot would otherwise leave the next one compared with scores that are no longer published)."""
     with run.stage("migration") as stage:
-        previous = [d for d in warehouse.partition_values(CUSTOMER_SCORES, "snapshot_date")
-                    if d < run.snapshot_date.isoformat()]
-        stage.record = MigrationRecord(previous[-1] if previous else None)
-        if not previous:
-            return
-        previous_date = dt.date.fromisoformat(previous[-1])
-        migration_df = segment_migration(run.snapshot_of(CUSTOMER_SCORES, previous_date), scores.df,
-                                         previous_date, run.snapshot_date, run.run_id)
-        run.publish(stage, SEGMENT_MIGRATION, migration_df)
+        day = run.snapshot_date.isoformat()
+        snapshots = run.warehouse.partition_values(CUSTOMER_SCORES, "snapshot_date")
+        previous, later = [d for d in snapshots if d < day], [d for d in snapshots if d > day]
+        if previous:
+            previous_date = dt.date.fromisoformat(previous[-1])
+            run.publish(stage, SEGMENT_MIGRATION, segment_migration(
+                run.snapshot_of(CUSTOMER_SCORES, previous_date), scores.df, previous_date, run.snapshot_date,
+                run.run_id))
+        next_published = None
+        if later:
+            next_date = dt.date.fromisoformat(later[0])
+            next_published = run.publish(stage, SEGMENT_MIGRATION, segment_migration(
+                scores.df, run.snapshot_of(CUSTOMER_SCORES, next_date), run.snapshot_date, next_date, run.run_id),
+                snapshot_date=next_date)
+        stage.record = MigrationRecord(previous[-1] if previous else None, later[0] if later else None,
+                                       next_published)
 
 
 # ---- the plan ----------------------------------------------------------------------------------------------------
@@ -459,12 +483,6 @@ def plan(run: Run, scores: Scores) -> None:
             "tiers": {row["value_tier"]: {k: row[k] for k in ("treatment", "scored_customers", *PLAN_METRICS,
                                                                "share_of_budget", "roi")} for row in rows},
         })
-
-
-def plan_if_scored(run: Run, scores: Scores) -> None:
-    """After a rescore, rebuild the plan (it ranks by churn probability) when CLV is enabled."""
-    if run.settings.clv.enabled:
-        plan(run, scores)
 
 
 def _why_no_plan(run: Run) -> str:

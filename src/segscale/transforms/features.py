@@ -84,6 +84,14 @@ def filter_signed_up_by(customers_df: DataFrame, snapshot_date: dt.date) -> Data
     return customers_df.where(F.col("signup_date") <= F.lit(snapshot_date))
 
 
+def customer_attributes(customers_df: DataFrame, snapshot_date: dt.date, run_id: str) -> DataFrame:
+    """customer_attributes: what the input says about each customer of the snapshot's population."""
+    return customers_df.select(
+        "customer_id", F.lit(snapshot_date).alias("snapshot_date"), "signup_date",
+        F.date_format("signup_date", "yyyy-MM").alias("signup_cohort"), "region", "city_tier", "channel",
+        F.lit(run_id).alias("run_id"))
+
+
 def utc_day(ts: Column) -> Column:
     """Days since 1970-01-01 of the UTC calendar day of `ts`, whatever the session time zone."""
     return F.floor(F.unix_seconds(ts) / F.lit(SECONDS_PER_DAY)).cast(T.IntegerType())

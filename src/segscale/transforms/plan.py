@@ -131,8 +131,9 @@ def scored_by_tier(scores_df: DataFrame) -> dict[str, int]:
 def summary_rows(observed: dict[str, Any], scored: dict[str, int], settings: RetentionSettings,
                  note: str | None = None) -> list[dict[str, Any]]:
     """retention_summary's figures per tier, from the observed plan counters: share of the budget spent and ROI
-    (expected saved value, already net of cost, per unit spent; null without spend), and `note`: why the plan is
-    empty, if it is for a reason other than the budget."""
+    (expected saved value, already net of cost, per currency unit spent, the spend counted as at least one unit:
+    defined for free treatments, 0 for a tier nobody in is targeted), and `note`: why the plan is empty, if it is
+    for a reason other than the budget."""
     budget = settings.budget
     rows = []
     for tier in VALUE_TIERS:
@@ -141,7 +142,7 @@ def summary_rows(observed: dict[str, Any], scored: dict[str, int], settings: Ret
             "value_tier": tier, "treatment": getattr(settings.treatments, tier).name,
             "scored_customers": scored.get(tier, 0), **figures, "budget": budget,
             "share_of_budget": figures["spend"] / budget if budget > 0 else None,
-            "roi": figures["expected_saved_value"] / figures["spend"] if figures["spend"] > 0 else None,
+            "roi": figures["expected_saved_value"] / max(figures["spend"], 1.0),
             "note": note,
         })
     return rows

@@ -12,13 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from segscale import __version__
-from segscale.errors import SchemaMismatchError, SegscaleError, TableNotFoundError
+from segscale.errors import SchemaMismatchError, SegscaleError, TableNotFoundError, raise_if_storage_unreachable
 
 WriteMode = Literal["create", "append", "overwrite", "replace_partition"]
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
@@ -55,6 +56,15 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
+class Optimized:
+    """What a compaction or clustering did: the version it left (unchanged when there was nothing to do)."""
+
+    version: int
+    files_added: int
+    files_removed: int
+
+
+@dataclass(frozen=True)
 class TableVersion:
     version: int
     timestamp: dt.datetime
@@ -73,22 +83,36 @@ def absolute_uri(location: str) -> str:
 
 
 def open_table(uri: str, version: int | None = None, timestamp: str | dt.datetime | None = None) -> DeltaTable:
+    """The table at `uri` (at `version`, or as of `timestamp`). TableNotFoundError when there is no such table or
+    version; StorageError (exit 3) when the storage refused the read or could not be reached."""
     try:
         table = DeltaTable(uri, version=version)
-    except DeltaTableNotFound:
+    except DeltaTableNotFound as exc:  # also a local path delta-rs may not read
+        raise_if_storage_unreachable(exc, uri)
         raise TableNotFoundError(f"no Delta table at {uri}") from None
     except Exception as exc:  # delta-rs reports a missing version as a generic error
+        raise_if_storage_unreachable(exc, uri)
         raise TableNotFoundError(f"cannot open version {version} of {uri}: {exc}") from None
     if timestamp is not None:
         try:
             table.load_as_version(timestamp)
         except Exception as exc:
+            raise_if_storage_unreachable(exc, uri)
             raise TableNotFoundError(f"{uri} has no version as of {timestamp}: {exc}") from None
     return table
 
 
+def is_table(uri: str) -> bool:
+    """Whether a Delta table is at `uri`; StorageError (exit 3) when the storage refused or could not be reached."""
+    try:
+        return DeltaTable.is_deltatable(uri)
+    except OSError as exc:
+        raise_if_storage_unreachable(exc, uri)
+        raise
+
+
 def open_if_exists(uri: str) -> DeltaTable | None:
-    return open_table(uri) if DeltaTable.is_deltatable(uri) else None
+    return open_table(uri) if is_table(uri) else None
 
 
 def spark_schema(table: DeltaTable) -> T.StructType:
@@ -142,6 +166,32 @@ def history(uri: str, limit: int | None = None) -> list[TableVersion]:
 def partition_values(uri: str, column: str) -> list[str]:
     """The values of a partition column present in the current version, from the log (no data read)."""
     return sorted({p[column] for p in open_table(absolute_uri(uri)).partitions() if p.get(column) is not None})
+
+
+def partitions_added_since(uri: str, version: int, column: str) -> list[str] | None:
+    """The values of partition `column` holding a data file the current version has and `version` had not (from
+    the log alone), or None when `version` can no longer be loaded (its log entries expired)."""
+    current = open_table(uri)
+    try:
+        before = open_table(uri, version)
+    except TableNotFoundError:
+        return None
+    known = set(pa.table(before.get_add_actions()).column("path").to_pylist())
+    added = pa.table(current.get_add_actions(flatten=True)).select(["path", f"partition.{column}"]).to_pylist()
+    return sorted({str(row[f"partition.{column}"]) for row in added if row["path"] not in known})
+
+
+def file_count(uri: str) -> int:
+    """The number of data files in the current version."""
+    return len(open_table(uri).file_uris())
+
+
+def checkpoint(uri: str) -> int:
+    """Write a checkpoint of the current version (readers then replay the log from it); returns that version. A
+    classic Parquet checkpoint, which every Delta reader of the pinned protocol reads."""
+    table = open_table(uri)
+    table.create_checkpoint()
+    return table.version()
 
 
 # ---- schema checks ------------------------------------------------------------------------------------------
@@ -213,6 +263,13 @@ def partition_string(value: Any) -> str | None:
     if not SAFE_PARTITION_VALUE.match(text):
         raise ValueError(f"partition value {text!r} must match {SAFE_PARTITION_VALUE.pattern}")
     return text
+
+
+def in_condition(values: Mapping[str, Sequence[Any]]) -> str:
+    """`column IN ('a', 'b') AND ...`, an SQL condition on partition columns that Spark and delta-rs both take
+    (each value checked by `partition_string`)."""
+    return " AND ".join(f"{column} IN ({', '.join(repr(partition_string(v)) for v in vs)})"
+                        for column, vs in values.items())
 
 
 def partition_dir(columns: tuple[str, ...], key: tuple[str | None, ...]) -> str:

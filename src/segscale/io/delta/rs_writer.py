@@ -9,7 +9,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import DeltaTable, Field
+from deltalake import DeltaTable, Field, WriterProperties
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
@@ -30,6 +30,7 @@ from segscale.errors import WriteConflictError, WriteFailedError, describe_excep
 from segscale.io.delta.log import (
     TABLE_PROPERTIES,
     CommitMetadata,
+    Optimized,
     WriteMode,
     WriteResult,
     open_table,
@@ -39,6 +40,8 @@ from segscale.io.delta.log import (
 from segscale.io.delta.stats import FileStats
 
 log = logging.getLogger(__name__)
+# delta-rs' names of the codecs `delta.compression` offers.
+_PARQUET_CODECS = {"snappy": "SNAPPY", "zstd": "ZSTD", "gzip": "GZIP", "none": "UNCOMPRESSED"}
 
 # What each executor task returns per data file it wrote: metadata only, never rows.
 FILE_SCHEMA = T.StructType([
@@ -84,15 +87,13 @@ def write(uri: str, df: DataFrame, mode: WriteMode, meta: CommitMetadata, partit
         for row in files
     ]
     schema = DeltaSchema.from_arrow(nullable(arrow_schema))
-    props = CommitProperties(custom_metadata={"userMetadata": meta.to_json()},
-                             max_commit_retries=settings.max_commit_retries)
+    props = _commit_properties(meta, settings.max_commit_retries)
     before_commit(uri, write_id)
     try:
         if table is None:
             # No retry for a create: delta-rs would retry a lost race for version 0 as version 1, so
             # both writers' rows would land.
-            create_props = CommitProperties(custom_metadata={"userMetadata": meta.to_json()},
-                                            max_commit_retries=0)
+            create_props = _commit_properties(meta, max_commit_retries=0)
             create_table_with_add_actions(uri, schema, adds, mode="error", partition_by=partition_by or None,
                                           configuration=TABLE_PROPERTIES, commit_properties=create_props)
         else:
@@ -239,3 +240,31 @@ class DataFile:
 
 def before_commit(uri: str, write_id: str) -> None:
     """A seam between the data files' write and the commit: tests replace it to inject faults and races."""
+
+
+# ---- maintenance -------------------------------------------------------------------------------------------------
+def optimize(table: DeltaTable, meta: CommitMetadata, cluster_by: Sequence[str],
+             only: Mapping[str, Sequence[str]] | None, target_bytes: int, settings: DeltaSettings) -> Optimized:
+    """Compact the table's small files into files of about `target_bytes`, or Z-order them by `cluster_by`, in the
+    partitions `only` names (all when None), as one commit (none when there is nothing to do)."""
+    options: dict[str, Any] = {
+        "target_size": target_bytes,
+        "writer_properties": WriterProperties(compression=_PARQUET_CODECS[settings.compression],
+                                              max_row_group_size=settings.row_group_rows),
+        "commit_properties": _commit_properties(meta),
+    }
+    if only is not None:
+        options["partition_filters"] = [(column, "in", list(values)) for column, values in only.items()]
+    metrics = table.optimize.z_order(list(cluster_by), **options) if cluster_by else table.optimize.compact(**options)
+    return Optimized(table.version(), metrics["numFilesAdded"], metrics["numFilesRemoved"])
+
+
+def delete(table: DeltaTable, predicate: str, meta: CommitMetadata) -> int:
+    """Delete the rows `predicate` (an SQL condition on partition columns) selects, as one commit: whole files are
+    removed from the log, none rewritten. Returns the version."""
+    table.delete(predicate, commit_properties=_commit_properties(meta))
+    return table.version()
+
+
+def _commit_properties(meta: CommitMetadata, max_commit_retries: int | None = None) -> CommitProperties:
+    return CommitProperties(custom_metadata={"userMetadata": meta.to_json()}, max_commit_retries=max_commit_retries)

@@ -20,11 +20,19 @@ from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from segscale.catalog import RUNS, Table
+from segscale.catalog import RUNS, TABLES, Table
 from segscale.config import DeltaSettings
 from segscale.errors import ConfigError, InputError, SegscaleError
 from segscale.io.delta import log, rs_writer, spark_writer
-from segscale.io.delta.log import CommitMetadata, TableVersion, WriteMode, WriteResult, absolute_uri, open_table
+from segscale.io.delta.log import (
+    CommitMetadata,
+    Optimized,
+    TableVersion,
+    WriteMode,
+    WriteResult,
+    absolute_uri,
+    open_table,
+)
 from segscale.session import DELTA_CATALOG, DELTA_EXTENSION, delta_package, has_delta_extension
 
 Backend = Literal["delta-rs", "delta-spark"]
@@ -41,7 +49,7 @@ class DeltaStore:
 
     # ---- reads -------------------------------------------------------------------------------------------
     def exists(self, uri: str) -> bool:
-        return DeltaTable.is_deltatable(absolute_uri(uri))
+        return log.is_table(absolute_uri(uri))
 
     def version(self, uri: str) -> int:
         return open_table(absolute_uri(uri)).version()
@@ -96,14 +104,39 @@ class DeltaStore:
         return rs_writer.write(uri, df, mode, meta, list(partition_by), replace, table, new_columns,
                                self.settings)
 
-    def vacuum(self, uri: str, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
-        """Delete data files no version within the retention window needs, including orphans of failed writes."""
+    # ---- maintenance -------------------------------------------------------------------------------------
+    def optimize(self, uri: str, meta: CommitMetadata, *, target_bytes: int, cluster_by: Sequence[str] = (),
+                 only: Mapping[str, Sequence[str]] | None = None) -> Optimized:
+        """Compact small files into files of about `target_bytes`, or Z-order them by `cluster_by`, within the
+        partitions `only` names (every partition when None): one commit that changes no row, or none when there
+        is nothing to do."""
+        uri = absolute_uri(uri)
+        if self.backend == "delta-spark":
+            return spark_writer.optimize(self.spark, uri, meta, cluster_by, only, target_bytes)
+        return rs_writer.optimize(open_table(uri), meta, cluster_by, only, target_bytes, self.settings)
+
+    def delete_partitions(self, uri: str, partitions: Mapping[str, Sequence[Any]], meta: CommitMetadata) -> int:
+        """Delete the partitions named (`{"snapshot_date": [...]}`) in one commit; their files stay on storage,
+        for the versions before it, until vacuum. Returns the new version."""
+        uri = absolute_uri(uri)
+        condition = log.in_condition(partitions)
+        if self.backend == "delta-spark":
+            return spark_writer.delete(self.spark, uri, condition, meta)
+        return rs_writer.delete(open_table(uri), condition, meta)
+
+    def checkpoint(self, uri: str) -> int:
+        return log.checkpoint(absolute_uri(uri))
+
+    def vacuum(self, uri: str, retention_hours: float | None = None, dry_run: bool = False,
+               keep_versions: Sequence[int] = ()) -> list[str]:
+        """Delete data files no version within the retention window needs, nor any of `keep_versions`, including
+        orphans of failed writes."""
         hours = self.settings.vacuum_retention_hours if retention_hours is None else retention_hours
         table = open_table(absolute_uri(uri))
         # full=True also lists files never committed (those of failed writes), not only removed ones; the
         # retention window protects files that an in-flight write has not committed yet.
         return table.vacuum(retention_hours=math.ceil(hours), dry_run=dry_run, enforce_retention_duration=False,
-                            full=True)
+                            full=True, keep_versions=sorted(set(keep_versions)) or None)
 
 
 class Warehouse:
@@ -165,6 +198,11 @@ class Warehouse:
             rows = earlier
         return json.loads(rows[-1]["table_versions"]) if rows else None
 
+    def recorded_versions(self, command: str | None = None) -> list[dict[str, int]]:
+        """What each succeeded run (of `command`, or any) recorded in `runs.table_versions`, oldest first."""
+        return [json.loads(r["table_versions"]) for r in self._recorded_runs()
+                if command is None or r["command"] == command]
+
     def _recorded_runs(self) -> list[dict[str, Any]]:
         """The succeeded runs that recorded table versions, oldest first."""
         if not self.exists(RUNS):
@@ -173,7 +211,7 @@ class Warehouse:
         if "table_versions" not in runs.schema().to_arrow().names:
             return []
         rows = runs.to_pyarrow_dataset().to_table(
-            columns=["run_id", "finished_at", "table_versions"],
+            columns=["run_id", "command", "finished_at", "table_versions"],
             filter=(pads.field("status") == "succeeded") & pads.field("table_versions").is_valid()).to_pylist()
         return sorted(rows, key=lambda r: r["finished_at"])
 
@@ -183,8 +221,71 @@ class Warehouse:
     def partition_values(self, table: Table, column: str) -> list[str]:
         return self.store.partition_values(self.uri(table), column)
 
-    def vacuum(self, table: Table, retention_hours: float | None = None, dry_run: bool = False) -> list[str]:
-        return self.store.vacuum(self.uri(table), retention_hours, dry_run)
+    # ---- the metastore -----------------------------------------------------------------------------------
+    def register(self, database: str) -> dict[str, str]:
+        """Register every published table as an external Delta table `database.name` in the Spark session's
+        catalog (its metastore), at this warehouse's location: name -> `registered` (new), `kept` (already
+        there), or `moved` (it pointed elsewhere: re-registered; an external table's files are never touched).
+        A managed table of the same name is refused: dropping it would delete its data."""
+        spark = self.store.spark
+        if not has_delta_extension(spark):
+            raise ConfigError(f"registering Delta tables needs the Delta extension in the Spark session: give "
+                              f"spark-submit --packages {delta_package()} --conf spark.sql.extensions="
+                              f"{DELTA_EXTENSION} --conf spark.sql.catalog.spark_catalog={DELTA_CATALOG}")
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}` COMMENT 'segscale: the tables published under "
+                  f"{self.root}'")
+        outcome = {}
+        for table in TABLES:
+            if not self.exists(table):
+                continue
+            name, uri = f"`{database}`.`{table.name}`", self.uri(table)
+            outcome[table.name] = "registered"
+            if spark.catalog.tableExists(f"{database}.{table.name}"):
+                described = {row.col_name: row.data_type for row in spark.sql(f"DESCRIBE TABLE EXTENDED {name}")
+                             .collect()}  # small: one row per column and property
+                if described.get("Type") == "MANAGED":
+                    raise InputError(f"{database}.{table.name} is a managed table in the metastore, not segscale's: "
+                                     f"drop or rename it, or register into another catalog.database")
+                if absolute_uri(described.get("Location", "").removeprefix("file:")) == uri:
+                    outcome[table.name] = "kept"
+                    continue
+                spark.sql(f"DROP TABLE {name}")
+                outcome[table.name] = "moved"
+            spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION '{uri}'")
+        return outcome
+
+    # ---- maintenance -------------------------------------------------------------------------------------
+    def optimize(self, table: Table, meta: CommitMetadata, target_bytes: int,
+                 snapshots: Sequence[str] | None = None) -> Optimized:
+        """Compact the table's files, or Z-order them when the table declares `cluster_by`, in the snapshots
+        named (every partition when None)."""
+        only = {table.partition_by[0]: snapshots} if snapshots is not None else None
+        result = self.store.optimize(self.uri(table), meta, target_bytes=target_bytes, cluster_by=table.cluster_by,
+                                     only=only)
+        self.seen[table.name] = result.version
+        return result
+
+    def delete_snapshots(self, table: Table, snapshots: Sequence[str], meta: CommitMetadata) -> int:
+        version = self.store.delete_partitions(self.uri(table), {"snapshot_date": snapshots}, meta)
+        self.seen[table.name] = version
+        return version
+
+    def checkpoint(self, table: Table) -> int:
+        return self.store.checkpoint(self.uri(table))
+
+    def file_count(self, table: Table) -> int:
+        return log.file_count(self.uri(table))
+
+    def snapshots_added_since(self, table: Table, version: int) -> list[str] | None:
+        """The snapshots that gained a data file since `version` (None: that version's log has expired)."""
+        return log.partitions_added_since(self.uri(table), version, "snapshot_date")
+
+    def vacuum(self, table: Table, retention_hours: float | None = None, dry_run: bool = False,
+               keep_runs: int = 0) -> list[str]:
+        """Vacuum the table, keeping also every version of it the newest `keep_runs` succeeded runs recorded."""
+        recent = self.recorded_versions()[-keep_runs:] if keep_runs else []
+        kept = [versions[table.name] for versions in recent if table.name in versions]
+        return self.store.vacuum(self.uri(table), retention_hours, dry_run, kept)
 
 
 # ---- backend choice, opening, reading -----------------------------------------------------------------------
