@@ -54,7 +54,7 @@ docs: $(STAMP)
 	$(PY) -m segscale.catalog --update docs
 
 # Not part of `make test`: the whole pipeline at 1M and 6M customers on each Delta backend, with DuckDB and plain
-# PySpark on the same files; about 70 minutes on 2 cores. Results: benchmarks/results/, docs/benchmarks.md. The component benchmarks
+# PySpark on the same files; about 90 minutes on 2 cores. Results: benchmarks/results/, docs/benchmarks.md. The component benchmarks
 # (bench_foundation, bench_features, bench_churn, bench_clv) run alone: see docs/benchmarks.md.
 bench: check-java $(STAMP)
 	$(PY) benchmarks/bench_pipeline.py --sizes 1000000,6000000

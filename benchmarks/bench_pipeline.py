@@ -18,7 +18,7 @@ Ratios within the run: time(6M) / time(1M), driver peak RSS 6M / 1M, segscale's 
 query, and the plain PySpark job against segscale's features + segment stages. Results:
 `benchmarks/results/<date>-pipeline.json`; summary in `docs/benchmarks.md`.
 
-    python benchmarks/bench_pipeline.py                      # 1M and 6M, about 70 minutes on 2 cores
+    python benchmarks/bench_pipeline.py                      # 1M and 6M, about 90 minutes on 2 cores
     python benchmarks/bench_pipeline.py --sizes 100000 --steps segscale   # a quick look
 """
 

@@ -625,9 +625,9 @@ def catalog_command(ctx: typer.Context, warehouse: TableWarehouse = None, config
     def job(spark: SparkSession, settings: Settings) -> int:
         if spark.conf.get("spark.sql.catalogImplementation", "in-memory") != "hive":
             log.warning("the Spark session's catalog is in memory: the tables are registered for this session only")
-        store = Warehouse(spark, settings.paths.warehouse, settings.delta)
-        registered = store.register(settings.metastore.database)
-        show(registration_view(settings.metastore.database, {name: store.uri(catalog.table(name))
+        published = Warehouse(spark, settings.paths.warehouse, settings.delta)
+        registered = published.register(settings.metastore.database)
+        show(registration_view(settings.metastore.database, {name: published.uri(catalog.table(name))
                                                               for name in registered}, registered))
         if embedded:
             print("\nquery them by name, e.g.:\n  " + shlex.join([

@@ -221,7 +221,7 @@ def _unpublished_commits(warehouse: Warehouse, table: Table, visible: dict[str, 
     if table.name not in visible:
         return "no completed run has published it yet"
     newer = warehouse.store.version(warehouse.uri(table)) - visible[table.name]
-    unpublished = [v for v in warehouse.history(table, newer) if v.operation not in NO_DATA_CHANGE] if newer else []
+    unpublished = [v for v in warehouse.history(table, newer) if v.operation not in NO_DATA_CHANGE] if newer > 0 else []
     if not unpublished:
         return None
     runs = sorted({str(v.metadata.get("run_id", "unknown")) for v in unpublished})

@@ -245,13 +245,14 @@ class Warehouse:
                              .collect()}  # small: one row per column and property
                 if described.get("Type") == "MANAGED":
                     raise InputError(f"{database}.{table.name} is a managed table in the metastore, not segscale's: "
-                                     f"drop or rename it, or register into another catalog.database")
+                                     f"drop or rename it, or register into another metastore.database")
                 if absolute_uri(described.get("Location", "").removeprefix("file:")) == uri:
                     outcome[table.name] = "kept"
                     continue
                 spark.sql(f"DROP TABLE {name}")
                 outcome[table.name] = "moved"
-            spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION '{uri}'")
+            location = uri.replace("\\", "\\\\").replace("'", "\\'")
+            spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION '{location}'")
         return outcome
 
     # ---- maintenance -------------------------------------------------------------------------------------
