@@ -591,7 +591,9 @@ def vacuum(
         if retention_hours is not None and retention_hours < 0:
             raise InputError("--retention-hours must not be negative")
         warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
-        files = warehouse.vacuum(catalog.table(table), retention_hours, dry_run, settings.maintenance.keep_runs)
+        entry = catalog.table(table)
+        kept = warehouse.versions_runs_read(settings.maintenance.keep_runs).get(entry.name, ())
+        files = warehouse.vacuum(entry, retention_hours, dry_run, kept)
         print(f"{'would delete' if dry_run else 'deleted'} {len(files)} files from {table}")
         for name in files:
             print(f"  {name}")

@@ -194,7 +194,8 @@ def maintain(spark: SparkSession, settings: Settings, run: Run | None = None) ->
         _apply_retention(run, [t for t in free if t in SNAPSHOT_TABLES], tables, held)
         _optimize(run, free)
         with run.stage("vacuum") as stage:
-            stage.record = VacuumRecord({t.name: len(warehouse.vacuum(t, keep_runs=settings.maintenance.keep_runs))
+            kept = warehouse.versions_runs_read(settings.maintenance.keep_runs)
+            stage.record = VacuumRecord({t.name: len(warehouse.vacuum(t, keep_versions=kept.get(t.name, ())))
                                          for t in tables})
         with run.stage("checkpoint") as stage:
             stage.record = CheckpointRecord({t.name: warehouse.checkpoint(t) for t in tables})

@@ -281,12 +281,19 @@ class Warehouse:
         """The snapshots that gained a data file since `version` (None: that version's log has expired)."""
         return log.partitions_added_since(self.uri(table), version, "snapshot_date")
 
+    def versions_runs_read(self, keep_runs: int) -> dict[str, list[int]]:
+        """Per table, the versions the newest `keep_runs` succeeded runs recorded: what vacuum keeps so that
+        `--run-id` of those runs still reads (one read of `runs` for every table)."""
+        kept: dict[str, list[int]] = {}
+        for versions in self.recorded_versions()[-keep_runs:] if keep_runs else []:
+            for name, version in versions.items():
+                kept.setdefault(name, []).append(version)
+        return kept
+
     def vacuum(self, table: Table, retention_hours: float | None = None, dry_run: bool = False,
-               keep_runs: int = 0) -> list[str]:
-        """Vacuum the table, keeping also every version of it the newest `keep_runs` succeeded runs recorded."""
-        recent = self.recorded_versions()[-keep_runs:] if keep_runs else []
-        kept = [versions[table.name] for versions in recent if table.name in versions]
-        return self.store.vacuum(self.uri(table), retention_hours, dry_run, kept)
+               keep_versions: Sequence[int] = ()) -> list[str]:
+        """Vacuum the table, keeping also the files of `keep_versions` (`versions_runs_read`)."""
+        return self.store.vacuum(self.uri(table), retention_hours, dry_run, keep_versions)
 
 
 # ---- backend choice, opening, reading -----------------------------------------------------------------------
