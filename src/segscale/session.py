@@ -86,7 +86,7 @@ def _embedded_session(settings: Settings, metastore: bool = False) -> SparkSessi
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(spark_cfg.log_level)
     if spark_cfg.log_level in ("WARN", "ERROR"):
-        _quiet_task_failure_logs(spark)
+        _silence(spark, TASK_FAILURE_LOGGERS + (METASTORE_LOGGERS if metastore else ()))
     log.info("embedded Spark %s on %s, %d shuffle partitions", spark.version, spark_cfg.master,
              shuffle_partitions)
     return spark
@@ -237,11 +237,18 @@ def has_delta_extension(spark: SparkSession) -> bool:
     return DELTA_EXTENSION in (spark.conf.get("spark.sql.extensions", "") or "")
 
 
-def _quiet_task_failure_logs(spark: SparkSession) -> None:
-    """Silence the loggers that print every failed task's Python traceback: segscale reports the cause itself
-    (set spark.log_level: INFO to see them)."""
+# Loggers that print every failed task's Python traceback: segscale reports the cause itself.
+TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager")
+# What the embedded Hive metastore says of every Delta table registered (it has no Hive SerDe, which is expected:
+# Hive itself never reads a Delta table) and of its own Hive settings, none of it something to act on.
+METASTORE_LOGGERS = ("org.apache.spark.sql.hive.HiveExternalCatalog", "org.apache.hadoop.hive.ql.session.SessionState",
+                     "org.apache.hadoop.hive.conf.HiveConf")
+
+
+def _silence(spark: SparkSession, loggers: tuple[str, ...]) -> None:
+    """Turn `loggers` off (set spark.log_level: INFO to see them)."""
     jvm = spark.sparkContext._jvm
     configurator = jvm.org.apache.logging.log4j.core.config.Configurator
     off = jvm.org.apache.logging.log4j.Level.OFF
-    for name in ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager"):
+    for name in loggers:
         configurator.setLevel(name, off)
