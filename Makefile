@@ -35,6 +35,7 @@ $(STAMP): pyproject.toml
 demo: check-java $(STAMP)
 	$(VENV)/bin/segscale generate --customers $(DEMO_CUSTOMERS) --seed 7 --dirty-rate 0.005 --out $(DEMO_DATA)
 	$(VENV)/bin/segscale run --input $(DEMO_DATA) --warehouse $(DEMO_WAREHOUSE) --snapshot-date $(DEMO_PREVIOUS)
+	$(VENV)/bin/segscale treat --input $(DEMO_DATA) --warehouse $(DEMO_WAREHOUSE) --snapshot-date $(DEMO_PREVIOUS)
 	$(VENV)/bin/segscale run --input $(DEMO_DATA) --warehouse $(DEMO_WAREHOUSE) --snapshot-date $(DEMO_SNAPSHOT)
 	$(VENV)/bin/segscale history customer_scores --warehouse $(DEMO_WAREHOUSE)
 	$(VENV)/bin/segscale report --warehouse $(DEMO_WAREHOUSE) --snapshot $(DEMO_SNAPSHOT) --out report.html
@@ -58,6 +59,7 @@ docs: $(STAMP)
 # (bench_foundation, bench_features, bench_churn, bench_clv) run alone: see docs/benchmarks.md.
 bench: check-java $(STAMP)
 	$(PY) benchmarks/bench_pipeline.py --sizes 1000000,6000000
+	$(PY) benchmarks/bench_retention.py --sizes 6000000
 
 wheel: $(STAMP)
 	$(PY) -m pip wheel --no-deps --wheel-dir dist .

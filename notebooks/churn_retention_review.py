@@ -122,7 +122,8 @@ summary[["value_tier", "treatment", "scored_customers", "candidates", "customers
 
 # %% [markdown]
 # ### What a different budget would buy
-# The plan ranks every candidate, so the saved value at any budget is a prefix of the same ranking.
+# The plan ranks every candidate, so the saved value at any budget is a prefix of the same ranking (of the
+# candidates whose lot is to be treated: the held-out ones cost nothing and save nothing; tier limits aside).
 
 # %%
 budget = float(summary["budget"].iloc[0])
@@ -130,7 +131,7 @@ budgets = sorted({budget * f for f in (0.25, 0.5, 1, 2, 4)})
 curve = pd.concat([sql(f"""
     SELECT {b} AS budget, count(*) AS customers, coalesce(sum(cost), 0) AS spend,
            coalesce(sum(expected_saved_value), 0) AS expected_saved_value
-    FROM retention_plan WHERE cumulative_cost <= {b}""", snapshot=SNAPSHOT) for b in budgets])
+    FROM retention_plan WHERE cumulative_cost <= {b} AND NOT held_out""", snapshot=SNAPSHOT) for b in budgets])
 curve.plot(x="budget", y="expected_saved_value", marker="o", figsize=(5, 3), legend=False,
            title="Expected saved value by budget")
 plt.show()
@@ -143,3 +144,19 @@ curve.round(0)
 sql("""SELECT priority_rank, customer_id, value_tier, lifecycle_stage, treatment, cost, churn_probability, clv,
               expected_saved_value FROM retention_plan WHERE selected ORDER BY priority_rank LIMIT 15""",
     snapshot=SNAPSHOT).round(3)
+
+# %% [markdown]
+# ## What the plans achieved
+# A plan is measured by the first run after its horizon: its treated group against its randomized control group
+# (`retention_outcomes`), and the uplift learned from it, which the next plans use.
+
+# %%
+measured = sql("SELECT * FROM retention_summary WHERE uplift_source = 'learned'")
+if measured.empty:
+    print("no plan measured yet: a plan is measured by the first run on or after its snapshot + churn.horizon_days")
+else:
+    outcomes = sql("""SELECT snapshot_date AS plan, value_tier, customers_treated, customers_controlled,
+                             incremental_retention, incremental_retention_low, incremental_retention_high,
+                             expected_incremental_retention, uplift_planned, learned_uplift
+                      FROM retention_outcomes ORDER BY plan, value_tier""")
+    display(outcomes.round(3))

@@ -75,7 +75,8 @@ class Table:
     """One published table. `write`: `replace_partition` replaces one partition (a snapshot) per commit, `append`
     adds rows. `key`: the columns that identify a row (empty when rows have no identity of their own).
     `cluster_by`: the columns `segscale maintain` Z-orders each partition's files by, so a lookup by them reads few
-    files (empty: the files are only compacted)."""
+    files (empty: the files are only compacted). `outlives_retention`: snapshot retention
+    (`maintenance.keep_snapshots`, `keep_days`) never deletes its rows."""
 
     name: str
     doc: str
@@ -88,6 +89,7 @@ class Table:
     commit_metadata: str
     notes: str = ""
     cluster_by: tuple[str, ...] = ()
+    outlives_retention: bool = False
 
     def __post_init__(self) -> None:
         names = self.column_names
@@ -455,8 +457,9 @@ SEGMENT_MIGRATION = Table(
 RETENTION_PLAN = Table(
     name="retention_plan",
     doc=('Every retention candidate of the snapshot, ranked by expected saved value per unit cost, with the ones '
-         "the budget covers selected; written by the plan stage from the snapshot's published `customer_scores` "
-         '(the plan to act on is `WHERE selected`; method: [docs/retention.md](retention.md)).'),
+         "the plan treats selected and its randomized control group; written by the plan stage from the snapshot's "
+         'published `customer_scores` (the plan to act on is `WHERE selected`; the control group, `WHERE '
+         "treatment_group = 'control'`, must be left untreated; method: [docs/retention.md](retention.md))."),
     columns=(
         Column("customer_id", "string", nullable=False,
                doc='the candidate. Never null'),
@@ -482,13 +485,27 @@ RETENTION_PLAN = Table(
                    'descending (free treatments first), then larger `expected_saved_value`, then `customer_id` '
                    'ascending; exact, computed by a distributed prefix count. Never null'),
         Column("cumulative_cost", "double", nullable=False,
-               doc='the cost of this candidate and of every candidate ranked before them, summed exactly to 1/10,000 '
-                   'of the currency. Never null'),
+               doc="the plan's spend up to and including this candidate: the cost of every candidate ranked at or "
+                   "before them who is drawn to be treated and whose tier still has budget and capacity, summed "
+                   'exactly to 1/10,000 of the currency (a control adds nothing). Never null'),
         Column("selected", "boolean", nullable=False,
-               doc='`cumulative_cost <= retention.budget`: the plan is the prefix of the ranking that fits the budget'
-                   ' (it does not skip ahead to cheaper candidates). Never null'),
+               doc="`treatment_group = 'treated'`: the customers to treat. The plan is the prefix of the ranking whose "
+                   '`cumulative_cost <= retention.budget` (it does not skip ahead to cheaper candidates), less the '
+                   "candidates of a tier past its own `budget` or `capacity` and the control group. Never null"),
         Column("run_id", "string", nullable=False,
                doc='the run that published the row. Never null'),
+        Column("treatment_group", "string", added=True,
+               doc="`treated`, `control` or `not selected`. Every candidate draws a lot from a hash of "
+                   '(`retention.holdout_seed`, `snapshot_date`, `customer_id`): with probability '
+                   '`retention.holdout_share` (default 0.10) the lot is control, the same in every tier, lifecycle '
+                   'stage and churn-risk decile and on every rerun. A candidate inside the plan (within the budget, '
+                   "and their tier's budget and capacity) is `treated` or `control` by their lot; a control costs "
+                   'nothing and is not counted against the capacity. Null in rows written by a segscale before the '
+                   'holdouts'),
+        Column("held_out", "boolean", added=True,
+               doc="the candidate's lot: true when it is control, whether or not the plan reached them (so a larger "
+                   "budget's plan is `NOT held_out AND cumulative_cost <= budget`, tier limits aside). Null in rows "
+                   'written by a segscale before the holdouts'),
     ),
     partition_by=("snapshot_date",),
     write="replace_partition",
@@ -502,9 +519,11 @@ RETENTION_PLAN = Table(
                 'plan of the snapshot stays behind, and `retention_summary.note` says why; `plan` alone stops '
                 'with exit 2 when a model is disabled.'),
     cadence=('every run of `run`, `plan` or `score` for a snapshot. `segscale segment` alone does not rebuild '
-             'it; a plan rerun with another `retention.budget` changes only `selected` (and `run_id`).'),
+             'it; a plan rerun with another `retention.budget` changes only `selected`, `treatment_group`, '
+             '`cumulative_cost` (and `run_id`): no customer changes lot.'),
     commit_metadata=('`run_id`, `stage` (`plan`), `config_hash`, `snapshot_date`, `package_version`, and '
-                     '`extra.budget` (`retention.budget`). No `model_version`.'),
+                     '`extra.budget`, `extra.holdout_share`, `extra.holdout_seed` (`retention.*`). No '
+                     '`model_version`.'),
     notes=('Candidates are the customers of `customer_scores` with both `churn_probability` and `clv` whose '
           "expected saved value is positive; the tier's treatment (name, cost, uplift) comes from "
           '`retention.treatments`.'),
@@ -529,7 +548,7 @@ RETENTION_SUMMARY = Table(
                doc="of those, the ones with positive expected saved value: the tier's rows of `retention_plan`. Never"
                    ' null (0)'),
         Column("customers_targeted", "long", nullable=False,
-               doc="the tier's selected candidates. Never null (0)"),
+               doc="the tier's selected (treated) candidates. Never null (0)"),
         Column("spend", "double", nullable=False,
                doc="total `cost` of the tier's selected candidates. Never null (0.0)"),
         Column("budget", "double", nullable=False,
@@ -553,6 +572,31 @@ RETENTION_SUMMARY = Table(
                    'model (...)`), or that nobody has a purchase. Null when there was something to plan (an empty '
                    'plan because of the budget has no note). A table written by an earlier segscale gains the column '
                    'at its next write, null in its earlier rows'),
+        Column("customers_controlled", "long", added=True,
+               doc="the tier's control group: candidates inside the plan whose lot kept them untreated. Null in rows "
+                   'written by a segscale before the holdouts'),
+        Column("tier_budget", "double", added=True,
+               doc="`retention.treatments.<tier>.budget`, the tier's own spending limit within the plan's. Null when "
+                   'the tier has none'),
+        Column("capacity", "long", added=True,
+               doc="`retention.treatments.<tier>.capacity`, the most customers the tier's treatment can take (one-to-"
+                   'one service: accounts per manager × managers). Null when the tier has none'),
+        Column("holdout_share", "double", added=True,
+               doc='`retention.holdout_share`, the probability of a control lot. Null in rows written by a segscale '
+                   'before the holdouts'),
+        Column("uplift", "double", added=True,
+               doc="the uplift the plan used for the tier's candidates: the configured one, or the one learned from "
+                   'measured plans (`uplift_source`). Null when the per-customer uplift model valued the candidates '
+                   '(`uplift_source` = `model`), and in rows written by a segscale before the learned uplift'),
+        Column("uplift_source", "string", added=True,
+               doc='`configured` (`retention.treatments.<tier>.uplift`: `retention.learn_uplift` is false, or no plan '
+                   "of the tier's treatment had been measured by this snapshot) or `learned` (the posterior median "
+                   'of [docs/retention.md](retention.md#learned-uplift)) or `model` (each candidate\'s own predicted '
+                   'incremental retention, from the `uplift_models` row of the plan\'s snapshot or the latest before '
+                   'it, with `retention.uplift_model`). Null in rows written before'),
+        Column("uplift_plans", "array<string>", added=True,
+               doc='the snapshots (ISO dates) of the measured plans a `learned` uplift pooled, or the uplift model '
+                   'was fitted on; empty for `configured`'),
     ),
     partition_by=("snapshot_date",),
     write="replace_partition",
@@ -564,6 +608,223 @@ RETENTION_SUMMARY = Table(
     cadence=('with `retention_plan`: every run of `run`, `plan` or `score` for a snapshot; three rows each time.'),
     commit_metadata=('`run_id`, `stage` (`plan`), `config_hash`, `snapshot_date`, `package_version`, and '
                      '`extra.budget` (`retention.budget`). No `model_version`.'),
+)
+
+RETENTION_OUTCOMES = Table(
+    name="retention_outcomes",
+    doc=('What each retention plan achieved, measured once its horizon had passed: per plan, value tier and '
+         'treatment, the treated group against the randomized control group (retention and net revenue over the '
+         'horizon, their differences with confidence intervals), what was spent, what the plan expected, and the '
+         'uplift learned so far (method: [docs/retention.md](retention.md#measured-outcomes)).'),
+    columns=(
+        Column("snapshot_date", "date", nullable=False,
+               doc="the plan's snapshot (the `retention_plan` partition measured). Never null"),
+        Column("value_tier", "string", nullable=False,
+               doc='`high_value`, `potential` or `regular`. Never null'),
+        Column("treatment", "string", nullable=False,
+               doc="the plan's treatment of the tier (`retention_plan.treatment`). Never null"),
+        Column("horizon_days", "int", nullable=False,
+               doc='`churn.horizon_days` when measured: the outcome window is (snapshot_date, horizon_end]. Never '
+                   'null'),
+        Column("horizon_end", "date", nullable=False,
+               doc='`snapshot_date + horizon_days`, the last day of the window. Never null'),
+        Column("measured_on", "date", nullable=False,
+               doc="the snapshot of the run that measured the plan, on or after `horizon_end` (never before: a "
+                   'window that has not ended is never measured). Never null'),
+        *alike("customers_treated customers_controlled", "long", nullable=False,
+               doc="the plan's `treated` and `control` groups of the tier (`retention_plan.treatment_group`): the "
+                   'groups are compared as assigned (intention to treat). Never null (0 when a group is empty)'),
+        *alike("treated_with_records controls_with_records", "long",
+               doc='of each group, the customers the `treatments` input records a treatment of for this plan: how '
+                   'much of the treated group was reached, and controls that were treated by mistake (which dilutes '
+                   'the measured effect). Null without a `treatments` table, or when the group is empty'),
+        *alike("retention_treated retention_control", "double",
+               doc="the group's share of customers with a purchase in the window (the complement of churn, as the "
+                   'churn labels define it). Null when the group is empty'),
+        Column("incremental_retention", "double",
+               doc='`retention_treated − retention_control`: the share of treated customers the treatment kept. Null '
+                   'unless both groups have customers'),
+        *alike("incremental_retention_low incremental_retention_high", "double",
+               doc="its confidence interval at `retention.confidence` (Newcombe's hybrid score interval). Null "
+                   'unless both groups have customers'),
+        Column("predicted_churn_control", "double",
+               doc="the control group's mean `churn_probability` at the plan, to set beside its measured churn "
+                   '(`1 − retention_control`): how well the churn model predicted the untreated. Null when the group '
+                   'is empty'),
+        Column("expected_incremental_retention", "double",
+               doc="what the plan expected: the treated group's mean of `uplift × churn_probability`. Null when the "
+                   'group is empty'),
+        Column("uplift_planned", "double",
+               doc="the uplift the plan used (`retention_summary.uplift`). Null for a plan published before it was "
+                   'recorded'),
+        Column("realized_uplift", "double",
+               doc='`incremental_retention / (1 − retention_control)`: the relative reduction of churn, what '
+                   '`uplift` means. Null unless both groups have customers and some controls churned'),
+        *alike("revenue_per_treated revenue_per_control", "double",
+               doc="the group's mean net revenue in the window (purchases minus returns; 0 for a customer without "
+                   'any). Null when the group is empty'),
+        Column("incremental_revenue", "double",
+               doc='`(revenue_per_treated − revenue_per_control) × customers_treated`: the revenue the treatment '
+                   'added over the window. Null unless both groups have customers'),
+        *alike("incremental_revenue_low incremental_revenue_high", "double",
+               doc="its confidence interval at `retention.confidence` (Welch's t interval of the difference of "
+                   'means, times `customers_treated`). Null unless both groups have at least two customers'),
+        Column("spend", "double", nullable=False,
+               doc="what the plan's treatment cost in this tier: the `treatments` table's costs for the plan's "
+                   "customers (the plan's cost where a row gives none), or the plan's cost of the treated group "
+                   'without the table. Never null'),
+        Column("realized_roi", "double",
+               doc='`(incremental_revenue − spend) / max(spend, 1)`, over the window. Null with `incremental_revenue`'),
+        Column("expected_saved_value", "double", nullable=False,
+               doc="the plan's expected saved value of the treated group (net of cost; `retention_summary`). Never "
+                   'null'),
+        Column("realized_saved_value", "double",
+               doc="the same valuation with the measured effect: `incremental_retention × Σ clv of the treated − "
+                   'spend`. Null unless both groups have customers'),
+        Column("learned_uplift", "double",
+               doc="the posterior median of the tier treatment's uplift after this plan's outcome and the earlier "
+                   'plans measured so far (Beta-Binomial, from the configured uplift as prior). Null when no plan had '
+                   'both groups'),
+        *alike("learned_uplift_low learned_uplift_high", "double",
+               doc='its central posterior interval at `retention.confidence`. Null with `learned_uplift`'),
+        Column("uplift_plans", "long", nullable=False,
+               doc='how many measured plans `learned_uplift` pooled. Never null'),
+        Column("plan_run_id", "string", nullable=False,
+               doc='the run that published the plan measured. Never null'),
+        Column("run_id", "string", nullable=False,
+               doc='the run that measured it. Never null'),
+    ),
+    partition_by=("snapshot_date",),
+    write="replace_partition",
+    key=("snapshot_date", "value_tier", "treatment"),
+    written_by=("the outcomes stage (`stage: outcomes`) of `segscale run`, for every published plan whose horizon "
+                'has ended by the run\'s snapshot and that has no outcome yet from its current rows (a plan '
+                'published again, e.g. by `segscale score`, is measured again); replace_partition per plan snapshot.'),
+    cadence=('once per plan, at the first `run` on or after its `horizon_end`; `segscale plan` and `score` read it '
+             '(for the learned uplift) and never write it.'),
+    commit_metadata=('`run_id`, `stage` (`outcomes`), `config_hash`, `snapshot_date` (the plan\'s), '
+                     '`package_version`, and `extra.measured_on`.'),
+    notes=('Without a `treatments` input table the treated group is taken as treated at the plan\'s cost. The '
+           'comparison is within a tier: every candidate had the same chance of a control lot, so the control '
+           'group is what the treated group would have done untreated. Snapshot retention (`segscale maintain`) '
+           'keeps every row: the outcomes are what the learned uplift remembers, a few rows per plan.'),
+    outlives_retention=True,
+)
+
+TIER_ECONOMICS = Table(
+    name="tier_economics",
+    doc=('What each value tier brings in, costs to serve and is worth, per snapshot: revenue and cost to serve over '
+         'the last year, margin, CLV per unit of spend, the change since the previous snapshot, and a warning when '
+         "a tier's cost share or the top tier's share of value crosses its limit (method: "
+         '[docs/retention.md](retention.md#tier-economics)).'),
+    columns=(
+        Column("snapshot_date", "date", nullable=False, doc='the snapshot. Never null'),
+        Column("value_tier", "string", nullable=False,
+               doc='`high_value`, `potential` or `regular` (all three, also an empty tier). Never null'),
+        Column("customers", "long", nullable=False,
+               doc="the tier's customers in `customer_scores`. Never null (0)"),
+        Column("revenue_365d", "double", nullable=False,
+               doc="the sum of the tier's `customer_features.spend_365d`: purchases in the 365 days up to the "
+                   'snapshot (returns not deducted). Never null (0.0)'),
+        Column("interaction_cost_365d", "double", nullable=False,
+               doc="the sum of the tier's `customer_features.interaction_cost_365d`: the input's interaction costs "
+                   '(service calls, complaints, campaign touches) over the same year; 0 without interactions. Never '
+                   'null'),
+        Column("treatment_spend_365d", "double", nullable=False,
+               doc="the retention spend on the tier (`retention_summary.spend`) of every plan with a snapshot in the "
+                   'year up to this one, this one included: each plan spends its budget for one planning period. '
+                   'Never null'),
+        Column("cost_to_serve", "double", nullable=False,
+               doc='`interaction_cost_365d + treatment_spend_365d`. Never null'),
+        Column("margin", "double", nullable=False,
+               doc='`revenue_365d − cost_to_serve` (before the cost of the goods, which the input does not give). '
+                   'Never null'),
+        Column("cost_share", "double",
+               doc='`cost_to_serve / revenue_365d`. Null when the tier had no revenue'),
+        Column("avg_clv", "double",
+               doc="the tier's mean `clv` over the customers that have one. Null without CLV"),
+        Column("clv_total", "double",
+               doc="the tier's summed `clv`: the value it is predicted to bring over `clv.horizon_days`. Null "
+                   'without CLV'),
+        Column("clv_per_spend", "double",
+               doc='`clv_total / cost_to_serve`: predicted value per unit of what the tier costs. Null without CLV '
+                   'or cost'),
+        Column("value_share", "double",
+               doc="the tier's share of the snapshot's summed `clv`. Null without CLV"),
+        *alike("customers_change revenue_365d_change cost_to_serve_change margin_change avg_clv_change "
+               "value_share_change", "long double double double double double",
+               doc='the change of the column since `previous_snapshot` (this value minus that one). Null for the first '
+                   'snapshot, or when either value is null'),
+        Column("previous_snapshot", "date",
+               doc='the latest earlier snapshot of `tier_economics` the changes compare with. Null for the first'),
+        Column("warning", "string",
+               doc="why the tier needs a look, or null: its `cost_share` is above `retention.max_cost_share`, or (the "
+                   "high-value tier) its `value_share` fell by more than `retention.max_value_share_drop`. The run's "
+                   'warnings and the report show the same text'),
+        Column("run_id", "string", nullable=False, doc='the run that published the row. Never null'),
+    ),
+    partition_by=("snapshot_date",),
+    write="replace_partition",
+    key=("snapshot_date", "value_tier"),
+    written_by=('the economics stage (`stage: economics`) of `segscale run`, `plan` and `score`, right after the '
+                "plan (whose spend it counts); replace_partition per snapshot."),
+    cadence='with `retention_summary`: three rows per snapshot, every run of `run`, `plan` or `score`.',
+    commit_metadata='`run_id`, `stage` (`economics`), `config_hash`, `snapshot_date`, `package_version`.',
+)
+
+UPLIFT_MODELS = Table(
+    name="uplift_models",
+    doc=('The per-customer uplift model fitted on the randomized rows of the plans measured so far, with '
+         '`retention.uplift_model`: the two logistic regressions of a T-learner, its Qini curve and coefficient on '
+         'the evaluation rows against random targeting, and whether plans use it (method: '
+         '[docs/retention.md](retention.md#per-customer-uplift)).'),
+    columns=(
+        Column("snapshot_date", "date", nullable=False,
+               doc="the snapshot of the run that fitted it; plans of this snapshot and later use it (the latest one "
+                   'on or before their snapshot). Never null'),
+        Column("plans", "array<string>", nullable=False,
+               doc='the snapshots (ISO dates) of the measured plans whose treated and control customers it was '
+                   'fitted and evaluated on. Never null'),
+        Column("terms", "array<string>", nullable=False,
+               doc='the covariates, in the order of the coefficients: `churn_probability`, `log_clv` (log(1 + clv)), '
+                   'and an indicator per value tier and lifecycle stage (`tier_potential`, `stage_at_risk`, ...; '
+                   '`high_value` and `prospect` are the baselines). Never null'),
+        *alike("treated_intercept control_intercept", "double",
+               doc='the intercept of the logistic regression of retention among the treated, among the controls. '
+                   'Null when no model was fitted (`note`)'),
+        *alike("treated_coefficients control_coefficients", "array<double>",
+               doc='their coefficients, one per term: P(retained) = 1 / (1 + exp(−(intercept + Σ coefficient × '
+                   'term))), and a customer\'s predicted incremental retention is the treated probability minus the '
+                   'control one. Null when no model was fitted'),
+        *alike("customers_fitted customers_evaluated", "long", nullable=False,
+               doc="the plans' treated and control customers the regressions were fitted on, and those of the "
+                   'evaluation lot they were measured on. Never null'),
+        Column("qini_coefficient", "double",
+               doc='the area between the Qini curve of the evaluation rows and the line of random targeting, in '
+                   'incremental retained customers per evaluated customer: 0 or less, no better than random. Null '
+                   'when no model was fitted or the evaluation rows lack a group'),
+        *alike("qini_depths qini_gains", "array<double>",
+               doc='the Qini curve: the share of evaluated customers targeted in order of predicted uplift (by '
+                   'tenths, from 0), and the incremental retained customers among them per evaluated customer. Empty '
+                   'without a coefficient'),
+        Column("used_by_plans", "boolean", nullable=False,
+               doc='whether plans use it: fitted and `qini_coefficient` > 0. Never null'),
+        Column("note", "string",
+               doc='why no model was fitted, or why plans do not use it; null when they do'),
+        Column("run_id", "string", nullable=False, doc='the run that fitted it. Never null'),
+    ),
+    partition_by=("snapshot_date",),
+    write="replace_partition",
+    key=("snapshot_date",),
+    written_by=('the outcomes stage (`stage: outcomes`) of `segscale run` with `retention.uplift_model`, when it '
+                'measured at least one plan; replace_partition per snapshot.'),
+    cadence=('at most one row per snapshot, when a plan\'s horizon has just passed; `segscale plan` and `score` '
+             'read it and never write it.'),
+    commit_metadata=('`run_id`, `stage` (`outcomes`), `config_hash`, `snapshot_date`, `package_version`, and '
+                     '`extra.qini_coefficient`.'),
+    notes=('Snapshot retention (`segscale maintain`) keeps every row: a plan of a later snapshot may use a model '
+           'fitted long before it.'),
+    outlives_retention=True,
 )
 
 RUNS = Table(
@@ -632,7 +893,8 @@ RUNS = Table(
 )
 
 TABLES: tuple[Table, ...] = (QUARANTINE, CUSTOMER_FEATURES, CUSTOMER_ATTRIBUTES, CUSTOMER_SCORES, SEGMENT_MIGRATION,
-                             RETENTION_PLAN, RETENTION_SUMMARY, RUNS)
+                             RETENTION_PLAN, RETENTION_SUMMARY, RETENTION_OUTCOMES, TIER_ECONOMICS, UPLIFT_MODELS,
+                             RUNS)
 BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
 
 

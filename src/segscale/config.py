@@ -50,7 +50,7 @@ class PathSettings(_Section):
     warehouse: str = "warehouse"
 
 
-InputTable = Literal["customers", "transactions", "interactions"]
+InputTable = Literal["customers", "transactions", "interactions", "treatments"]
 
 
 class InputSettings(_Section):
@@ -120,6 +120,15 @@ class MetastoreSettings(_Section):
     path: str | None = None
 
 
+class TreatmentEffects(_Section):
+    """The true relative reduction of churn each tier's treatment achieves in generated data (`segscale treat`);
+    deliberately unlike retention.treatments' uplifts, so the loop has something to learn."""
+
+    high_value: float = Field(default=0.10, ge=0, le=1)
+    potential: float = Field(default=0.25, ge=0, le=1)
+    regular: float = Field(default=0.03, ge=0, le=1)
+
+
 class GenerateSettings(_Section):
     customers: int = Field(default=20_000, gt=0)
     seed: int = 42
@@ -131,6 +140,7 @@ class GenerateSettings(_Section):
     mean_order_value: float = Field(default=80.0, gt=0)
     return_share: float = Field(default=0.05, ge=0, le=1)
     format: Literal["delta", "parquet", "csv"] = "delta"
+    treatment_effects: TreatmentEffects = Field(default_factory=TreatmentEffects)
 
     @model_validator(mode="after")
     def _end_after_start(self) -> GenerateSettings:
@@ -320,12 +330,16 @@ class ClvSettings(_Section):
 
 
 class Treatment(_Section):
-    """What the retention plan offers a value tier: its cost per customer per planning period and the expected
-    relative reduction of the customer's churn probability."""
+    """What the retention plan offers a value tier: its cost per customer per planning period, the expected
+    relative reduction of the customer's churn probability, and optional limits: a budget of the tier's own
+    (within the plan's) and a capacity, the most customers it can treat (one-to-one service: accounts per account
+    manager × managers)."""
 
     name: str = Field(min_length=1)
     cost: float = Field(ge=0)
     uplift: float = Field(gt=0, le=1)
+    budget: float | None = Field(default=None, ge=0)
+    capacity: int | None = Field(default=None, ge=0)
 
 
 class Treatments(_Section):
@@ -337,6 +351,25 @@ class Treatments(_Section):
 class RetentionSettings(_Section):
     # Money to spend per planning period, in the currency of the transactions' amounts.
     budget: float = Field(default=50_000.0, ge=0)
+    # The share of the plan's customers kept untreated as a randomized control group, the same in every tier,
+    # lifecycle stage and churn-risk decile; each customer's draw is a hash of (holdout_seed, snapshot, customer).
+    holdout_share: float = Field(default=0.10, ge=0, le=0.5)
+    holdout_seed: int = 7
+    # A plan is measured once churn.horizon_days have passed: treated against control, with intervals at this level.
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    # true: each tier's uplift is the posterior median learned from the measured plans (the configured uplift is
+    # its prior, worth uplift_prior_strength customers per group); false: always the configured uplift.
+    learn_uplift: bool = True
+    uplift_prior_strength: float = Field(default=200.0, gt=0)
+    # true: after measuring a plan, the run also fits a per-customer uplift model (a T-learner) on the randomized
+    # rows of every measured plan; plans value each candidate by its own predicted uplift when the model ranks
+    # better than random targeting on held-out rows (Qini coefficient > 0), else by the tier uplifts.
+    uplift_model: bool = False
+    # tier_economics warns when a tier's cost to serve over the last year exceeds this share of its revenue, and
+    # when the high-value tier's share of predicted value falls by more than max_value_share_drop since the last
+    # snapshot.
+    max_cost_share: float = Field(default=0.25, gt=0)
+    max_value_share_drop: float = Field(default=0.02, ge=0, le=1)
     treatments: Treatments = Field(default_factory=Treatments)
 
 

@@ -43,4 +43,13 @@ CONTRACT: dict[str, tuple[ColumnSpec, ...]] = {
         ColumnSpec("cost", T.DoubleType(), False),
         ColumnSpec("satisfaction", T.IntegerType(), False),
     ),
+    # What was actually done for a retention plan (optional): one row per customer and touch; a row belongs to the
+    # plan of `snapshot_date`, or, without one, to the latest plan on or before `treated_on`.
+    "treatments": (
+        ColumnSpec("customer_id", T.StringType(), True),
+        ColumnSpec("snapshot_date", T.DateType(), False),
+        ColumnSpec("treated_on", T.DateType(), False),
+        ColumnSpec("treatment", T.StringType(), False),
+        ColumnSpec("cost", T.DoubleType(), False),
+    ),
 }

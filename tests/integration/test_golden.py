@@ -22,9 +22,9 @@ from deltalake import DeltaTable
 from frames import GOLDEN
 
 TABLES = ("quarantine", "customer_features", "customer_attributes", "customer_scores", "segment_migration",
-          "retention_plan", "retention_summary", "runs")
+          "retention_plan", "retention_summary", "retention_outcomes", "tier_economics", "runs")
 # Different on every run by design. Of `runs`, the stable part of each row is kept (below).
-VOLATILE = ("run_id",)
+VOLATILE = ("run_id", "plan_run_id")
 
 
 def published(warehouse: Path, table: str) -> pd.DataFrame:

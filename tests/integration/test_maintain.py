@@ -87,6 +87,8 @@ def check_maintenance(spark, root: Path, config: Path, capsys, backend: str) -> 
         assert [json.loads(h["userMetadata"])["extra"]["deleted_snapshots"] for h in deletes] == (
             [[D1.isoformat()]] if table.name in with_d1 else [])
     assert summary["stages"]["retention"]["deleted"]["customer_scores"] == [D1.isoformat()]
+    # D1's measured outcome stays: it is what the learned uplift remembers of that plan.
+    assert snapshots(root, "retention_outcomes") == [D1.isoformat()]
     # compaction: fewer files, the same rows (above)
     assert len(DeltaTable(str(root / "quarantine")).file_uris()) < files_before["quarantine"]
     # customer_scores Z-ordered by customer_id into files of about 20 kB: each file holds its own range of customers

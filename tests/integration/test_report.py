@@ -23,7 +23,8 @@ from segscale.cli import main
 
 ALL_CHARTS = {"tier-pyramid", "rfm-heatmap", "rfm-segments", "lifecycle-funnel", "churn-distribution",
               "churn-risk-by-tier", "churn-calibration", "churn-lift", "clv-distribution", "clv-by-tier",
-              "migration-matrix", "retention-plan", "region-tiers", "quarantine-reasons"}
+              "migration-matrix", "retention-plan", "retention-outcomes", "uplift-history", "tier-economics",
+              "region-tiers", "quarantine-reasons"}
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                   "--disable-background-networking", "--disable-component-update"]
 
@@ -103,6 +104,9 @@ def test_the_report_renders_every_chart_offline(two_snapshots, browser, tmp_path
     assert "models:/segscale_churn/1" in rendered.text and "models:/segscale_clv/1" in rendered.text
     assert "Budget 2,000" in rendered.text and f"value tier on {D1}" not in rendered.text  # the chart is an image
     assert rendered.text.count(D2.isoformat()) >= 2
+    # The first snapshot's plan, measured by the second's run: its treated and control groups per tier.
+    assert "plan(s) measured" in rendered.text and D1.isoformat() in rendered.text
+    assert f"Changes since {D1}" in rendered.text
 
 
 def test_the_default_snapshot_is_the_latest(two_snapshots, tmp_path):
@@ -117,14 +121,15 @@ def test_sections_without_their_input_say_so(two_snapshots, browser, tmp_path):
     # MLflow store beside it has no retention plan and no holdout evaluation to show.
     copy = tmp_path / "copy" / "wh"
     shutil.copytree(settings.paths.warehouse, copy)
-    for name in ("retention_plan", "retention_summary"):
+    for name in ("retention_plan", "retention_summary", "tier_economics"):
         shutil.rmtree(copy / name)
     out = tmp_path / "first.html"
     assert report(str(copy), out, "--snapshot", D1.isoformat()) == 0
     rendered = render(browser, out)
-    assert sorted(rendered.missing) == ["churn-holdout", "migration", "retention"]
-    assert problems(rendered, ALL_CHARTS - {"migration-matrix", "retention-plan", "churn-calibration",
-                                            "churn-lift"}) == []
+    assert sorted(rendered.missing) == ["churn-holdout", "economics", "migration", "outcomes", "retention"]
+    assert problems(rendered, ALL_CHARTS - {"migration-matrix", "retention-plan", "churn-calibration", "churn-lift",
+                                            "retention-outcomes", "uplift-history", "tier-economics"}) == []
+    assert f"no plan had been measured by {D1}" in rendered.text
     assert f"no previous snapshot before {D1}" in rendered.text
     assert "table retention_summary is not published" in rendered.text
     assert "no MLflow store at" in rendered.text

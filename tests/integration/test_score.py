@@ -95,7 +95,7 @@ def own(scored, tmp_path) -> Path:
 def test_first_run_trains_a_champion_then_scores_every_customer(spark, scored):
     root, summary = scored
     assert list(summary["stages"]) == ["ingest", "validate", "training set", "train", "clv fit", "features",
-                                       "segment", "migration", "plan"]
+                                       "segment", "migration", "outcomes", "plan", "economics"]
     assert summary["stages"]["train"]["promotion"]["promoted"]
     assert summary["stages"]["segment"]["churn_model"] == {"name": NAME, "version": 1}
     scores = scores_of(spark, root)
@@ -161,9 +161,11 @@ def test_the_plan_spends_within_budget_and_its_summary_adds_up(spark, own, monke
     plan = of_snapshot(table_of(spark, root, "retention_plan")).toPandas().sort_values("priority_rank")
     assert plan["priority_rank"].tolist() == list(range(1, len(plan) + 1))
     chosen = plan[plan["selected"]]
-    assert 0 < len(chosen) < len(plan) and plan["selected"].iloc[: len(chosen)].all()
+    in_plan = plan["treatment_group"] != "not selected"
+    assert 0 < len(chosen) < in_plan.sum() < len(plan) and in_plan.iloc[: in_plan.sum()].all()
+    assert (chosen["treatment_group"] == "treated").all()
     assert chosen["cost"].sum() == pytest.approx(retention["spend"]) and retention["spend"] <= 300
-    assert plan["cumulative_cost"].iloc[len(chosen)] > 300  # the next customer would break the budget
+    assert plan["cumulative_cost"].iloc[in_plan.sum()] > 300  # the next customer would break the budget
     ratio = plan["expected_saved_value"] / plan["cost"]
     assert (ratio.diff().dropna() <= 1e-12).all()  # ranked by saved value per unit cost
     np.testing.assert_allclose(plan["value_at_risk"], plan["churn_probability"] * plan["clv"], rtol=1e-12)
@@ -174,6 +176,8 @@ def test_the_plan_spends_within_budget_and_its_summary_adds_up(spark, own, monke
     for tier, row in summary.iterrows():
         expected = totals.loc[tier] if tier in totals.index else pd.Series({"n": 0, "spend": 0.0, "saved": 0.0})
         assert row["customers_targeted"] == expected["n"]
+        assert row["customers_controlled"] == ((plan["value_tier"] == tier) & (plan["treatment_group"] == "control")
+                                               ).sum()
         assert row["spend"] == pytest.approx(expected["spend"])
         # Each customer's saved value is summed exactly to 1/10,000 of the currency, so the totals may differ
         # from a float sum by half a unit per customer.

@@ -187,8 +187,8 @@ def test_help_lists_every_command_and_each_has_help(capsys):
     listing = started.stdout
     # skops takes seconds to import (it lists scikit-learn's types) and only saving a churn model needs it.
     assert " skops" not in started.stderr
-    for command in ("generate", "run", "backfill", "train", "score", "promote", "history", "vacuum", "maintain",
-                    "catalog", "sql", "report"):
+    for command in ("generate", "treat", "run", "backfill", "train", "score", "promote", "history", "vacuum",
+                    "maintain", "catalog", "sql", "report"):
         assert command in listing
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])

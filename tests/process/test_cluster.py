@@ -29,7 +29,10 @@ from segscale import catalog
 from segscale.session import DATAFRAME_DEBUGGING, delta_spark_conf
 
 SPARK_HOME = Path(pyspark.__file__).parent
-SNAPSHOT_TABLES = tuple(t.name for t in catalog.TABLES if "snapshot_date" in t.partition_by)
+# The tables of D2's own partition. Not retention_outcomes, whose D2 rows are D1's plan measured (partition D1):
+# the rerun of D2 finds that plan measured already. Not uplift_models, off by default (retention.uplift_model).
+SNAPSHOT_TABLES = tuple(t.name for t in catalog.TABLES if "snapshot_date" in t.partition_by
+                        and t not in (catalog.RETENTION_OUTCOMES, catalog.UPLIFT_MODELS))
 # The golden run's partitioning (conftest.GOLDEN_SHUFFLE_PARTITIONS), so both runs split the data the same way.
 SPARK_CONF = {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
               "spark.sql.session.timeZone": "UTC", "spark.sql.execution.arrow.pyspark.enabled": "true",
@@ -107,7 +110,8 @@ def table_at(root: Path, name: str) -> pa.Table:
     table = DeltaTable(str(root / name)).to_pyarrow_table()
     table = table.filter(pc.equal(table["snapshot_date"], pa.scalar(D2, pa.date32())))
     table = table.drop_columns([c for c in ("run_id",) if c in table.column_names])
-    keys = [(c, "ascending") for c in table.column_names if not pa.types.is_floating(table.schema.field(c).type)]
+    keys = [(c, "ascending") for c in table.column_names
+            if not (pa.types.is_floating(table.schema.field(c).type) or pa.types.is_list(table.schema.field(c).type))]
     return table.sort_by(keys)
 
 

@@ -50,6 +50,7 @@ ARGPARSE_FLAGS = {
                []),
     "vacuum": (["-h", "--help", "--config", "--debug", "--warehouse", "--retention-hours", "--dry-run"], ["table"]),
     "maintain": (["-h", "--help", "--config", "--debug", "--warehouse", "--summary-json"], []),
+    "treat": (["-h", "--help", "--config", "--debug", "--input", "--warehouse", "--snapshot-date"], []),
     "catalog": (["-h", "--help", "--config", "--debug", "--warehouse"], []),
 }
 
@@ -154,7 +155,7 @@ ARGPARSE_ERRORS = [
      "segscale sql: error: argument --run-id: not allowed with argument --version"),
     (["report", "--run-id", "r1", "--as-of", "2024-01-01"],
      "segscale report: error: argument --run-id: not allowed with argument --as-of"),
-    (["nosuch"], "segscale: error: argument COMMAND: invalid choice: 'nosuch' (choose from 'generate', 'run', "
+    (["nosuch"], "segscale: error: argument COMMAND: invalid choice: 'nosuch' (choose from 'generate', 'treat', 'run', "
                  "'validate', 'features', 'segment', 'plan', 'backfill', 'score', 'train', 'promote', 'history', "
                  "'sql', 'report', 'vacuum', 'maintain', 'catalog', 'jars')"),
     ([], "segscale: error: the following arguments are required: COMMAND"),
@@ -235,15 +236,23 @@ SUMMARY = {
                     "published": {"customer_scores": {"rows": 300, "version": 5}}, "seconds": 3.0},
         "migration": {"previous_snapshot": "2024-03-31", "next_snapshot": "2024-09-30",
                       "next_published": {"rows": 12, "version": 4}, "seconds": 0.25},
-        "plan": {"retention": {"customers_targeted": 50, "spend": 1000.0, "budget": 2000.0,
-                               "expected_saved_value": 4321.5,
+        "outcomes": {"measured": {"2024-03-31": {"high_value": {
+            "treatment": "dedicated_account_manager", "customers_treated": 45, "customers_controlled": 5,
+            "incremental_retention": 0.125, "incremental_retention_low": -0.05, "incremental_retention_high": 0.31,
+            "realized_uplift": 0.4, "learned_uplift": 0.32}}}, "waiting": [], "uplifts": {}, "seconds": 0.4},
+        "plan": {"retention": {"customers_targeted": 50, "customers_controlled": 6, "spend": 1000.0,
+                               "budget": 2000.0, "expected_saved_value": 4321.5,
+                               "uplifts": {"high_value": {"uplift": 0.32, "source": "learned", "plans": ["2024-03-31"]},
+                                           "regular": {"uplift": 0.03, "source": "configured", "plans": []}},
                                "tiers": {"high_value": {"treatment": "dedicated_account_manager", "candidates": 60,
-                                                        "customers_targeted": 50, "spend": 1000.0,
-                                                        "share_of_budget": 0.5, "expected_saved_value": 4321.5,
-                                                        "roi": 4.32},
+                                                        "customers_targeted": 50, "customers_controlled": 6,
+                                                        "spend": 1000.0, "share_of_budget": 0.5,
+                                                        "expected_saved_value": 4321.5, "roi": 4.32,
+                                                        "tier_budget": None, "capacity": 50},
                                          "regular": {"treatment": "none", "candidates": 0, "customers_targeted": 0,
-                                                     "spend": 0.0, "share_of_budget": None,
-                                                     "expected_saved_value": 0.0, "roi": 0.0}}},
+                                                     "customers_controlled": 0, "spend": 0.0,
+                                                     "share_of_budget": None, "expected_saved_value": 0.0,
+                                                     "roi": 0.0, "tier_budget": None, "capacity": None}}},
                  "seconds": 0.5},
     },
     "models": {"churn": {"status": "skipped", "version": None, "skipped": "too few churned buyers"}},
@@ -269,12 +278,16 @@ def test_the_summary_puts_stages_inputs_tiers_and_the_plan_in_tables():
                                                                                                  "bin)"]
     assert rows(text, "high_value")[:9] == ["high_value", "高价值", "0", "0", "10", "40", "0", "0", "50"]
     assert rows(text, "regular")[:9] == ["regular", "普通", "0", "0", "0", "0", "0", "1,250", "1,250"]
-    assert "retention plan: 50 customers, spend 1,000.00 of budget 2,000.00, expected saved value 4,321.50" in text
-    plan_line = [line for line in text.splitlines() if "dedicated_account_manager" in line][0].split()
-    assert plan_line == ["high_value", "dedicated_account_manager", "60", "50", "1,000.00", "50.0%", "4,321.50",
-                         "4.32"]
+    assert ("retention plan: 50 customers treated, 6 held out as control, spend 1,000.00 of budget 2,000.00, "
+            "expected saved value 4,321.50") in text
+    plan_line = [line for line in text.splitlines() if line.startswith("high_value") and "learned" in line][0].split()
+    assert plan_line == ["high_value", "dedicated_account_manager", "0.320", "learned", "60", "50", "6", "1,000.00",
+                         "50.0%", "capacity", "50", "4,321.50", "4.32"]
     untargeted = [line for line in text.splitlines() if " none " in line][0].split()
-    assert untargeted == ["regular", "none", "0", "0", "0.00", "-", "0.00", "0.00"]
+    assert untargeted == ["regular", "none", "0.030", "config", "0", "0", "0", "0.00", "-", "-", "0.00", "0.00"]
+    measured = [line for line in text.splitlines() if line.startswith("2024-03-31")][0].split()
+    assert measured == ["2024-03-31", "high_value", "dedicated_account_manager", "45", "5", "+12.5%", "-5.0%", "to",
+                        "+31.0%", "0.400", "0.320"]
     assert "migration from 2024-03-31; the migration of 2024-09-30 recomputed from this snapshot" in text
     assert rows(text, "churn")[:2] == ["churn", "no"] and "training skipped: too few churned buyers" in text
     assert "warnings (1)" in text and "  - churn model skipped: too few churned buyers" in text

@@ -1,4 +1,5 @@
-"""The retention plan: candidates, the distributed ranking and budget cut-off, and its edge cases."""
+"""The retention plan: candidates, the distributed ranking and budget cut-off, the control group, tier budgets and
+capacities, and its edge cases."""
 
 from __future__ import annotations
 
@@ -12,12 +13,20 @@ import pytest
 from pyspark.sql import Observation
 
 from segscale.config import RetentionSettings
-from segscale.transforms.plan import candidates, plan_counters, ranked, retention_plan, scored_by_tier, summary_rows
+from segscale.transforms.plan import (
+    candidates,
+    held_out,
+    plan_counters,
+    ranked,
+    retention_plan,
+    scored_by_tier,
+    summary_rows,
+)
 
 D = dt.date(2024, 12, 31)
 SCHEMA = ("customer_id string, snapshot_date date, value_tier string, lifecycle_stage string, "
           "churn_probability double, clv double")
-SETTINGS = RetentionSettings.model_validate({"budget": 100.0, "treatments": {
+SETTINGS = RetentionSettings.model_validate({"budget": 100.0, "holdout_share": 0.0, "treatments": {
     "high_value": {"name": "one_to_one", "cost": 10.0, "uplift": 0.5},
     "potential": {"name": "email_sms", "cost": 1.0, "uplift": 0.2},
     "regular": {"name": "automated", "cost": 0.0, "uplift": 0.1}}})
@@ -37,7 +46,7 @@ def several_partitions(spark):
 
 def plan_of(spark, rows, settings=SETTINGS) -> pd.DataFrame:
     scores = spark.createDataFrame(rows, SCHEMA)
-    with several_partitions(spark), ranked(candidates(scores, settings), settings.budget) as ranked_df:
+    with several_partitions(spark), ranked(candidates(scores, settings), settings) as ranked_df:
         return ranked_df.toPandas().sort_values("priority_rank").reset_index(drop=True)
 
 
@@ -81,7 +90,7 @@ def summary_of(spark, rows, settings=SETTINGS) -> dict[str, dict]:
     """retention_summary's figures per tier, counted while the plan's rows are written, as the plan stage does."""
     scores = spark.createDataFrame(rows, SCHEMA)
     counted = Observation("plan_by_tier")
-    with several_partitions(spark), ranked(candidates(scores, settings), settings.budget) as ranked_df:
+    with several_partitions(spark), ranked(candidates(scores, settings), settings) as ranked_df:
         retention_plan(ranked_df, "run-1").observe(counted, *plan_counters()).collect()  # a few literal rows
     return {row["value_tier"]: row for row in summary_rows(counted.get, scored_by_tier(scores), settings)}
 
@@ -115,18 +124,8 @@ def test_a_budget_above_every_cost_selects_every_candidate(spark):
     assert len(plan) == 30 and plan["selected"].all()
 
 
-def test_distributed_ranking_and_cut_off_equal_a_sort_on_one_machine(spark):
-    """5,000 customers over several range partitions: ranks, running cost and the budget cut-off are exactly
-    those of sorting everything in one place."""
-    rng = np.random.default_rng(3)
-    n = 5000
-    tiers = rng.choice(["high_value", "potential", "regular"], n)
-    churn = np.round(rng.uniform(0, 1, n), 2)  # rounded, so ties occur
-    clv = np.round(rng.gamma(2.0, 60.0, n), 0)
-    rows = [(f"c{i:05d}", D, tiers[i], "repeat", float(churn[i]), float(clv[i])) for i in range(n)]
-    settings = SETTINGS.model_copy(update={"budget": 2500.0})
-    plan = plan_of(spark, rows, settings)
-
+def reference_plan(rows: list[tuple], settings: RetentionSettings, control: dict[str, bool]) -> pd.DataFrame:
+    """The plan computed on one machine: sort every candidate, then walk the ranking with running sums."""
     reference = pd.DataFrame(rows, columns=["customer_id", "snapshot_date", "value_tier", "lifecycle_stage",
                                             "churn_probability", "clv"])
     treatment = {t: getattr(settings.treatments, t) for t in ("high_value", "potential", "regular")}
@@ -139,11 +138,111 @@ def test_distributed_ranking_and_cut_off_equal_a_sort_on_one_machine(spark):
                                   np.inf)
     reference = reference.sort_values(["ratio", "expected_saved_value", "customer_id"],
                                       ascending=[False, False, True]).reset_index(drop=True)
-    reference["cumulative_cost"] = reference["cost"].cumsum()
+    treat = ~reference["customer_id"].map(control)
+    fits = pd.Series(True, index=reference.index, dtype=bool)
+    for tier, t in treatment.items():
+        in_tier = reference["value_tier"] == tier
+        count = (treat & in_tier).cumsum()
+        spent = (reference["cost"] * (treat & in_tier)).cumsum()
+        within = (count <= (t.capacity if t.capacity is not None else np.inf)) & (
+            spent <= (t.budget if t.budget is not None else np.inf) + 1e-9)
+        fits = fits.where(~in_tier, within)
+    reference["cumulative_cost"] = (reference["cost"] * (treat & fits)).cumsum()
+    in_plan = fits & (reference["cumulative_cost"] <= settings.budget + 1e-9)
+    reference["treatment_group"] = np.where(in_plan & treat, "treated", np.where(in_plan, "control", "not selected"))
+    return reference
+
+
+@pytest.mark.parametrize("limits", [
+    {"holdout_share": 0.0},
+    {"holdout_share": 0.2, "treatments": {**SETTINGS.treatments.model_dump(),
+                                          "high_value": {"name": "one_to_one", "cost": 10.0, "uplift": 0.5,
+                                                         "capacity": 40},
+                                          "potential": {"name": "email_sms", "cost": 1.0, "uplift": 0.2,
+                                                        "budget": 300.0}}},
+], ids=["budget only", "holdout, capacity and tier budget"])
+def test_distributed_ranking_and_cut_off_equal_a_sort_on_one_machine(spark, limits):
+    """5,000 customers over several range partitions: ranks, running cost, the budget cut-off and the tiers'
+    budget and capacity are exactly those of sorting everything in one place."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    tiers = rng.choice(["high_value", "potential", "regular"], n)
+    churn = np.round(rng.uniform(0, 1, n), 2)  # rounded, so ties occur
+    clv = np.round(rng.gamma(2.0, 60.0, n), 0)
+    rows = [(f"c{i:05d}", D, tiers[i], "repeat", float(churn[i]), float(clv[i])) for i in range(n)]
+    settings = RetentionSettings.model_validate({**SETTINGS.model_dump(), "budget": 2500.0, **limits})
+    plan = plan_of(spark, rows, settings)
+    lots = spark.createDataFrame(rows, SCHEMA).select("customer_id", held_out(settings).alias("control")).toPandas()
+    reference = reference_plan(rows, settings, dict(zip(lots["customer_id"], lots["control"], strict=True)))
 
     assert plan["customer_id"].tolist() == reference["customer_id"].tolist()
     assert plan["priority_rank"].tolist() == list(range(1, len(reference) + 1))
     np.testing.assert_allclose(plan["cumulative_cost"], reference["cumulative_cost"], rtol=1e-12)
-    selected = plan["selected"].to_numpy()
-    assert selected.sum() == (reference["cumulative_cost"] <= 2500.0).sum() > 0
-    assert not selected.all() and selected[: selected.sum()].all()  # a prefix of the ranking
+    assert plan["treatment_group"].tolist() == reference["treatment_group"].tolist()
+    assert (plan["selected"] == (plan["treatment_group"] == "treated")).all()
+    treated = plan[plan["selected"]]
+    assert 0 < treated["cost"].sum() <= 2500.0 and not plan["selected"].all()
+    for tier in ("high_value", "potential", "regular"):
+        limit = getattr(settings.treatments, tier)
+        in_tier = treated[treated["value_tier"] == tier]
+        assert len(in_tier) <= (limit.capacity if limit.capacity is not None else n)
+        assert in_tier["cost"].sum() <= (limit.budget if limit.budget is not None else 2500.0) + 1e-9
+    if limits["holdout_share"]:  # the limits bind: exactly the capacity, the tier budget nearly spent
+        assert (treated["value_tier"] == "high_value").sum() == 40
+        assert 300.0 - 1.0 < treated.loc[treated["value_tier"] == "potential", "cost"].sum() <= 300.0
+        assert (plan["treatment_group"] == "control").sum() > 0.1 * len(treated)
+
+
+def test_controls_cost_nothing_and_the_treated_fill_the_budget(spark):
+    """With a control group the treated still spend the budget (less than one treatment short): controls are
+    drawn from the same stretch of the ranking and add no cost."""
+    rows = [(f"c{i:04d}", D, "potential", "repeat", 0.5, 100.0 + i) for i in range(2000)]
+    settings = SETTINGS.model_copy(update={"budget": 500.0, "holdout_share": 0.1})
+    plan = plan_of(spark, rows, settings)
+    groups = plan["treatment_group"].value_counts()
+    assert groups["treated"] == 500 and plan.loc[plan["selected"], "cost"].sum() == 500.0
+    in_plan = plan[plan["treatment_group"] != "not selected"]
+    assert (in_plan["priority_rank"] == range(1, len(in_plan) + 1)).all()  # a prefix of the ranking
+    assert 0.06 < groups["control"] / len(in_plan) < 0.14
+    controls = plan[plan["treatment_group"] == "control"]
+    assert (controls["cumulative_cost"].diff().dropna() >= 0).all()
+    # A control's running cost is that of the treated before them: their own cost is not added.
+    before = plan.set_index("priority_rank")["cumulative_cost"]
+    assert all(before.get(rank - 1, 0.0) == cost for rank, cost in zip(controls["priority_rank"],
+                                                                       controls["cumulative_cost"], strict=True))
+
+
+def test_a_customers_lot_depends_only_on_customer_snapshot_and_seed(spark):
+    """Reruns keep the groups: the same customer draws the same lot whatever the budget, the limits or the other
+    customers; another seed or snapshot draws anew."""
+    rows = [(f"c{i:04d}", D, ("high_value", "potential")[i % 2], "repeat", 0.6, 300.0 + i) for i in range(3000)]
+    settings = SETTINGS.model_copy(update={"budget": 1e9, "holdout_share": 0.1})
+    everyone = plan_of(spark, rows, settings).set_index("customer_id")["treatment_group"]
+    assert plan_of(spark, rows, settings).set_index("customer_id")["treatment_group"].equals(everyone)  # a rerun
+    tight = plan_of(spark, rows[::3], settings.model_copy(update={"budget": 300.0}))
+    tight = tight[tight["treatment_group"] != "not selected"].set_index("customer_id")["treatment_group"]
+    assert len(tight) > 50 and (tight == everyone[tight.index]).all()
+    other_seed = plan_of(spark, rows, settings.model_copy(update={"holdout_seed": 8})).set_index("customer_id")
+    other_day = plan_of(spark, [(c, D + dt.timedelta(days=7), *rest) for c, _, *rest in rows], settings)
+    for other in (other_seed["treatment_group"], other_day.set_index("customer_id")["treatment_group"]):
+        both = (other == "control") & (everyone == "control")
+        assert (other == "control").sum() > 200 and both.sum() < 0.3 * (everyone == "control").sum()
+
+
+def test_the_control_share_is_the_same_in_every_stratum(spark):
+    """Tier × lifecycle stage × churn-risk decile: each stratum's control share is holdout_share, within what
+    chance allows (4 standard deviations)."""
+    rng = np.random.default_rng(11)
+    n = 30_000
+    stages = rng.choice(["first_time", "repeat", "loyal"], n)
+    tiers = rng.choice(["high_value", "potential"], n)
+    churn = rng.uniform(0.05, 1, n)
+    rows = [(f"s{i:05d}", D, tiers[i], stages[i], float(churn[i]), 900.0) for i in range(n)]
+    share = 0.15
+    plan = plan_of(spark, rows, SETTINGS.model_copy(update={"budget": 1e9, "holdout_share": share}))
+    assert (plan["treatment_group"] != "not selected").all()
+    plan["decile"] = np.minimum((plan["churn_probability"] * 10).astype(int), 9)
+    for (tier, stage, decile), stratum in plan.groupby(["value_tier", "lifecycle_stage", "decile"]):
+        controls = (stratum["treatment_group"] == "control").mean()
+        sd = np.sqrt(share * (1 - share) / len(stratum))
+        assert abs(controls - share) < 4 * sd, (tier, stage, decile, len(stratum), controls)

@@ -373,6 +373,8 @@ def _retention(ctx: Context) -> Values:
     if len(notes):
         raise Missing(f"the retention plan of this snapshot is empty: {notes[0]}")
     df = df.set_index("value_tier").reindex([t for t in VALUE_TIERS if t in set(df["value_tier"])])
+    if "customers_controlled" not in df.columns:  # a plan published before the control groups
+        df["customers_controlled"] = None
     plt = charts.pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.4))
     positions = range(len(df))
@@ -386,8 +388,108 @@ def _retention(ctx: Context) -> Values:
     budget, spend = float(df["budget"].iloc[0]), df["spend"].sum()
     return {"budget": budget, "spend": spend, "spend_share": spend / budget if budget else None,
             "targeted": df["customers_targeted"].sum(), "saved": df["expected_saved_value"].sum(),
+            "controlled": None if df["customers_controlled"].isna().all() else df["customers_controlled"].sum(),
             "plan": _chart("retention-plan", fig, "Retention budget and expected saved value per tier"),
             "tiers": _records(df, "tier")}
+
+
+def _outcomes(ctx: Context) -> Values:
+    """The plans measured by this snapshot: treated against control per tier with intervals, and the uplift's
+    history."""
+    if "retention_outcomes" not in ctx.tables:
+        raise Missing("no plan has been measured yet: a plan is measured by the first run on or after its snapshot "
+                      "+ churn.horizon_days")
+    df = ctx.query(f"""
+        SELECT * FROM retention_outcomes__delta WHERE measured_on <= DATE '{ctx.snapshot.isoformat()}'
+        ORDER BY snapshot_date, value_tier""")
+    if df.empty:
+        raise Missing(f"no plan had been measured by {ctx.snapshot}: a plan is measured by the first run on or "
+                      "after its snapshot + churn.horizon_days")
+    plt = charts.pyplot()
+    tiers = [t for t in VALUE_TIERS if t in set(df["value_tier"])]
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for k, tier in enumerate(tiers):
+        rows = df[(df["value_tier"] == tier) & df["incremental_retention"].notna()]
+        x = pd.to_datetime(rows["snapshot_date"]) + pd.to_timedelta(6 * (k - 1), unit="D")
+        ax.errorbar(x, rows["incremental_retention"],
+                    yerr=[rows["incremental_retention"] - rows["incremental_retention_low"],
+                          rows["incremental_retention_high"] - rows["incremental_retention"]],
+                    fmt="o", capsize=3, color=TIER_COLOURS[tier], label=f"{tier}: measured")
+        ax.scatter(x, rows["expected_incremental_retention"], marker="_", s=160, color=TIER_COLOURS[tier],
+                   label=f"{tier}: expected")
+    ax.axhline(0, color=charts.NEUTRAL, linewidth=0.8)
+    ax.set(ylabel="treated − control retention", title="Incremental retention per plan (with intervals)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.spines[["top", "right"]].set_visible(False)
+    measured = _chart("retention-outcomes", fig, "Incremental retention of each measured plan, treated against the "
+                                                 "randomized control group, per tier")
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for tier in tiers:
+        rows = df[(df["value_tier"] == tier) & df["learned_uplift"].notna()]
+        x = pd.to_datetime(rows["snapshot_date"])
+        ax.plot(x, rows["learned_uplift"], marker="o", color=TIER_COLOURS[tier], label=f"{tier}: learned")
+        ax.fill_between(x, rows["learned_uplift_low"], rows["learned_uplift_high"], color=TIER_COLOURS[tier],
+                        alpha=0.15)
+        ax.plot(x, rows["uplift_planned"], linestyle="--", color=TIER_COLOURS[tier], alpha=0.7,
+                label=f"{tier}: planned with")
+    ax.set(ylabel="uplift (relative churn reduction)", title="Uplift learned from the measured plans")
+    ax.legend(fontsize=7, ncol=2)
+    ax.spines[["top", "right"]].set_visible(False)
+    history = _chart("uplift-history", fig, "The uplift learned after each measured plan, with its interval, and "
+                                            "the uplift each plan used")
+    return {"plans": df["snapshot_date"].nunique(), "rows": df.to_dict("records"), "measured": measured,
+            "history": history, "model": _uplift_model(ctx)}
+
+
+def _uplift_model(ctx: Context) -> Values | None:
+    """The latest per-customer uplift model fitted by the snapshot, with its Qini curve against random targeting;
+    None without one (retention.uplift_model is off by default)."""
+    if "uplift_models" not in ctx.tables:
+        return None
+    df = ctx.query(f"""
+        SELECT * FROM uplift_models__delta WHERE snapshot_date <= DATE '{ctx.snapshot.isoformat()}'
+        ORDER BY snapshot_date DESC LIMIT 1""")
+    if df.empty:
+        return None
+    model = df.iloc[0].to_dict()
+    qini = None
+    if model["qini_coefficient"] is not None and not pd.isna(model["qini_coefficient"]):
+        depths, gains = list(model["qini_depths"]), list(model["qini_gains"])
+        plt = charts.pyplot()
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        ax.plot(depths, gains, marker="o", color=TIER_COLOURS["potential"], label="uplift model")
+        ax.plot([0, 1], [0, gains[-1]], linestyle="--", color=charts.NEUTRAL, label="random targeting")
+        ax.set(xlabel="share of evaluated customers targeted, by predicted uplift",
+               ylabel="incremental retained per customer", title="Qini curve on held-out customers")
+        ax.legend(fontsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+        qini = _chart("uplift-qini", fig, "Qini curve of the per-customer uplift model on the customers held out of "
+                                          "its fit, against random targeting")
+    return {**model, "plans": list(model["plans"]), "qini": qini}
+
+
+def _economics(ctx: Context) -> Values:
+    """Per tier: revenue against cost to serve over the last year, margin, CLV per spend, changes, warnings."""
+    df = ctx.query("SELECT * FROM tier_economics")
+    if df.empty:
+        raise Missing("no tier economics for this snapshot (written with the retention plan)")
+    df = df.set_index("value_tier").reindex([t for t in VALUE_TIERS if t in set(df["value_tier"])])
+    plt = charts.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    positions = range(len(df))
+    ax.bar([p - 0.2 for p in positions], df["revenue_365d"], width=0.4, label="revenue, last 365 days",
+           color=[TIER_COLOURS[t] for t in df.index])
+    ax.bar([p + 0.2 for p in positions], df["interaction_cost_365d"], width=0.4, label="interaction costs",
+           color=charts.NEUTRAL)
+    ax.bar([p + 0.2 for p in positions], df["treatment_spend_365d"], width=0.4, bottom=df["interaction_cost_365d"],
+           label="retention spend", color="#5a5a5a")
+    ax.set_xticks(list(positions), list(df.index), fontsize=8)
+    ax.set(ylabel="amount", title="Revenue and cost to serve per tier, last 365 days")
+    ax.legend(fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return {"tiers": _records(df, "tier"), "warnings": [w for w in df["warning"] if isinstance(w, str)],
+            "previous": next((p for p in df["previous_snapshot"] if not _absent(p)), None),
+            "chart": _chart("tier-economics", fig, "Revenue against cost to serve per value tier")}
 
 
 def _regions(ctx: Context) -> Values:
@@ -496,6 +598,8 @@ SECTIONS: Sequence[tuple[str, str, Callable[[Context], Values]]] = (
     ("clv", "Customer lifetime value", _clv),
     ("migration", "Migration since the previous snapshot", _migration),
     ("retention", "Retention plan", _retention),
+    ("outcomes", "Retention outcomes: treated against control", _outcomes),
+    ("economics", "Tier economics", _economics),
     ("regions", "Regions", _regions),
     ("quality", "Data quality", _quality),
     ("lineage", "Run lineage", _lineage),

@@ -61,6 +61,7 @@ from segscale.pipeline.commands import (
     score_snapshot,
     snapshot_dates,
     train_models,
+    treat_plan,
 )
 from segscale.session import fetch_delta_jars, get_spark, spark_sql_command, under_spark_submit
 
@@ -251,6 +252,21 @@ def generate(
 ) -> int:
     def job(spark: SparkSession, settings: Settings) -> int:
         show(stages_view(generate_inputs(spark, settings, out)))
+        return 0
+    return _execute(ctx, job)
+
+
+@app.command("treat", cls=Command, short_help="carry out a published plan on generated input (simulation)",
+             help="Simulate carrying out the retention plan of --snapshot-date on input made by segscale generate: "
+                  "each plan customer is saved with their tier's true effect (generate.treatment_effects), a saved "
+                  "treated customer who would not have bought within churn.horizon_days gets one purchase, and the "
+                  "treated group is recorded in INPUT/treatments; INPUT/treatment_truth holds every customer's "
+                  "potential outcomes. A later segscale run measures the plan. Refused on input without the "
+                  "generator's ground truth, and for a plan already carried out.")
+def treat(ctx: typer.Context, input: Input = None, warehouse: Warehouse_ = None,  # noqa: A002 (the flag's name)
+          snapshot_date: SnapshotDate = None, config: Config = None, debug: Debug = False) -> int:
+    def job(spark: SparkSession, settings: Settings) -> int:
+        show(stages_view(treat_plan(spark, settings, snapshot_date or _yesterday())))
         return 0
     return _execute(ctx, job)
 

@@ -70,14 +70,47 @@ def _tiers_by_stage(tiers: dict[str, dict[str, int]]) -> Table:
 def _plan(plan: dict[str, Any]) -> RenderableType:
     if plan.get("note"):
         return Text(f"retention plan: empty ({plan['note']})")
-    table = _table(f"retention plan: {plan['customers_targeted']:,} customers, spend {plan['spend']:,.2f} of "
-                   f"budget {plan['budget']:,.2f}, expected saved value {plan['expected_saved_value']:,.2f}",
-                   "value tier", "treatment", "candidates", "targeted", "spend", "budget share", "expected saved",
-                   "ROI", right=("candidates", "targeted", "spend", "budget share", "expected saved", "ROI"))
+    controls = plan.get("customers_controlled")
+    held = f", {controls:,} held out as control" if controls is not None else ""
+    table = _table(f"retention plan: {plan['customers_targeted']:,} customers treated{held}, spend "
+                   f"{plan['spend']:,.2f} of budget {plan['budget']:,.2f}, expected saved value "
+                   f"{plan['expected_saved_value']:,.2f}",
+                   "value tier", "treatment", "uplift", "candidates", "treated", "control", "spend", "budget share",
+                   "limits", "expected saved", "ROI",
+                   right=("uplift", "candidates", "treated", "control", "spend", "budget share", "expected saved",
+                          "ROI"))
+    uplifts = plan.get("uplifts", {})
     for tier, t in plan["tiers"].items():
         share = f"{t['share_of_budget']:.1%}" if t["share_of_budget"] is not None else "-"
-        table.add_row(tier, t["treatment"], f"{t['candidates']:,}", f"{t['customers_targeted']:,}",
-                      f"{t['spend']:,.2f}", share, f"{t['expected_saved_value']:,.2f}", f"{t['roi']:.2f}")
+        limits = [f"budget {t['tier_budget']:,.2f}" if t.get("tier_budget") is not None else "",
+                  f"capacity {t['capacity']:,}" if t.get("capacity") is not None else ""]
+        uplift = uplifts.get(tier)
+        used = ("-" if not uplift else "per customer (model)" if uplift["source"] == "model" else
+                f"{uplift['uplift']:.3f} {'learned' if uplift['source'] == 'learned' else 'config'}")
+        table.add_row(tier, t["treatment"], used, f"{t['candidates']:,}", f"{t['customers_targeted']:,}",
+                      f"{t.get('customers_controlled', 0):,}", f"{t['spend']:,.2f}", share,
+                      ", ".join(x for x in limits if x) or "-", f"{t['expected_saved_value']:,.2f}",
+                      f"{t['roi']:.2f}")
+    return table
+
+
+def _share(value: float | None) -> str:
+    return f"{value:+.1%}" if value is not None else "-"
+
+
+def _outcomes(measured: dict[str, dict[str, dict[str, Any]]]) -> Table:
+    table = _table("plans measured (treated against the randomized control group)", "plan", "value tier",
+                   "treatment", "treated", "control", "incremental retention", "interval", "realized uplift",
+                   "learned uplift", right=("treated", "control", "incremental retention", "realized uplift",
+                                            "learned uplift"))
+    for plan_date, tiers in measured.items():
+        for tier, o in tiers.items():
+            interval = (f"{o['incremental_retention_low']:+.1%} to {o['incremental_retention_high']:+.1%}"
+                        if o["incremental_retention_low"] is not None else "-")
+            table.add_row(plan_date, tier, o["treatment"], f"{o['customers_treated']:,}",
+                          f"{o['customers_controlled']:,}", _share(o["incremental_retention"]), interval,
+                          f"{o['realized_uplift']:.3f}" if o["realized_uplift"] is not None else "-",
+                          f"{o['learned_uplift']:.3f}" if o["learned_uplift"] is not None else "-")
     return table
 
 
@@ -129,6 +162,17 @@ def summary_view(summary: dict[str, Any]) -> Group:
                      f"{'exact days' if resolution['bin_days'] == 1 else str(resolution['bin_days']) + '-day bins'}"
                      f": " + ", ".join(f"{k} {v:.4g}" for part in fitted["params"].values() for k, v in part.items()))
     parts += [Text(line) for line in lines]
+    outcomes = stages.get("outcomes")
+    if outcomes and outcomes.get("measured"):
+        parts.append(_outcomes(outcomes["measured"]))
+    fitted_uplift = (outcomes or {}).get("uplift_model")
+    if fitted_uplift:
+        qini = fitted_uplift["qini_coefficient"]
+        parts.append(Text(
+            f"uplift model fitted on the plans of {', '.join(fitted_uplift['plans']) or 'none'}: "
+            f"{fitted_uplift['customers_fitted']:,} customers, Qini coefficient "
+            f"{'-' if qini is None else f'{qini:+.4f}'} on {fitted_uplift['customers_evaluated']:,} held-out; "
+            + ("the plan values each candidate with it" if fitted_uplift["used_by_plans"] else fitted_uplift["note"])))
     plan = stages.get("plan", {}).get("retention")
     if plan:
         parts.append(_plan(plan))

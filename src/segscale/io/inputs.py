@@ -39,14 +39,15 @@ def read_inputs(store: DeltaStore, input_dir: str, columns: Mapping[str, Mapping
     if missing:
         raise InputError(f"required input tables {missing} not found under {input_dir} (expected a Delta, "
                          f"Parquet or CSV directory per table: {input_dir}/transactions/ and, optionally, "
-                         f"customers/ and interactions/; see docs/input-contract.md)")
+                         f"customers/, interactions/ and treatments/; see docs/input-contract.md)")
     frames = {}
     for name, fmt in found.items():
         if fmt is None:
             continue
         where = f"{input_dir}/{name}"
         frames[name] = conform(name, mapped(name, _read(store, where, fmt), where, columns.get(name, {})), where)
-    return InputTables(frames.get("customers"), frames["transactions"], frames.get("interactions"))
+    return InputTables(frames.get("customers"), frames["transactions"], frames.get("interactions"),
+                       frames.get("treatments"))
 
 
 def mapped(name: str, df: DataFrame, where: str, mapping: Mapping[str, str]) -> DataFrame:

@@ -12,15 +12,18 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 
-from segscale.catalog import RUNS, TABLES, Table
+from segscale.catalog import RETENTION_PLAN, RUNS, TABLES, Table
 from segscale.config import Settings
 from segscale.errors import InputError
 from segscale.io.delta import DeltaStore, Warehouse, open_table
+from segscale.io.inputs import detect_format, read_inputs
 from segscale.pipeline import stages as s
 from segscale.pipeline.context import Run
 from segscale.pipeline.graph import Graph, Stage
+from segscale.synthetic.campaigns import carry_out
 from segscale.synthetic.generator import as_csv_text, generate_frames
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,8 @@ GRAPHS: dict[str, Graph] = {graph.command: graph for graph in (
     Graph("run", (
         Stage(s.choose_models, "models"), Stage(s.ingest, "inputs"), Stage(s.validate, "validated"),
         Stage(s.compute_features, "features"), Stage(s.train_models, "models"),
-        Stage(s.publish_features, "features"), Stage(s.segment, "scores"), Stage(s.migration), Stage(s.plan),
+        Stage(s.publish_features, "features"), Stage(s.segment, "scores"), Stage(s.migration),
+        Stage(s.measure_outcomes, "uplifts"), Stage(s.plan), Stage(s.economics),
     ), given=("train",)),
     Graph("validate", (Stage(s.ingest, "inputs"), Stage(s.validate, "validated"))),
     Graph("features", (
@@ -42,8 +46,10 @@ GRAPHS: dict[str, Graph] = {graph.command: graph for graph in (
         Stage(s.champions, "models"), Stage(s.published_features, "features"), Stage(s.segment, "scores"),
         Stage(s.migration),
     )),
-    Graph("plan", (Stage(s.published_scores, "scores"), Stage(s.plan))),
-    Graph("score", (Stage(s.rescore, "scores"), Stage(s.plan)), given=("churn_version",)),
+    Graph("plan", (Stage(s.published_scores, "scores"), Stage(s.learned_uplifts, "uplifts"), Stage(s.plan),
+                   Stage(s.economics))),
+    Graph("score", (Stage(s.rescore, "scores"), Stage(s.learned_uplifts, "uplifts"), Stage(s.plan),
+                    Stage(s.economics)), given=("churn_version",)),
     Graph("train", (
         Stage(s.every_model_to_train, "models"), Stage(s.ingest, "inputs"), Stage(s.check_inputs, "validated"),
         Stage(s.compute_features, "features"), Stage(s.train_every_model, "models"),
@@ -150,7 +156,8 @@ def backfill(spark: SparkSession, settings: Settings, dates: list[dt.date], *, f
 # Commits that change no row: a table whose commits since the newest completed run are all of these is as readers
 # see it.
 NO_DATA_CHANGE = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END"})
-SNAPSHOT_TABLES = tuple(t for t in TABLES if t.partition_by == ("snapshot_date",))
+# The tables snapshot retention prunes (retention_outcomes keeps every plan's outcome: the learned uplift's memory).
+SNAPSHOT_TABLES = tuple(t for t in TABLES if t.partition_by == ("snapshot_date",) and not t.outlives_retention)
 
 
 @dataclass(frozen=True)
@@ -292,6 +299,8 @@ def generate_inputs(spark: SparkSession, settings: Settings, out_dir: str, run: 
     run = run or Run("generate", settings)
     gen = settings.generate
     store = DeltaStore(spark, settings.delta)
+    for name in SIMULATED:  # what `segscale treat` made of the previous tables: not true of the new ones
+        _remove_dir(f"{out_dir.rstrip('/')}/{name}")
     for name, frame_df in generate_frames(spark, gen).items():
         with run.stage(f"generate {name}") as stage:
             path = f"{out_dir.rstrip('/')}/{name}"
@@ -306,8 +315,59 @@ def generate_inputs(spark: SparkSession, settings: Settings, out_dir: str, run: 
     return run.summary("succeeded")
 
 
-def _write_plain(frame_df: DataFrame, path: str, fmt: str) -> None:
+# The tables `treat_plan` adds to a generated input.
+SIMULATED = ("treatments", "treatment_truth")
+
+
+def _remove_dir(path: str) -> None:
+    fs, root = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    if fs.get_file_info(root).type == pafs.FileType.Directory:
+        fs.delete_dir(root)
+
+
+def _write_plain(frame_df: DataFrame, path: str, fmt: str, mode: str = "overwrite") -> None:
     if fmt == "parquet":
-        frame_df.write.mode("overwrite").parquet(path)
+        frame_df.write.mode(mode).parquet(path)
         return
-    frame_df.transform(as_csv_text).write.mode("overwrite").option("header", True).csv(path)
+    frame_df.transform(as_csv_text).write.mode(mode).option("header", True).csv(path)
+
+
+def treat_plan(spark: SparkSession, settings: Settings, snapshot_date: dt.date, run: Run | None = None
+               ) -> dict[str, Any]:
+    """Carry out the published plan of `snapshot_date` on generated input (segscale.synthetic.campaigns): append
+    the purchases the true effect saves to its transactions, the treated group to its treatments, and every
+    customer's potential outcomes to treatment_truth. Refused on input without a generator's ground truth (real
+    data is never changed) and for a plan already carried out."""
+    run = run or Run("treat", settings, snapshot_date)
+    input_dir = settings.paths.input.rstrip("/")
+    if detect_format(f"{input_dir}/customer_truth") != "delta":
+        raise InputError(f"{input_dir} holds no generated input (no customer_truth table): segscale treat only "
+                         f"simulates a plan on data made by segscale generate, never on real data")
+    store = DeltaStore(spark, settings.delta)
+    warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
+    plans = warehouse.partition_values(RETENTION_PLAN, "snapshot_date") if warehouse.exists(RETENTION_PLAN) else []
+    if snapshot_date.isoformat() not in plans:
+        raise InputError(f"retention_plan has no snapshot {snapshot_date} in {warehouse.root}; run segscale run for "
+                         f"that date first")
+    truth_path = f"{input_dir}/treatment_truth"
+    if store.exists(truth_path) and store.read(truth_path).where(
+            f"snapshot_date = DATE'{snapshot_date}'").limit(1).count():
+        raise InputError(f"the plan of {snapshot_date} was already carried out on {input_dir} (treatment_truth has "
+                         f"its rows); generate the input again to start over")
+    inputs = read_inputs(store, input_dir, settings.input.columns)
+    plan_df = warehouse.read(RETENTION_PLAN).where(f"snapshot_date = DATE'{snapshot_date}'")
+    added_df, treatments_df, truth_df = carry_out(plan_df, inputs.transactions, snapshot_date,
+                                                  settings.churn.horizon_days, settings.generate)
+    fmt = detect_format(f"{input_dir}/transactions")
+    for name, frame_df in (("transactions", added_df), ("treatments", treatments_df), ("treatment_truth", truth_df)):
+        with run.stage(f"treat {name}") as stage:
+            path = f"{input_dir}/{name}"
+            table_format = "delta" if name == "treatment_truth" else fmt
+            if table_format == "delta":
+                result = store.write(path, frame_df, mode="append",
+                                     meta=run.meta(f"treat {name}", plan=snapshot_date.isoformat()))
+                stage.record = GeneratedTableRecord(path, table_format, result.rows, result.files, result.version)
+            else:
+                _write_plain(frame_df, path, table_format, mode="append")
+                stage.record = GeneratedRecord(path, table_format)
+    return run.summary("succeeded")

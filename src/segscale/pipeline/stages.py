@@ -8,6 +8,7 @@ values passed between stages are the typed results below, never dicts with strin
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,12 @@ from segscale.catalog import (
     CUSTOMER_FEATURES,
     CUSTOMER_SCORES,
     QUARANTINE,
+    RETENTION_OUTCOMES,
     RETENTION_PLAN,
     RETENTION_SUMMARY,
     SEGMENT_MIGRATION,
+    TIER_ECONOMICS,
+    UPLIFT_MODELS,
 )
 from segscale.errors import InputError, ModelSkipped
 from segscale.io.inputs import detect_format, input_versions, read_inputs
@@ -33,6 +37,7 @@ from segscale.models.churn import CHURN_COLUMNS, RISK_BANDS
 from segscale.models.registry import ScoringModel, require_inputs
 from segscale.pipeline.context import ModelOutcome, Published, Run
 from segscale.transforms.conform import InputTables
+from segscale.transforms.economics import YEAR_DAYS, economics_rows, tier_sums
 from segscale.transforms.features import (
     FEATURE_TYPES,
     customer_attributes,
@@ -40,6 +45,15 @@ from segscale.transforms.features import (
     filter_signed_up_by,
 )
 from segscale.transforms.migration import segment_migration
+from segscale.transforms.outcomes import (
+    Uplift,
+    group_sums,
+    matured,
+    outcome_rows,
+    plan_treatments,
+    plan_uplifts,
+    window_purchases,
+)
 from segscale.transforms.plan import (
     PLAN_METRICS,
     candidates,
@@ -51,6 +65,7 @@ from segscale.transforms.plan import (
 )
 from segscale.transforms.rfm import cut_points, quantile_sketch
 from segscale.transforms.segments import LIFECYCLE_STAGES, VALUE_TIERS, customer_scores, tier_thresholds
+from segscale.transforms.uplift import UpliftModel, fit_uplift_model, randomized_rows
 from segscale.transforms.validate import TableCounts, Validated, check_bad_ratios, reason_counts, validate_inputs
 
 CHURN, CLV = "churn", "clv"
@@ -142,6 +157,38 @@ class MigrationRecord:
 @dataclass(frozen=True)
 class PlanRecord:
     retention: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OutcomesRecord:
+    """The plans measured by this run (snapshot → per tier the treated and control groups, the incremental
+    retention with its interval and the learned uplift), the earlier plans still within their horizon, and the
+    uplift per tier the snapshot's plan uses."""
+
+    measured: dict[str, dict[str, dict[str, Any]]]
+    waiting: list[str]
+    uplifts: dict[str, dict[str, Any]]
+    uplift_model: dict[str, Any] | None = None
+
+
+OUTCOME_FIGURES = ("treatment", "customers_treated", "customers_controlled", "incremental_retention",
+                   "incremental_retention_low", "incremental_retention_high", "realized_uplift", "learned_uplift")
+
+
+@dataclass(frozen=True)
+class Uplifts:
+    """What the snapshot's plan values its candidates with: per tier, the configured or learned uplift (source
+    `model` when the per-customer uplift model replaces it), and that model."""
+
+    tiers: dict[str, Uplift]
+    model: UpliftModel | None = None
+
+    @property
+    def incremental_retention(self) -> Column | None:
+        return self.model.incremental_retention() if self.model is not None else None
+
+    def record(self) -> dict[str, dict[str, Any]]:
+        return {tier: {"uplift": u.value, "source": u.source, "plans": list(u.plans)} for tier, u in self.tiers.items()}
 
 
 # ---- models --------------------------------------------------------------------------------------------------
@@ -449,13 +496,125 @@ def migration(run: Run, scores: Scores) -> None:
                                        next_published)
 
 
-# ---- the plan ----------------------------------------------------------------------------------------------------
+# ---- outcomes and the plan ---------------------------------------------------------------------------------------
+def measure_outcomes(run: Run, validated: Validated) -> Uplifts:
+    """Measure every published plan whose horizon has ended by this snapshot and that has no outcome from its
+    current rows yet (retention_outcomes); then the uplift each tier's plan uses. A plan without treated or control
+    customers (empty, or published before the control groups) has nothing to measure."""
+    settings = run.settings
+    horizon = settings.churn.horizon_days
+    with run.stage("outcomes") as stage:
+        plans = run.warehouse.partition_values(RETENTION_PLAN, "snapshot_date") if run.warehouse.exists(
+            RETENTION_PLAN) else []
+        earlier = [d for d in plans if d < run.snapshot_date.isoformat()]
+        due = matured(earlier, run.snapshot_date, horizon)
+        outcomes = _outcomes(run)
+        measured = {}
+        for plan_date in due:
+            summary = _plan_summary(run, plan_date)
+            if not any((row.get("customers_targeted") or 0) + (row.get("customers_controlled") or 0)
+                       for row in summary.values()):
+                continue  # an empty plan, or one published before the control groups: nothing to compare
+            plan_run = next(iter(summary.values()))["run_id"]
+            known = [o for o in outcomes if o["snapshot_date"] == plan_date]
+            if known and all(o["plan_run_id"] == plan_run for o in known):
+                continue
+            next_plan = dt.date.fromisoformat(earlier[earlier.index(plan_date.isoformat()) + 1]) if (
+                plan_date.isoformat() != earlier[-1]) else None
+            recorded = (plan_treatments(validated.treatments, plan_date, next_plan)
+                        if validated.treatments is not None else None)
+            sums = group_sums(run.snapshot_of(RETENTION_PLAN, plan_date), validated.transactions, recorded,
+                              plan_date, horizon)
+            planned = {tier: row.get("uplift") for tier, row in summary.items()}
+            rows = outcome_rows(sums, plan_date, run.snapshot_date, planned,
+                                [o for o in outcomes if o["snapshot_date"] < plan_date], settings.retention,
+                                horizon, run.run_id)
+            run.publish(stage, RETENTION_OUTCOMES, run.spark.createDataFrame(rows, RETENTION_OUTCOMES.spark_schema),
+                        snapshot_date=plan_date, measured_on=run.snapshot_date.isoformat())
+            measured[plan_date.isoformat()] = {row["value_tier"]: {k: row[k] for k in OUTCOME_FIGURES} for row in rows}
+            outcomes = [o for o in outcomes if o["snapshot_date"] != plan_date] + rows
+        fitted = (_fit_uplift_model(run, stage, validated, outcomes, plans) if settings.retention.uplift_model
+                  else None)
+        uplifts = _uplifts_as_of(run, outcomes)
+        stage.record = OutcomesRecord(measured, [d for d in earlier if dt.date.fromisoformat(d) not in due],
+                                      uplifts.record(), _model_record(fitted) if fitted else None)
+    return uplifts
+
+
+def _fit_uplift_model(run: Run, stage: Any, validated: Validated, outcomes: list[dict[str, Any]],
+                      published: list[str]) -> UpliftModel | None:
+    """Fit the per-customer uplift model on the treated and control customers of every measured plan still in
+    retention_plan (`published`: its snapshots), and publish it (uplift_models); None when the latest model was
+    fitted on the same plans."""
+    horizons = {o["snapshot_date"]: o["horizon_days"] for o in outcomes if o["customers_controlled"]
+                and o["snapshot_date"].isoformat() in published and o["horizon_end"] <= run.snapshot_date}
+    latest = _latest_uplift_model(run)
+    if not horizons or (latest is not None and latest.plans == tuple(d.isoformat() for d in sorted(horizons))):
+        return None
+    seed = run.settings.retention.holdout_seed
+    frames = [randomized_rows(run.snapshot_of(RETENTION_PLAN, day),
+                              window_purchases(validated.transactions, day, horizon), seed)
+              for day, horizon in sorted(horizons.items())]
+    model = fit_uplift_model(functools.reduce(DataFrame.unionByName, frames), run.snapshot_date,
+                             [day.isoformat() for day in sorted(horizons)])
+    run.publish(stage, UPLIFT_MODELS, run.spark.createDataFrame([model.row(run.run_id)], UPLIFT_MODELS.spark_schema),
+                qini_coefficient=model.qini_coefficient)
+    if model.note:
+        run.warn(f"the per-customer uplift model: {model.note}")
+    return model
+
+
+def _model_record(model: UpliftModel) -> dict[str, Any]:
+    return {"plans": list(model.plans), "customers_fitted": model.customers_fitted,
+            "customers_evaluated": model.customers_evaluated, "qini_coefficient": model.qini_coefficient,
+            "used_by_plans": model.used, "note": model.note}
+
+
+def learned_uplifts(run: Run) -> Uplifts:
+    """The uplift each tier's plan uses, from the published outcomes (`segscale plan` and `score`)."""
+    return _uplifts_as_of(run, _outcomes(run))
+
+
+def _outcomes(run: Run) -> list[dict[str, Any]]:
+    """Every published row of retention_outcomes."""
+    if not run.warehouse.exists(RETENTION_OUTCOMES):
+        return []
+    return [row.asDict() for row in run.warehouse.read(RETENTION_OUTCOMES).collect()]  # small: 3 rows per plan
+
+
+def _plan_summary(run: Run, plan_date: dt.date) -> dict[str, dict[str, Any]]:
+    """The published retention_summary rows of a plan, per tier."""
+    rows = run.snapshot_of(RETENTION_SUMMARY, plan_date).collect()  # small: three rows
+    return {row["value_tier"]: row.asDict() for row in rows}
+
+
+def _uplifts_as_of(run: Run, outcomes: list[dict[str, Any]]) -> Uplifts:
+    """The uplifts of this snapshot's plan: learned from the outcomes whose window ended by the snapshot, so a
+    backfilled snapshot plans with what was known then; with `retention.uplift_model`, the latest uplift model
+    fitted on or before the snapshot instead, if it ranks better than random targeting."""
+    known = [o for o in outcomes if o["horizon_end"] <= run.snapshot_date]
+    tiers = plan_uplifts(known, run.settings.retention)
+    model = _latest_uplift_model(run) if run.settings.retention.uplift_model else None
+    if model is None or not model.used:
+        return Uplifts(tiers)
+    return Uplifts({tier: Uplift(None, "model", model.plans) for tier in tiers}, model)
+
+
+def _latest_uplift_model(run: Run) -> UpliftModel | None:
+    """The uplift_models row of the latest snapshot on or before the run's."""
+    if not run.warehouse.exists(UPLIFT_MODELS):
+        return None
+    rows = run.warehouse.read(UPLIFT_MODELS).where(F.col("snapshot_date") <= F.lit(run.snapshot_date)).orderBy(
+        F.col("snapshot_date").desc()).limit(1).collect()  # small: one row
+    return UpliftModel.from_row(rows[0].asDict()) if rows else None
+
+
 def published_scores(run: Run) -> Scores:
     """The snapshot's published customer_scores (`segscale plan`)."""
     return Scores(run.snapshot_of(CUSTOMER_SCORES))
 
 
-def plan(run: Run, scores: Scores) -> None:
+def plan(run: Run, scores: Scores, uplifts: Uplifts) -> None:
     """Publish retention_plan and retention_summary from the snapshot's customer_scores. Without a churn
     probability and a CLV for anyone (a model disabled or skipped), the plan is empty and retention_summary says
     why, so an earlier plan of the snapshot never stays behind."""
@@ -464,12 +623,14 @@ def plan(run: Run, scores: Scores) -> None:
         retention = settings.retention
         scored = scored_by_tier(scores.df)
         note = None if sum(scored.values()) else _why_no_plan(run)
-        with ranked(candidates(scores.df, retention), retention.budget) as ranked_df:
+        with ranked(candidates(scores.df, retention, {t: u.value for t, u in uplifts.tiers.items()},
+                               uplifts.incremental_retention), retention) as ranked_df:
             counted = Observation("plan_by_tier")
             run.publish(stage, RETENTION_PLAN, retention_plan(ranked_df, run.run_id).observe(counted,
                                                                                               *plan_counters()),
-                        budget=retention.budget)
-            rows = summary_rows(counted.get, scored, retention, note)
+                        budget=retention.budget, holdout_share=retention.holdout_share,
+                        holdout_seed=retention.holdout_seed)
+            rows = summary_rows(counted.get, scored, retention, uplifts.tiers, note)
         summary_df = run.spark.createDataFrame(
             [{**row, "snapshot_date": run.snapshot_date, "run_id": run.run_id} for row in rows],
             RETENTION_SUMMARY.spark_schema)
@@ -480,9 +641,44 @@ def plan(run: Run, scores: Scores) -> None:
             "budget": retention.budget, "spend": sum(row["spend"] for row in rows), "note": note,
             "customers_targeted": sum(row["customers_targeted"] for row in rows),
             "expected_saved_value": sum(row["expected_saved_value"] for row in rows),
+            "holdout_share": retention.holdout_share, "uplifts": uplifts.record(),
+            "customers_controlled": sum(row["customers_controlled"] for row in rows),
             "tiers": {row["value_tier"]: {k: row[k] for k in ("treatment", "scored_customers", *PLAN_METRICS,
-                                                               "share_of_budget", "roi")} for row in rows},
+                                                               "share_of_budget", "roi", "tier_budget",
+                                                               "capacity")} for row in rows},
         })
+
+
+@dataclass(frozen=True)
+class EconomicsRecord:
+    tiers: dict[str, dict[str, Any]]
+
+
+def economics(run: Run, scores: Scores) -> None:
+    """Publish tier_economics: per tier, revenue and cost to serve over the last year, margin, CLV per unit of
+    spend and the change since the previous snapshot; its warnings go to the run's."""
+    day = run.snapshot_date
+    with run.stage("economics") as stage:
+        sums = tier_sums(scores.df, run.snapshot_of(CUSTOMER_FEATURES))
+        year_start = day - dt.timedelta(days=YEAR_DAYS)
+        spend = [row.asDict() for row in run.warehouse.read(RETENTION_SUMMARY).where(
+            (F.col("snapshot_date") > F.lit(year_start)) & (F.col("snapshot_date") <= F.lit(day))).select(
+            "snapshot_date", "value_tier", "spend").collect()]  # small: three rows per plan of the year
+        previous = []
+        if run.warehouse.exists(TIER_ECONOMICS):
+            snapshots = run.warehouse.partition_values(TIER_ECONOMICS, "snapshot_date")
+            earlier = [d for d in snapshots if d < day.isoformat()]
+            if earlier:
+                previous = [row.asDict() for row in run.snapshot_of(
+                    TIER_ECONOMICS, dt.date.fromisoformat(earlier[-1])).collect()]  # small: three rows
+        rows = economics_rows(sums, spend, previous, day, run.settings.retention, run.run_id)
+        run.publish(stage, TIER_ECONOMICS, run.spark.createDataFrame(rows, TIER_ECONOMICS.spark_schema))
+        for row in rows:
+            if row["warning"]:
+                run.warn(row["warning"])
+        stage.record = EconomicsRecord({row["value_tier"]: {k: row[k] for k in (
+            "customers", "revenue_365d", "cost_to_serve", "margin", "cost_share", "clv_per_spend", "value_share",
+            "warning")} for row in rows})
 
 
 def _why_no_plan(run: Run) -> str:

@@ -20,6 +20,7 @@ class InputTables:
     customers: DataFrame | None
     transactions: DataFrame
     interactions: DataFrame | None
+    treatments: DataFrame | None = None
 
 
 def conform(name: str, df: DataFrame, where: str) -> DataFrame:

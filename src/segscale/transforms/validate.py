@@ -38,6 +38,7 @@ UNKNOWN_TRANSACTION_TYPE = "unknown_transaction_type"  # transaction_type null o
 UNKNOWN_INTERACTION_KIND = "unknown_interaction_kind"  # kind null or not in validation.interaction_kinds
 INVALID_SATISFACTION = "invalid_satisfaction"  # satisfaction given but outside 1..5
 INVALID_COST = "invalid_cost"  # cost given but NaN, infinite or negative
+MISSING_PLAN_DATE = "missing_plan_date"  # a treatment with neither snapshot_date nor treated_on
 UNKNOWN_CUSTOMER = "unknown_customer"  # customer_id not among the clean customers (validation.unknown_customer)
 DUPLICATE_CUSTOMER_ID = "duplicate_customer_id"  # a later copy of a customer_id (earliest signup_date is kept)
 DUPLICATE_TRANSACTION_ID = "duplicate_transaction_id"  # a later copy of a transaction_id (earliest ts is kept)
@@ -54,6 +55,7 @@ RULE_ORDER: dict[str, tuple[str, ...]] = {
         NULL_INTERACTION_ID, NULL_CUSTOMER_ID, INVALID_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, UNKNOWN_INTERACTION_KIND,
         INVALID_SATISFACTION, INVALID_COST, UNKNOWN_CUSTOMER, DUPLICATE_INTERACTION_ID,
     ),
+    "treatments": (NULL_CUSTOMER_ID, MISSING_PLAN_DATE, INVALID_COST),
 }
 SATISFACTION_RANGE = (1, 5)
 
@@ -88,6 +90,7 @@ class Validated:
     quarantine: DataFrame
     flagged: Mapping[str, DataFrame]
     kept: tuple[DataFrame, ...]
+    treatments: DataFrame | None = None
 
 
 class TableCounts(TypedDict):
@@ -146,7 +149,7 @@ def validate_inputs(inputs: InputTables, settings: ValidationSettings, snapshot_
         quarantine_rows(name, df, snapshot_date, run_id) for name, df in flagged.items()
     ])
     return Validated(customers_df, clean["transactions"], clean.get("interactions"), quarantine_df, flagged,
-                     tuple(kept))
+                     tuple(kept), clean.get("treatments"))
 
 
 def derived_customers(transactions_df: DataFrame) -> DataFrame:
@@ -183,6 +186,9 @@ def flag_inputs(inputs: InputTables, settings: ValidationSettings, now: dt.datet
                         .select("customer_id", F.lit(True).alias(_HAS_CUSTOMER)))
         flagged["interactions"], parts = flag_interactions(inputs.interactions, settings, earliest, now, known_df)
         kept += parts
+    if inputs.treatments is not None:
+        flagged["treatments"] = flag_treatments(inputs.treatments).persist(StorageLevel.MEMORY_AND_DISK)
+        kept.append(flagged["treatments"])
     return flagged, kept
 
 
@@ -246,6 +252,18 @@ def flag_interactions(interactions_df: DataFrame, settings: ValidationSettings, 
         (INVALID_COST, is_invalid_cost),
     ]
     return _flag_events(interactions_df, rules, known_customers_df, "interaction_id", DUPLICATE_INTERACTION_ID)
+
+
+def flag_treatments(treatments_df: DataFrame) -> DataFrame:
+    """Treatments with their reason. A customer may have several rows for one plan (several touches): their costs
+    add up, so repeated rows are not duplicates; a treatment of a customer outside the plan is not an error either
+    (the outcome measurement counts only the plan's customers)."""
+    rules = [
+        (NULL_CUSTOMER_ID, is_blank(F.col("customer_id"))),
+        (MISSING_PLAN_DATE, F.col("snapshot_date").isNull() & F.col("treated_on").isNull()),
+        (INVALID_COST, is_non_finite_or_negative(F.col("cost"))),
+    ]
+    return treatments_df.select(*treatments_df.columns, first_failing(rules).alias(REASON))
 
 
 def quarantine_rows(source_table: str, flagged_df: DataFrame, snapshot_date: dt.date, run_id: str) -> DataFrame:
