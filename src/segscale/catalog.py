@@ -801,14 +801,18 @@ UPLIFT_MODELS = Table(
                    'evaluation lot they were measured on. Never null'),
         Column("qini_coefficient", "double",
                doc='the area between the Qini curve of the evaluation rows and the line of random targeting, in '
-                   'incremental retained customers per evaluated customer: 0 or less, no better than random. Null '
-                   'when no model was fitted or the evaluation rows lack a group'),
+                   'incremental retained customers per evaluated customer: about 0 for a ranking no better than '
+                   'random. Null when no model was fitted or the evaluation rows lack a group'),
+        Column("qini_random_sd", "double",
+               doc="the standard deviation of the Qini coefficient a random ranking of the same evaluated customers "
+                   'would have: the noise the coefficient is judged against. Null with `qini_coefficient`'),
         *alike("qini_depths qini_gains", "array<double>",
                doc='the Qini curve: the share of evaluated customers targeted in order of predicted uplift (by '
                    'tenths, from 0), and the incremental retained customers among them per evaluated customer. Empty '
                    'without a coefficient'),
         Column("used_by_plans", "boolean", nullable=False,
-               doc='whether plans use it: fitted and `qini_coefficient` > 0. Never null'),
+               doc='whether plans use it: fitted, and `qini_coefficient` above `qini_random_sd` × the one-sided '
+                   'normal quantile of `retention.confidence` (1.645 at 0.95). Never null'),
         Column("note", "string",
                doc='why no model was fitted, or why plans do not use it; null when they do'),
         Column("run_id", "string", nullable=False, doc='the run that fitted it. Never null'),

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 from frames import CHEAP_MODELS, GOLDEN_INPUT, settings_for
+from scipy import stats
 
 from segscale import catalog
 from segscale.cli.app import main
-from segscale.io.delta import Warehouse
+from segscale.io.delta import CommitMetadata, Warehouse
 from segscale.pipeline import generate_inputs
 from segscale.transforms.plan import candidates, ranked
 
@@ -136,17 +137,22 @@ def test_treat_refuses_real_data_and_a_plan_it_already_carried_out(loop, spark, 
 @pytest.fixture(scope="module")
 def modelled(loop, spark):
     """One more quarter with `retention.uplift_model`: the run of 2024-12-31 measures the plan of 2024-09-30 and
-    fits the per-customer uplift model on the three measured plans."""
+    fits the per-customer uplift model on the three measured plans. Returns the config file of that run."""
     settings, root = loop
     config = root / "modelled.yaml"
     config.write_text(settings.model_copy(update={"retention": settings.retention.model_copy(
         update={"uplift_model": True})}).model_dump_json(include={"paths", "delta", "generate", "retention", "churn"}))
     assert main(["run", "--config", str(config), "--snapshot-date", MODELLED.isoformat()], spark=spark) == 0
-    return settings, root
+    return settings, root, config
 
 
-def test_the_uplift_model_is_fitted_on_every_measured_plan_and_the_plan_uses_it_if_it_beats_random(modelled):
-    settings, root = modelled
+def latest(root, name: str, day: dt.date) -> pd.DataFrame:
+    frame = table(root, "wh", name)
+    return frame[frame["snapshot_date"].astype(str) == day.isoformat()]
+
+
+def test_the_uplift_model_is_fitted_on_every_measured_plan_and_judged_against_random_targeting(modelled):
+    settings, root, _ = modelled
     models = table(root, "wh", "uplift_models")
     assert list(models.columns) == catalog.UPLIFT_MODELS.column_names
     assert len(models) == 1
@@ -159,20 +165,36 @@ def test_the_uplift_model_is_fitted_on_every_measured_plan_and_the_plan_uses_it_
     assert model["customers_fitted"] + model["customers_evaluated"] == len(randomized)
     assert 0.2 < model["customers_evaluated"] / len(randomized) < 0.4
     assert model["qini_depths"][0] == 0 and model["qini_depths"][-1] == pytest.approx(1.0)
-    assert bool(model["used_by_plans"]) == (model["qini_coefficient"] > 0)
-    summary = table(root, "wh", "retention_summary")
-    summary = summary[summary["snapshot_date"].astype(str) == MODELLED.isoformat()]
+    assert model["qini_random_sd"] > 0
+    # Used exactly when the coefficient beats random targeting at retention.confidence (0.999 here: 3.09 sd).
+    beats = model["qini_coefficient"] > stats.norm.ppf(settings.retention.confidence) * model["qini_random_sd"]
+    assert bool(model["used_by_plans"]) == beats and (model["note"] is None) == beats
+    summary = latest(root, "retention_summary", MODELLED)
+    assert (summary["uplift_source"] == ("model" if beats else "learned")).all()
     report = root / "report.html"
     assert main(["report", "--warehouse", str(root / "wh"), "--out", str(report)]) == 0
     html = report.read_text()
     assert "Per-customer uplift model" in html and 'data-chart="uplift-qini"' in html
-    # The true effect grows with churn risk (the treatment keeps a share of would-be churners), which the model
-    # ranks better than chance on the customers it did not see.
-    assert model["used_by_plans"] and model["note"] is None
+
+
+def test_a_plan_with_a_model_that_beats_random_values_each_customer_with_it(modelled, spark):
+    settings, root, config = modelled
+    # The model as if its Qini coefficient had beaten random targeting; `segscale plan` re-plans the snapshot.
+    model = table(root, "wh", "uplift_models").iloc[0].to_dict()
+    warehouse = Warehouse(spark, str(root / "wh"), settings.delta)
+    row = {**model, "used_by_plans": True, "note": None, "plans": list(model["plans"]), "terms": list(model["terms"])}
+    row.update({k: [float(v) for v in model[k]] for k in ("treated_coefficients", "control_coefficients",
+                                                           "qini_depths", "qini_gains")})
+    warehouse.write(catalog.UPLIFT_MODELS, spark.createDataFrame([row], catalog.UPLIFT_MODELS.spark_schema),
+                    meta=CommitMetadata(run_id="test", stage="outcomes", config_hash="x"),
+                    partition={"snapshot_date": MODELLED})
+    assert main(["plan", "--config", str(config), "--snapshot-date", MODELLED.isoformat()], spark=spark) == 0
+    summary = latest(root, "retention_summary", MODELLED)
     assert (summary["uplift_source"] == "model").all() and summary["uplift"].isna().all()
     assert all(list(p) == list(model["plans"]) for p in summary["uplift_plans"])
-    # The plan valued each candidate with the published coefficients: τ(x) × clv − cost, computed here in numpy.
-    candidates_df = plan[plan["snapshot_date"].astype(str) == MODELLED.isoformat()]
+    # Each candidate valued with the published coefficients: τ(x) × clv − cost, computed here in numpy.
+    candidates_df = latest(root, "retention_plan", MODELLED)
+    assert len(candidates_df) > 0
     x = {"churn_probability": candidates_df["churn_probability"], "log_clv": np.log1p(candidates_df["clv"])}
     for name in model["terms"][2:]:
         column, value = name.split("_", 1)

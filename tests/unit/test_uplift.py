@@ -16,8 +16,9 @@ from segscale.transforms.uplift import (
     MIN_ARM_CUSTOMERS,
     UpliftModel,
     fit_uplift_model,
+    qini,
     qini_coefficient,
-    qini_curve,
+    qini_random_sd,
     randomized_rows,
 )
 
@@ -25,7 +26,7 @@ P = dt.date(2024, 3, 31)
 EFFECT = {"high_value": 0.0, "potential": 0.5, "regular": 0.1}  # the share of would-be churners a treatment keeps
 
 
-def world(n: int, seed: int, treated_share: float = 0.7) -> pd.DataFrame:
+def world(n: int, seed: int, treated_share: float = 0.7, effect: dict[str, float] = EFFECT) -> pd.DataFrame:
     """Randomized customers whose churn, if untreated, is their churn_probability, and whom the treatment keeps
     with their tier's EFFECT: the true incremental retention is EFFECT[tier] × churn_probability."""
     rng = np.random.default_rng(seed)
@@ -33,12 +34,12 @@ def world(n: int, seed: int, treated_share: float = 0.7) -> pd.DataFrame:
     churn = rng.uniform(0.05, 0.95, n)
     treated = rng.random(n) < treated_share
     churns = rng.random(n) < churn
-    kept = treated & churns & (rng.random(n) < np.vectorize(EFFECT.get)(tier))
+    kept = treated & churns & (rng.random(n) < np.vectorize(effect.get)(tier))
     return pd.DataFrame({
         "customer_id": [f"C{i:06d}" for i in range(n)], "snapshot_date": P, "value_tier": tier,
         "lifecycle_stage": rng.choice(["new", "repeat", "loyal"], n), "churn_probability": churn,
         "clv": rng.uniform(50, 500, n), "treated": treated, "retained": (~churns | kept).astype(float),
-        "true_uplift": np.vectorize(EFFECT.get)(tier) * churn,
+        "true_uplift": np.vectorize(effect.get)(tier) * churn,
     })
 
 
@@ -47,7 +48,7 @@ def fitted(spark):
     rows = world(40_000, seed=3)
     rows["evaluation"] = np.random.default_rng(4).random(len(rows)) < 0.3
     rows_df = spark.createDataFrame(rows.drop(columns="true_uplift"))
-    return rows, fit_uplift_model(rows_df, P, [P.isoformat()])
+    return rows, fit_uplift_model(rows_df, P, [P.isoformat()], confidence=0.95)
 
 
 def predict(spark, model: UpliftModel, rows: pd.DataFrame) -> np.ndarray:
@@ -72,10 +73,22 @@ def test_the_t_learner_recovers_an_effect_that_differs_by_tier_and_churn_risk(sp
 
 def test_the_model_beats_random_targeting_on_the_rows_it_was_not_fitted_on(fitted):
     _, model = fitted
-    assert model.qini_coefficient > 0.01
-    assert model.qini_depths[0] == 0.0 and model.qini_depths[-1] == pytest.approx(1.0)
-    assert list(model.qini_depths) == sorted(model.qini_depths)
-    assert len(model.qini_depths) == len(model.qini_gains) == 11
+    curve = model.qini
+    assert curve.coefficient > 0.01 and curve.coefficient > 5 * curve.random_sd
+    assert curve.depths[0] == 0.0 and curve.depths[-1] == pytest.approx(1.0)
+    assert list(curve.depths) == sorted(curve.depths)
+    assert len(curve.depths) == len(curve.gains) == 11
+
+
+def test_a_model_of_customers_the_treatment_does_nothing_for_is_not_used(spark):
+    rows = world(20_000, seed=12, effect=dict.fromkeys(EFFECT, 0.0))
+    rows["evaluation"] = np.random.default_rng(13).random(len(rows)) < 0.3
+    # A random ranking's coefficient stays within 3 standard deviations 99.7 % of the time; so does a model's
+    # when there is nothing to find. At 99.9 % confidence (3.09 standard deviations) it is not used.
+    model = fit_uplift_model(spark.createDataFrame(rows.drop(columns="true_uplift")), P, [P.isoformat()], 0.999)
+    assert model.treated is not None and not model.used
+    assert abs(model.qini.coefficient) < 3 * model.qini.random_sd
+    assert "within what random targeting reaches" in model.note
 
 
 def independent_qini(frame: pd.DataFrame, score: np.ndarray, bins: int = 10) -> float:
@@ -105,13 +118,25 @@ def test_the_qini_curve_matches_a_computation_by_sorting_and_ranks_truth_above_c
     for name, column, score in (("truth", F.col("true_uplift"), rows["true_uplift"].to_numpy()),
                                 ("chance", F.col("noise"), noise),
                                 ("reversed", -F.col("true_uplift"), -rows["true_uplift"].to_numpy())):
-        depths, gains = qini_curve(rows_df, column)
-        figures[name] = qini_coefficient(depths, gains)
+        curve = qini(rows_df, column)
+        figures[name] = curve.coefficient
         # Tenths by approximate quantiles against exact ones: the same area to within a few customers' worth.
         assert figures[name] == pytest.approx(independent_qini(rows, score), abs=2e-3), name
-    assert figures["truth"] > 0.02
-    assert abs(figures["chance"]) < 0.01
-    assert figures["reversed"] < -0.02
+    assert figures["truth"] > 5 * curve.random_sd
+    assert abs(figures["chance"]) < 3 * curve.random_sd
+    assert figures["reversed"] < -5 * curve.random_sd
+
+
+def test_the_spread_of_random_targeting_matches_random_rankings():
+    rows = world(5_000, seed=21)
+    rng = np.random.default_rng(22)
+    coefficients = [independent_qini(rows, rng.random(len(rows))) for _ in range(400)]
+    treated = rows["treated"].to_numpy()
+    retained = rows["retained"].to_numpy()
+    sd = qini_random_sd(np.linspace(0, 1, 11), treated.sum(), (~treated).sum(), retained[treated].sum(),
+                        retained[~treated].sum())
+    assert abs(np.mean(coefficients)) < 3 * sd / np.sqrt(len(coefficients))
+    assert np.std(coefficients) == pytest.approx(sd, rel=0.15)
 
 
 def test_qini_of_a_straight_line_is_zero_and_of_a_curve_above_it_positive():
@@ -123,8 +148,8 @@ def test_qini_of_a_straight_line_is_zero_and_of_a_curve_above_it_positive():
 def test_too_few_controls_fit_no_model_and_say_why(spark):
     rows = world(2_000, seed=5, treated_share=0.98)
     rows["evaluation"] = False
-    model = fit_uplift_model(spark.createDataFrame(rows.drop(columns="true_uplift")), P, [P.isoformat()])
-    assert model.treated is None and not model.used and model.qini_coefficient is None
+    model = fit_uplift_model(spark.createDataFrame(rows.drop(columns="true_uplift")), P, [P.isoformat()], 0.95)
+    assert model.treated is None and not model.used and model.qini is None
     assert f"at least {MIN_ARM_CUSTOMERS}" in model.note and "control" in model.note
     assert model.row("r")["treated_coefficients"] is None
 
@@ -134,7 +159,7 @@ def test_a_published_model_scores_as_the_fitted_one(spark, fitted):
     again = UpliftModel.from_row(model.row("run"))
     sample = rows.head(500)
     assert np.allclose(predict(spark, again, sample), predict(spark, model, sample))
-    assert again.used == model.used and again.plans == (P.isoformat(),)
+    assert again == model
 
 
 def test_randomized_rows_take_the_groups_as_assigned_with_a_stable_evaluation_lot(spark):

@@ -167,11 +167,12 @@ def summary_view(summary: dict[str, Any]) -> Group:
         parts.append(_outcomes(outcomes["measured"]))
     fitted_uplift = (outcomes or {}).get("uplift_model")
     if fitted_uplift:
-        qini = fitted_uplift["qini_coefficient"]
+        qini, noise = fitted_uplift["qini_coefficient"], fitted_uplift["qini_random_sd"]
         parts.append(Text(
             f"uplift model fitted on the plans of {', '.join(fitted_uplift['plans']) or 'none'}: "
             f"{fitted_uplift['customers_fitted']:,} customers, Qini coefficient "
-            f"{'-' if qini is None else f'{qini:+.4f}'} on {fitted_uplift['customers_evaluated']:,} held-out; "
+            f"{'-' if qini is None else f'{qini:+.4f} (random: ±{noise:.4f})'} on "
+            f"{fitted_uplift['customers_evaluated']:,} held-out; "
             + ("the plan values each candidate with it" if fitted_uplift["used_by_plans"] else fitted_uplift["note"])))
     plan = stages.get("plan", {}).get("retention")
     if plan:

@@ -556,9 +556,10 @@ def _fit_uplift_model(run: Run, stage: Any, validated: Validated, outcomes: list
                               window_purchases(validated.transactions, day, horizon), seed)
               for day, horizon in sorted(horizons.items())]
     model = fit_uplift_model(functools.reduce(DataFrame.unionByName, frames), run.snapshot_date,
-                             [day.isoformat() for day in sorted(horizons)])
-    run.publish(stage, UPLIFT_MODELS, run.spark.createDataFrame([model.row(run.run_id)], UPLIFT_MODELS.spark_schema),
-                qini_coefficient=model.qini_coefficient)
+                             [day.isoformat() for day in sorted(horizons)], run.settings.retention.confidence)
+    row = model.row(run.run_id)
+    run.publish(stage, UPLIFT_MODELS, run.spark.createDataFrame([row], UPLIFT_MODELS.spark_schema),
+                qini_coefficient=row["qini_coefficient"])
     if model.note:
         run.warn(f"the per-customer uplift model: {model.note}")
     return model
@@ -566,7 +567,9 @@ def _fit_uplift_model(run: Run, stage: Any, validated: Validated, outcomes: list
 
 def _model_record(model: UpliftModel) -> dict[str, Any]:
     return {"plans": list(model.plans), "customers_fitted": model.customers_fitted,
-            "customers_evaluated": model.customers_evaluated, "qini_coefficient": model.qini_coefficient,
+            "customers_evaluated": model.customers_evaluated,
+            "qini_coefficient": model.qini.coefficient if model.qini else None,
+            "qini_random_sd": model.qini.random_sd if model.qini else None,
             "used_by_plans": model.used, "note": model.note}
 
 

@@ -13,16 +13,17 @@ Each plan's customers draw an evaluation lot (a hash of the holdout seed, the pl
 share of EVALUATION_SHARE) and those rows are left out of the fit. On them, the Qini curve: the evaluated customers
 in order of predicted uplift, by tenths; at each depth, the incremental retained customers among those targeted so far
 (the treated retained minus the controls' retained scaled to the treated count), per evaluated customer. The Qini
-coefficient is the area between that curve and the straight line of random targeting: 0 for a model that ranks no
-better than chance, positive when it puts the customers the treatment keeps first. A plan uses the model only when
-the coefficient is positive; otherwise the tier uplifts.
+coefficient is the area between that curve and the straight line of random targeting: about 0 for a model that
+ranks no better than chance, positive when it puts the customers the treatment keeps first. A random ranking of the
+same customers would reach a coefficient with a known spread (`qini_random_sd`); a plan uses the model only when its
+coefficient is above that noise at `retention.confidence` (one-sided), otherwise the tier uplifts.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from scipy import stats
 
 from segscale.transforms.plan import CONTROL, DRAWS, TREATED
 from segscale.transforms.segments import LIFECYCLE_STAGES, VALUE_TIERS
@@ -72,9 +74,24 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class Qini:
+    """A Qini curve (`qini`) and its coefficient, with the standard deviation of the coefficient a random
+    ranking of the same customers would have."""
+
+    depths: tuple[float, ...]
+    gains: tuple[float, ...]
+    coefficient: float
+    random_sd: float
+
+    def beats_random(self, confidence: float) -> bool:
+        """Whether the coefficient is above what a random ranking reaches with probability 1 − confidence."""
+        return self.coefficient > float(stats.norm.ppf(confidence)) * self.random_sd
+
+
+@dataclass(frozen=True)
 class UpliftModel:
-    """A fitted T-learner and how it did on the evaluation rows; `note` says why a model was not fitted or is not
-    used (treated and control are then None)."""
+    """A fitted T-learner, how it did on the evaluation rows, and whether plans use it; `note` says why a model
+    was not fitted (treated and control are then None) or is not used."""
 
     snapshot_date: dt.date
     plans: tuple[str, ...]
@@ -83,15 +100,9 @@ class UpliftModel:
     control: Arm | None
     customers_fitted: int
     customers_evaluated: int
-    qini_coefficient: float | None = None
-    qini_depths: tuple[float, ...] = field(default_factory=tuple)
-    qini_gains: tuple[float, ...] = field(default_factory=tuple)
+    qini: Qini | None = None
+    used: bool = False
     note: str | None = None
-
-    @property
-    def used(self) -> bool:
-        """Whether plans use it: fitted, and better than random targeting on the evaluation rows."""
-        return self.treated is not None and self.qini_coefficient is not None and self.qini_coefficient > 0
 
     def incremental_retention(self) -> Column:
         """τ(x): the predicted retention if treated minus if not, per row with the plan's columns."""
@@ -101,6 +112,7 @@ class UpliftModel:
     def row(self, run_id: str) -> dict[str, Any]:
         """Its uplift_models row."""
         fitted = self.treated is not None and self.control is not None
+        qini = self.qini
         return {
             "snapshot_date": self.snapshot_date, "plans": list(self.plans), "terms": list(self.terms),
             "treated_intercept": self.treated.intercept if fitted else None,
@@ -108,18 +120,22 @@ class UpliftModel:
             "control_intercept": self.control.intercept if fitted else None,
             "control_coefficients": list(self.control.coefficients) if fitted else None,
             "customers_fitted": self.customers_fitted, "customers_evaluated": self.customers_evaluated,
-            "qini_coefficient": self.qini_coefficient, "qini_depths": list(self.qini_depths),
-            "qini_gains": list(self.qini_gains), "used_by_plans": self.used, "note": self.note, "run_id": run_id,
+            "qini_coefficient": qini.coefficient if qini else None,
+            "qini_random_sd": qini.random_sd if qini else None,
+            "qini_depths": list(qini.depths) if qini else [], "qini_gains": list(qini.gains) if qini else [],
+            "used_by_plans": self.used, "note": self.note, "run_id": run_id,
         }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> UpliftModel:
         fitted = row["treated_coefficients"] is not None
+        qini = (Qini(tuple(row["qini_depths"]), tuple(row["qini_gains"]), row["qini_coefficient"],
+                     row["qini_random_sd"]) if row["qini_coefficient"] is not None else None)
         return cls(row["snapshot_date"], tuple(row["plans"]), tuple(row["terms"]),
                    Arm(row["treated_intercept"], tuple(row["treated_coefficients"])) if fitted else None,
                    Arm(row["control_intercept"], tuple(row["control_coefficients"])) if fitted else None,
-                   row["customers_fitted"], row["customers_evaluated"], row["qini_coefficient"],
-                   tuple(row["qini_depths"] or ()), tuple(row["qini_gains"] or ()), row["note"])
+                   row["customers_fitted"], row["customers_evaluated"], qini, bool(row["used_by_plans"]),
+                   row["note"])
 
 
 def randomized_rows(plan_df: DataFrame, window_df: DataFrame, seed: int) -> DataFrame:
@@ -135,8 +151,10 @@ def randomized_rows(plan_df: DataFrame, window_df: DataFrame, seed: int) -> Data
         (lot < F.lit(round(EVALUATION_SHARE * DRAWS))).alias("evaluation"))
 
 
-def fit_uplift_model(rows_df: DataFrame, snapshot_date: dt.date, plans: Sequence[str]) -> UpliftModel:
-    """Fit the T-learner on the rows outside the evaluation lot and measure its Qini coefficient on the others."""
+def fit_uplift_model(rows_df: DataFrame, snapshot_date: dt.date, plans: Sequence[str], confidence: float
+                     ) -> UpliftModel:
+    """Fit the T-learner on the rows outside the evaluation lot and measure its Qini coefficient on the others;
+    plans use it when the coefficient beats random targeting at `confidence` (one-sided)."""
     names = tuple(terms())
     data_df = rows_df.select("value_tier", "lifecycle_stage", "churn_probability", "clv", "treated", "retained",
                              "evaluation").persist(StorageLevel.MEMORY_AND_DISK)
@@ -161,13 +179,14 @@ def fit_uplift_model(rows_df: DataFrame, snapshot_date: dt.date, plans: Sequence
                                             maxIter=100).fit(vectors_df.where(F.col("treated") == F.lit(treated)))
             arms.append(Arm(float(regression.intercept), tuple(float(c) for c in regression.coefficients)))
         model = _replace(model, treated=arms[0], control=arms[1])
-        depths, gains = qini_curve(data_df.where(F.col("evaluation")), model.incremental_retention())
-        if not depths:
-            return _replace(model, note="no Qini coefficient: the evaluation rows lack a treated or a control group")
-        coefficient = qini_coefficient(depths, gains)
-        model = _replace(model, qini_depths=depths, qini_gains=gains, qini_coefficient=coefficient)
-        return model if model.used else _replace(
-            model, note="not used: on the evaluation rows it ranks no better than random targeting (Qini ≤ 0)")
+        curve = qini(data_df.where(F.col("evaluation")), model.incremental_retention())
+        if curve is None:
+            return _replace(model, note="not used: the evaluation rows lack a treated or a control group")
+        if not curve.beats_random(confidence):
+            return _replace(model, qini=curve, note=(
+                f"not used: its Qini coefficient {curve.coefficient:.4f} is within what random targeting reaches "
+                f"(standard deviation {curve.random_sd:.4f}, one-sided at {confidence:.0%})"))
+        return _replace(model, qini=curve, used=True)
     finally:
         data_df.unpersist()
 
@@ -176,10 +195,10 @@ def _replace(model: UpliftModel, **changes: Any) -> UpliftModel:
     return UpliftModel(**{**model.__dict__, **changes})
 
 
-def qini_curve(rows_df: DataFrame, uplift: Column, bins: int = QINI_BINS) -> tuple[tuple[float, ...], ...]:
+def qini(rows_df: DataFrame, uplift: Column, bins: int = QINI_BINS) -> Qini | None:
     """The Qini curve of `uplift` over rows with `treated` and `retained`: rows in tenths (`bins`) of descending
     uplift (ties share a tenth); for each depth d (the share of rows targeted), the incremental retained customers
-    R_t − R_c · N_t / N_c among them, per row. Starts at (0, 0); depths without controls yet are skipped. Empty
+    R_t − R_c · N_t / N_c among them, per row. Starts at (0, 0); depths without controls yet are skipped. None
     without treated or control rows. One Spark aggregate per bin; the curve is computed from those few rows."""
     scored_df = rows_df.select("treated", "retained", uplift.alias("_uplift"))
     cuts = sorted(set(scored_df.approxQuantile("_uplift", [i / bins for i in range(1, bins)], 1e-3)))
@@ -192,7 +211,7 @@ def qini_curve(rows_df: DataFrame, uplift: Column, bins: int = QINI_BINS) -> tup
         key=lambda r: r["bin"])
     total = sum(r["n_t"] + r["n_c"] for r in sums)
     if not sum(r["n_t"] for r in sums) or not sum(r["n_c"] for r in sums):
-        return (), ()
+        return None
     depths, gains = [0.0], [0.0]
     n_t = n_c = r_t = r_c = 0.0
     for r in sums:
@@ -200,11 +219,35 @@ def qini_curve(rows_df: DataFrame, uplift: Column, bins: int = QINI_BINS) -> tup
         if n_c:
             depths.append((n_t + n_c) / total)
             gains.append((r_t - r_c * n_t / n_c) / total)
-    return tuple(depths), tuple(gains)
+    return Qini(tuple(depths), tuple(gains), qini_coefficient(depths, gains),
+                qini_random_sd(depths, n_t, n_c, r_t, r_c))
+
+
+def _trapezoid_weights(depths: Sequence[float]) -> np.ndarray:
+    d = np.asarray(depths, dtype=float)
+    steps = np.diff(d)
+    return np.concatenate([[0.0], steps]) / 2 + np.concatenate([steps, [0.0]]) / 2
 
 
 def qini_coefficient(depths: Sequence[float], gains: Sequence[float]) -> float:
     """The area between the Qini curve and random targeting's line from (0, 0) to its end (trapezoids)."""
-    d, g = np.asarray(depths), np.asarray(gains)
-    above_random = g - d * g[-1]
-    return float(np.sum((above_random[1:] + above_random[:-1]) / 2 * np.diff(d)))
+    d, g = np.asarray(depths, dtype=float), np.asarray(gains, dtype=float)
+    return float(_trapezoid_weights(d) @ (g - d * g[-1]))
+
+
+def qini_random_sd(depths: Sequence[float], treated: float, controls: float, retained_treated: float,
+                   retained_control: float) -> float:
+    """The standard deviation of the Qini coefficient of a random ranking of these customers. In random order, the
+    gain at depth d is N_t(d) times the difference of two retention rates measured on a random d-share of each
+    group: its distance from the straight line is a sum of the customers' deviations from their group's rate
+    (treated: y − p_t; controls, scaled to the treated: −(N_t / N_c)(y − p_c)), a d-share drawn without
+    replacement, with covariance n·σ²·(min(d, d′) − d·d′) between depths (σ² the deviations' variance per customer,
+    over n²). The coefficient is a weighted sum of those distances (the trapezoids' weights w): variance n·σ²·wᵀKw.
+    """
+    n = treated + controls
+    ratio, p_t, p_c = treated / controls, retained_treated / treated, retained_control / controls
+    variance = (treated * p_t * (1 - p_t) + ratio * ratio * controls * p_c * (1 - p_c)) / n ** 3
+    d = np.asarray(depths, dtype=float)
+    w = _trapezoid_weights(d)
+    bridge = np.minimum.outer(d, d) - np.outer(d, d)
+    return float(np.sqrt(n * variance * max(w @ bridge @ w, 0.0)))
