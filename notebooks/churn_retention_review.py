@@ -151,7 +151,7 @@ sql("""SELECT priority_rank, customer_id, value_tier, lifecycle_stage, treatment
 # (`retention_outcomes`), and the uplift learned from it, which the next plans use.
 
 # %%
-measured = sql("SELECT * FROM retention_summary WHERE uplift_source = 'learned'")
+measured = sql("SELECT * FROM retention_summary WHERE uplift_source IN ('learned', 'model')")
 if measured.empty:
     print("no plan measured yet: a plan is measured by the first run on or after its snapshot + churn.horizon_days")
 else:
