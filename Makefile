@@ -55,8 +55,9 @@ docs: $(STAMP)
 	$(PY) -m segscale.catalog --update docs
 
 # Not part of `make test`: the whole pipeline at 1M and 6M customers on each Delta backend, with DuckDB and plain
-# PySpark on the same files; about 90 minutes on 2 cores. Results: benchmarks/results/, docs/benchmarks.md. The component benchmarks
-# (bench_foundation, bench_features, bench_churn, bench_clv) run alone: see docs/benchmarks.md.
+# PySpark on the same files, then the closed retention loop at 6M (a plan measured one quarter later); about two hours
+# on 2 cores. Results: benchmarks/results/, docs/benchmarks.md. The component benchmarks (bench_foundation,
+# bench_features, bench_churn, bench_clv) run alone: see docs/benchmarks.md.
 bench: check-java $(STAMP)
 	$(PY) benchmarks/bench_pipeline.py --sizes 1000000,6000000
 	$(PY) benchmarks/bench_retention.py --sizes 6000000
