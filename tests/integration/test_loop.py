@@ -207,3 +207,17 @@ def test_a_plan_with_a_model_that_beats_random_values_each_customer_with_it(mode
 
     tau = probability("treated") - probability("control")
     assert np.allclose(candidates_df["expected_saved_value"], tau * candidates_df["clv"] - candidates_df["cost"])
+
+
+def test_treat_says_an_empty_plan_has_nothing_to_carry_out(spark, tmp_path, capsys):
+    # Ten customers: neither model can be trained, so the plan is empty and says why.
+    settings = settings_for(tmp_path / "in", tmp_path / "wh", generate={"customers": 10, "seed": 3})
+    generate_inputs(spark, settings, str(tmp_path / "in"))
+    where = ["--input", str(tmp_path / "in"), "--warehouse", str(tmp_path / "wh"), "--snapshot-date", "2024-09-30"]
+    assert main(["run", *where], spark=spark) == 0
+    transactions = table(tmp_path, "in", "transactions")
+    assert main(["treat", *where], spark=spark) == 2
+    error = capsys.readouterr().err
+    assert "the plan of 2024-09-30" in error and "is empty (no churn model" in error
+    assert "nothing to carry out" in error
+    assert len(table(tmp_path, "in", "transactions")) == len(transactions)

@@ -410,13 +410,13 @@ def _outcomes(ctx: Context) -> Values:
     fig, ax = plt.subplots(figsize=(7, 3.4))
     for k, tier in enumerate(tiers):
         rows = df[(df["value_tier"] == tier) & df["incremental_retention"].notna()]
-        x = pd.to_datetime(rows["snapshot_date"]) + pd.to_timedelta(6 * (k - 1), unit="D")
-        ax.errorbar(x, rows["incremental_retention"],
-                    yerr=[rows["incremental_retention"] - rows["incremental_retention_low"],
-                          rows["incremental_retention_high"] - rows["incremental_retention"]],
-                    fmt="o", capsize=3, color=TIER_COLOURS[tier], label=f"{tier}: measured")
-        ax.scatter(x, rows["expected_incremental_retention"], marker="_", s=160, color=TIER_COLOURS[tier],
-                   label=f"{tier}: expected")
+        x = (pd.to_datetime(rows["snapshot_date"]) + pd.to_timedelta(6 * (k - 1), unit="D")).to_numpy()
+        measured, low, high = (rows[c].to_numpy(dtype=float) for c in (
+            "incremental_retention", "incremental_retention_low", "incremental_retention_high"))
+        ax.errorbar(x, measured, yerr=[measured - low, high - measured], fmt="o", capsize=3,
+                    color=TIER_COLOURS[tier], label=f"{tier}: measured")
+        ax.scatter(x, rows["expected_incremental_retention"].to_numpy(dtype=float), marker="_", s=160,
+                   color=TIER_COLOURS[tier], label=f"{tier}: expected")
     ax.axhline(0, color=charts.NEUTRAL, linewidth=0.8)
     ax.set(ylabel="treated − control retention", title="Incremental retention per plan (with intervals)")
     ax.legend(fontsize=7, ncol=2)

@@ -329,8 +329,9 @@ def _pipeline_job(ctx: typer.Context, snapshot_date: dt.date | None, summary_jso
              short_help="run the main job for one snapshot: validate, \\[train], features, segment and score, plan",
              help="Read the inputs, validate them (bad rows to quarantine), publish customer_features, then "
                   "customer_scores (churn and CLV from the champion models) and segment_migration, then "
-                  "retention_plan and retention_summary for the snapshot. Trains a model first with --train or "
-                  "when it has no champion.")
+                  "retention_outcomes (earlier plans whose horizon has passed, and the uplift learned from them), "
+                  "retention_plan, retention_summary and tier_economics for the snapshot. Trains a model first "
+                  "with --train or when it has no champion.")
 def run(
     ctx: typer.Context,
     input: Input = None,  # noqa: A002 (the flag's name)

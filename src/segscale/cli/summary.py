@@ -169,7 +169,7 @@ def summary_view(summary: dict[str, Any]) -> Group:
     if fitted_uplift:
         qini, noise = fitted_uplift["qini_coefficient"], fitted_uplift["qini_random_sd"]
         parts.append(Text(
-            f"uplift model fitted on the plans of {', '.join(fitted_uplift['plans']) or 'none'}: "
+            f"per-customer uplift model, plans of {', '.join(fitted_uplift['plans']) or 'none'}: "
             f"{fitted_uplift['customers_fitted']:,} customers, Qini coefficient "
             f"{'-' if qini is None else f'{qini:+.4f} (random: ±{noise:.4f})'} on "
             f"{fitted_uplift['customers_evaluated']:,} held-out; "

@@ -15,7 +15,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 
-from segscale.catalog import RETENTION_PLAN, RUNS, TABLES, Table
+from segscale.catalog import RETENTION_PLAN, RETENTION_SUMMARY, RUNS, TABLES, Table
 from segscale.config import Settings
 from segscale.errors import InputError
 from segscale.io.delta import DeltaStore, Warehouse, open_table
@@ -347,6 +347,11 @@ def treat_plan(spark: SparkSession, settings: Settings, snapshot_date: dt.date, 
     warehouse = Warehouse(spark, settings.paths.warehouse, settings.delta)
     plans = warehouse.partition_values(RETENTION_PLAN, "snapshot_date") if warehouse.exists(RETENTION_PLAN) else []
     if snapshot_date.isoformat() not in plans:
+        summary = (warehouse.read(RETENTION_SUMMARY).where(f"snapshot_date = DATE'{snapshot_date}'").select("note")
+                   .collect() if warehouse.exists(RETENTION_SUMMARY) else [])  # small: three rows
+        if summary:
+            raise InputError(f"the plan of {snapshot_date} in {warehouse.root} is empty "
+                             f"({summary[0]['note'] or 'no candidate was worth its treatment'}): nothing to carry out")
         raise InputError(f"retention_plan has no snapshot {snapshot_date} in {warehouse.root}; run segscale run for "
                          f"that date first")
     truth_path = f"{input_dir}/treatment_truth"
