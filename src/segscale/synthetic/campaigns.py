@@ -22,18 +22,16 @@ from pyspark.sql import functions as F
 from segscale.config import GenerateSettings
 from segscale.contract import CONTRACT
 from segscale.transforms.features import PURCHASE, snapshot_end
-from segscale.transforms.outcomes import horizon_end
-from segscale.transforms.plan import CONTROL, TREATED
+from segscale.transforms.outcomes import window_purchases
+from segscale.transforms.plan import CONTROL, DRAWS, TREATED, lot
 
-DRAWS = 1_000_000
 TREATMENT_TRUTH_SCHEMA = ("customer_id string, snapshot_date date, value_tier string, treatment_group string, "
                           "saved boolean, retained_untreated boolean, retained_if_treated boolean")
 
 
 def _lot(seed: int, plan_date: dt.date, salt: str) -> Column:
     """A uniform draw in [0, 1) per customer, from (seed, plan date, customer, salt)."""
-    draw = F.pmod(F.xxhash64(F.lit(seed), F.lit(plan_date), F.col("customer_id"), F.lit(salt)), F.lit(DRAWS))
-    return draw / F.lit(float(DRAWS))
+    return lot(F.lit(seed), F.lit(plan_date), F.col("customer_id"), F.lit(salt)) / F.lit(float(DRAWS))
 
 
 def carry_out(plan_df: DataFrame, transactions_df: DataFrame, plan_date: dt.date, horizon_days: int,
@@ -45,16 +43,14 @@ def carry_out(plan_df: DataFrame, transactions_df: DataFrame, plan_date: dt.date
     effect = F.lit(0.0)
     for tier, value in effects.model_dump().items():
         effect = F.when(F.col("value_tier") == F.lit(tier), F.lit(value)).otherwise(effect)
-    start, end = snapshot_end(plan_date), snapshot_end(horizon_end(plan_date, horizon_days))
     purchases = transactions_df.where(F.col("transaction_type") == F.lit(PURCHASE))
-    window_df = purchases.where((F.col("ts") >= start) & (F.col("ts") < end)).groupBy("customer_id").agg(
-        F.count(F.lit(1)).alias("_in_window"))
-    usual_df = purchases.where(F.col("ts") < start).groupBy("customer_id").agg(
+    usual_df = purchases.where(F.col("ts") < snapshot_end(plan_date)).groupBy("customer_id").agg(
         F.avg("amount").alias("_usual"), F.max_by("category", "ts").alias("_category"))
     groups_df = (plan_df.where(F.col("treatment_group").isin(TREATED, CONTROL))
-                 .join(window_df, "customer_id", how="left").join(usual_df, "customer_id", how="left")
+                 .join(window_purchases(transactions_df, plan_date, horizon_days), "customer_id", how="left")
+                 .join(usual_df, "customer_id", how="left")
                  .withColumn("_saved", _lot(settings.seed, plan_date, "saved") < effect)
-                 .withColumn("_retained", F.coalesce(F.col("_in_window"), F.lit(0)) > 0))
+                 .withColumn("_retained", F.coalesce(F.col("_purchases"), F.lit(0)) > 0))
     treated = F.col("treatment_group") == F.lit(TREATED)
     truth_df = groups_df.select(
         "customer_id", F.lit(plan_date).alias("snapshot_date"), "value_tier", "treatment_group",

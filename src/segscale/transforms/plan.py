@@ -89,12 +89,16 @@ def _rank_order() -> list[Column]:
     return [free_first.desc(), F.col("expected_saved_value").desc(), F.col("customer_id").asc()]
 
 
+def lot(*parts: Column) -> Column:
+    """A draw in [0, DRAWS) per row, from a hash of `parts`: the same parts always draw the same number."""
+    return F.pmod(F.xxhash64(*parts), F.lit(DRAWS))
+
+
 def held_out(settings: RetentionSettings) -> Column:
     """True for the customers whose lot puts them in the control group: a hash of (holdout_seed, snapshot_date,
     customer_id), below holdout_share of its range. The same probability in every tier, stage and risk decile, and
     the same lot on every rerun, whatever the budget or the other customers."""
-    draw = F.pmod(F.xxhash64(F.lit(settings.holdout_seed), F.col("snapshot_date"), F.col("customer_id")),
-                  F.lit(DRAWS))
+    draw = lot(F.lit(settings.holdout_seed), F.col("snapshot_date"), F.col("customer_id"))
     return draw < F.lit(round(settings.holdout_share * DRAWS))
 
 

@@ -34,7 +34,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from scipy import stats
 
-from segscale.transforms.plan import CONTROL, DRAWS, TREATED
+from segscale.transforms.plan import CONTROL, DRAWS, TREATED, lot
 from segscale.transforms.segments import LIFECYCLE_STAGES, VALUE_TIERS
 
 # The share of each plan's customers kept out of the fit to measure the model on.
@@ -141,14 +141,13 @@ class UpliftModel:
 def randomized_rows(plan_df: DataFrame, window_df: DataFrame, seed: int) -> DataFrame:
     """A measured plan's treated and control customers: the plan's columns, `treated` (as assigned), `retained`
     (a purchase in the outcome window: `window_df`'s `_purchases`) and `evaluation` (the customer's lot)."""
-    lot = F.pmod(F.xxhash64(F.lit(seed), F.col("snapshot_date"), F.col("customer_id"), F.lit("evaluation")),
-                 F.lit(DRAWS))
+    draw = lot(F.lit(seed), F.col("snapshot_date"), F.col("customer_id"), F.lit("evaluation"))
     return plan_df.where(F.col("treatment_group").isin(TREATED, CONTROL)).join(
         window_df, "customer_id", how="left").select(
         "customer_id", "snapshot_date", "value_tier", "lifecycle_stage", "churn_probability", "clv",
         (F.col("treatment_group") == F.lit(TREATED)).alias("treated"),
         (F.coalesce(F.col("_purchases"), F.lit(0)) > 0).cast("double").alias("retained"),
-        (lot < F.lit(round(EVALUATION_SHARE * DRAWS))).alias("evaluation"))
+        (draw < F.lit(round(EVALUATION_SHARE * DRAWS))).alias("evaluation"))
 
 
 def fit_uplift_model(rows_df: DataFrame, snapshot_date: dt.date, plans: Sequence[str], confidence: float
