@@ -61,6 +61,7 @@ docs: $(STAMP)
 bench: check-java $(STAMP)
 	$(PY) benchmarks/bench_pipeline.py --sizes 1000000,6000000
 	$(PY) benchmarks/bench_retention.py --sizes 6000000
+	$(PY) benchmarks/bench_clv.py --sizes 6000000
 
 wheel: $(STAMP)
 	$(PY) -m pip wheel --no-deps --wheel-dir dist .

@@ -3,8 +3,8 @@
 For each size, in a fresh process: the published customer_features of 2024-12-31 (computed once by `segscale
 features` into benchmarks/data/clv-N/ and reused), then the resolution the fit would choose, the two Spark
 histograms, the two fits on the driver, and the predictions of every customer to a no-op sink (after a small
-warm-up), against reading the inputs alone. The fit time should not grow with the base once the histogram size is
-bounded by clv.max_histogram_rows.
+warm-up), against reading the inputs alone, then the predictions with their P10 / P90 bands (what the bands add).
+The fit time should not grow with the base once the histogram size is bounded by clv.max_histogram_rows.
 
     python benchmarks/bench_clv.py --sizes 1000000,6000000
 
@@ -37,7 +37,7 @@ def measure(customers: int, data_dir: Path) -> dict:
     from segscale.catalog import CUSTOMER_FEATURES
     from segscale.config import Settings
     from segscale.io.delta import Warehouse
-    from segscale.models.bgnbd import ClvParams, fit_bgnbd, fit_gamma_gamma
+    from segscale.models.bgnbd import ClvParams, Laplace, fit_bgnbd, fit_gamma_gamma
     from segscale.models.clv import bgnbd_histogram, choose_resolution, spend_histogram, with_clv
     from segscale.session import get_spark
 
@@ -60,14 +60,20 @@ def measure(customers: int, data_dir: Path) -> dict:
     bgnbd = timed("bgnbd_fit_seconds", lambda: fit_bgnbd(bgnbd_hist, settings.clv))
     spend = timed("gamma_gamma_fit_seconds", lambda: fit_gamma_gamma(spend_hist, settings.clv))
     inputs = ["customer_id", "bgnbd_frequency", "bgnbd_recency", "bgnbd_T", "bgnbd_monetary"]
+    unit = settings.clv.time_unit_days
+    # The predictions alone, then with their P10 / P90 bands (the parameters' covariances).
     predicted_df = features_df.select(*inputs).transform(
-        with_clv, ClvParams(bgnbd.params, spend.params, settings.clv.time_unit_days), settings.clv)
-    timed("warm_up_seconds", lambda: predicted_df.limit(20_000).write.format("noop").mode("overwrite").save())
+        with_clv, ClvParams(bgnbd.params, spend.params, unit), settings.clv)
+    banded_df = features_df.select(*inputs).transform(
+        with_clv, ClvParams(bgnbd.params, spend.params, unit, Laplace.of(bgnbd), Laplace.of(spend)), settings.clv)
+    timed("warm_up_seconds", lambda: banded_df.limit(20_000).write.format("noop").mode("overwrite").save())
     timed("read_inputs_seconds", lambda: features_df.select(*inputs).write.format("noop").mode("overwrite").save())
     timed("read_and_predict_seconds", lambda: predicted_df.write.format("noop").mode("overwrite").save())
+    timed("read_and_predict_with_bands_seconds", lambda: banded_df.write.format("noop").mode("overwrite").save())
     rows = features_df.count()
     spark.stop()
     predict_seconds = timings["read_and_predict_seconds"] - timings["read_inputs_seconds"]
+    bands_seconds = timings["read_and_predict_with_bands_seconds"] - timings["read_and_predict_seconds"]
     return {
         "customers": rows, **timings, "resolution": vars(resolution), "histogram_estimates": estimates,
         "bgnbd_histogram_rows": bgnbd.histogram_rows, "spend_histogram_rows": spend.histogram_rows,
@@ -75,6 +81,8 @@ def measure(customers: int, data_dir: Path) -> dict:
         "bgnbd_params": bgnbd.params, "gamma_gamma_params": spend.params,
         "prediction_seconds": round(predict_seconds, 2),
         "prediction_rows_per_second": round(rows / predict_seconds) if predict_seconds > 0 else None,
+        "bands_seconds": round(bands_seconds, 2),
+        "bands_over_prediction": round(bands_seconds / predict_seconds, 2) if predict_seconds > 0 else None,
         "driver_python_peak_rss_mb": python_peak_rss_mb(),
     }
 

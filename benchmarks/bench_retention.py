@@ -1,4 +1,6 @@
-"""The closed retention loop's cost (`make bench`): a plan measured one horizon later, at 6M customers.
+"""The closed retention loop's cost (`make bench`): a plan measured one horizon later, at 6M customers; and what
+trusting the scores costs in the same routine run: model monitoring (drift, and the backtests of the first
+snapshot, matured by then) and the at-risk queue's reason codes.
 
 On the generated inputs in `benchmarks/data/customers-N` (those of bench_pipeline.py), in one fresh process with the
 default configuration plus `retention.uplift_model` (so the outcomes stage also fits the per-customer uplift model)
@@ -32,6 +34,7 @@ from common import ensure_generated, jvm_peak_rss_mb, machine, python_peak_rss_m
 HERE = Path(__file__).resolve().parent
 PLAN, MEASURED = dt.date(2024, 9, 30), dt.date(2024, 12, 31)
 LOOP_STAGES = ("outcomes", "plan", "economics")
+TRUST_STAGES = ("monitor", "queue")  # model monitoring (drift, the first snapshot's backtests) and the reason codes
 
 
 def step(inputs: Path, work: Path) -> dict:
@@ -50,6 +53,8 @@ def step(inputs: Path, work: Path) -> dict:
                                  "stages": {name: record["seconds"] for name, record in summary["stages"].items()},
                                  "plan": summary["stages"]["plan"]["retention"]}
     outcomes = summary["stages"]["outcomes"]
+    monitored = {k: summary["stages"]["monitor"][k] for k in ("drift", "backtested", "alerts", "retrain")}
+    queued = {k: summary["stages"]["queue"][k] for k in ("customers", "at_risk", "left_out")}
     jvm_rss = jvm_peak_rss_mb()
     spark.stop()
     routine = runs[MEASURED.isoformat()]
@@ -62,6 +67,10 @@ def step(inputs: Path, work: Path) -> dict:
             "loop_seconds": {name: routine["stages"][name] for name in LOOP_STAGES},
             "loop_share_of_routine_run": round(sum(routine["stages"][n] for n in LOOP_STAGES)
                                                / routine["wall_seconds"], 3),
+            "monitoring": monitored, "queue": queued,
+            "trust_seconds": {name: routine["stages"][name] for name in TRUST_STAGES},
+            "trust_share_of_routine_run": round(sum(routine["stages"][n] for n in TRUST_STAGES)
+                                                / routine["wall_seconds"], 3),
             "driver_python_peak_rss_mb": python_peak_rss_mb(), "driver_jvm_peak_rss_mb": jvm_rss}
 
 

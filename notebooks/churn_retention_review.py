@@ -83,32 +83,39 @@ plt.gca().invert_yaxis()
 plt.show()
 
 # %% [markdown]
-# ## Did the previous snapshot's predictions come true?
-# A customer scored at the previous snapshot counts as churned when they made no purchase between the two
-# snapshots (recency at the later snapshot at least the gap). The gap is the snapshots' distance, not exactly the
-# model's `churn.horizon_days`, so read this as a check of ranking and rough calibration.
+# ## Do the models still work?
+# Every run monitors the models (`model_monitoring`): drift of the churn model's inputs and scores against its
+# training rows, and, once a published snapshot's churn horizon has passed, its scores and CLV predictions against
+# what happened (docs/models.md, "Monitoring").
 
 # %%
-if PREVIOUS is None:
-    print("Only one snapshot is published: nothing to check yet.")
+monitoring = sql("SELECT * FROM model_monitoring", snapshot=SNAPSHOT)
+if monitoring.empty:
+    print("no monitoring published for this snapshot")
 else:
-    gap = (SNAPSHOT - PREVIOUS).days
-    realised = sql(f"""
-        WITH joined AS (
-            SELECT before.churn_probability AS predicted,
-                   (now.recency_days IS NULL OR now.recency_days >= {gap})::INT AS churned
-            FROM customer_scores before JOIN customer_scores now USING (customer_id)
-            WHERE before.snapshot_date = DATE '{PREVIOUS}' AND now.snapshot_date = DATE '{SNAPSHOT}'
-              AND before.churn_probability IS NOT NULL)
-        SELECT decile, count(*) AS customers, avg(predicted) AS mean_predicted, avg(churned) AS observed
-        FROM (SELECT *, ntile(10) OVER (ORDER BY predicted DESC) AS decile FROM joined)
-        GROUP BY ALL ORDER BY decile""")
-    print(f"gap between snapshots: {gap} days")
-    ax = realised.plot(x="mean_predicted", y="observed", marker="o", figsize=(4, 4), legend=False,
-                       title="Predicted vs observed, by decile")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
-    plt.show()
-    display(realised.round(3))
+    display(monitoring[monitoring["alert"] | (monitoring["kind"] == "decision")][
+        ["model", "kind", "subject", "metric", "value", "threshold", "note"]])
+    drift = monitoring[monitoring["kind"] == "drift"].sort_values("value", ascending=False).head(10)
+    display(drift[["subject", "value", "alert"]].rename(columns={"subject": "feature", "value": "psi"}).round(3))
+    deciles = monitoring[monitoring["kind"] == "calibration"]
+    if deciles.empty:
+        print("no backtest yet: no published snapshot is a churn horizon older than this one")
+    else:
+        table = deciles.pivot_table(index="subject", columns="metric", values="value")
+        ax = table.plot(x="mean_predicted", y="observed", marker="o", figsize=(4, 4), legend=False,
+                        title="Predicted vs observed churn, by decile")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
+        plt.show()
+
+# %% [markdown]
+# ## Who to call first, and why
+# The account managers' queue (`at_risk_queue`): at-risk high-value and potential customers by value at risk, with
+# the plan's treatment and the three strongest reasons behind their churn probability.
+
+# %%
+sql("""SELECT customer_id, value_tier, round(churn_probability, 2) AS churn, round(value_at_risk) AS value_at_risk,
+              coalesce(planned_treatment, treatment_group) AS plan, reason_1, reason_2, reason_3
+       FROM at_risk_queue ORDER BY value_at_risk DESC LIMIT 15""", snapshot=SNAPSHOT)
 
 # %% [markdown]
 # ## The retention plan

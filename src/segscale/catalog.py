@@ -382,8 +382,20 @@ CUSTOMER_SCORES = Table(
                doc='`expected_avg_spend` × the expected purchases of each 30-day step of the `clv.horizon_days` '
                    'horizon (the last step shorter), each step discounted by `(1 + clv.annual_discount_rate) ^ (-end '
                    'of step / 365)` (default rate 0.10). Null as `p_alive`'),
+        Column("expected_purchases_p10", "double",
+               doc='the 10th percentile of `expected_purchases` under the fitted BG/NBD parameters\' uncertainty '
+                   '(Laplace approximation of the fit, delta method on the log scale; docs/models.md, '
+                   '"Intervals"). A band of what the model expects, not of what the customer will do. Null as '
+                   '`p_alive`, and when the fit has no covariance (a flat or boundary curvature; versions '
+                   'registered before segscale recorded it)'),
+        Column("expected_purchases_p90", "double", doc='the 90th percentile, as `expected_purchases_p10`'),
+        Column("clv_p10", "double",
+               doc='the 10th percentile of `clv` under both fits\' parameter uncertainty (BG/NBD and Gamma-Gamma, '
+                   'independent fits, variances of the log added); the conservative CLV a plan may rank on '
+                   '(`retention.clv_quantile`). Null as `expected_purchases_p10`'),
+        Column("clv_p90", "double", doc='the 90th percentile, as `clv_p10`'),
         Column("clv_model_version", "int",
-               doc='registered version of `segscale_clv` (`clv.model_name`) that predicted the four columns above; '
+               doc='registered version of `segscale_clv` (`clv.model_name`) that predicted the eight columns above; '
                    'the same on every row, prospects included. Null when `clv.enabled` is false'),
         Column("run_id", "string", nullable=False,
                doc='the run that published the row, or the `segscale score` run that last re-scored it. Never null'),
@@ -473,8 +485,13 @@ RETENTION_PLAN = Table(
         Column("cost", "double", nullable=False,
                doc="the tier's treatment cost per customer per planning period (`retention.treatments.<tier>.cost`; "
                    'defaults 25.0, 1.5, 0.05). Never null'),
-        *alike("churn_probability clv", "double", nullable=False,
-               doc='from `customer_scores`; never null here (customers without either are not candidates)'),
+        Column("churn_probability", "double", nullable=False,
+               doc='from `customer_scores`; never null here (customers without it are not candidates)'),
+        Column("clv", "double", nullable=False,
+               doc='the CLV the plan valued the candidate at: `customer_scores.clv`, or with `retention.clv_quantile`'
+                   ' other than 0.5 that quantile of its P10 / P90 band (log-normal; 0.1 is `clv_p10`; the '
+                   'prediction where the band is null). Never null here (customers without a CLV are not '
+                   'candidates)'),
         Column("value_at_risk", "double", nullable=False,
                doc='`churn_probability × clv`. Never null'),
         Column("expected_saved_value", "double", nullable=False,
@@ -597,6 +614,9 @@ RETENTION_SUMMARY = Table(
         Column("uplift_plans", "array<string>", added=True,
                doc='the snapshots (ISO dates) of the measured plans a `learned` uplift pooled, or the uplift model '
                    'was fitted on; empty for `configured`'),
+        Column("clv_quantile", "double", added=True,
+               doc='`retention.clv_quantile`: the quantile of the CLV band the plan valued customers at (0.5: the '
+                   'prediction). Null in rows written by a segscale before the CLV bands'),
     ),
     partition_by=("snapshot_date",),
     write="replace_partition",
@@ -896,9 +916,110 @@ RUNS = Table(
                      '`model_version`, no `extra`.'),
 )
 
+AT_RISK_QUEUE = Table(
+    name="at_risk_queue",
+    doc=('The account managers\' queue: the snapshot\'s at-risk customers of the `queue.tiers` (default high value '
+         'and potential; at risk: `churn_probability` >= `queue.min_churn_probability`, default 0.5), the highest '
+         'value at risk first and at most `queue.max_customers` of them, plus every customer listed in '
+         '`queue.customers`, each with the three strongest reasons behind their churn probability (TreeSHAP values '
+         'of the churn model, phrased with their own features: [docs/models.md](models.md#reason-codes)). Work it '
+         '`ORDER BY value_at_risk DESC`.'),
+    columns=(
+        Column("customer_id", "string", nullable=False, doc='the customer. Never null'),
+        Column("snapshot_date", "date", nullable=False, doc='the snapshot of the scores. Never null'),
+        *alike("value_tier lifecycle_stage", "string", nullable=False, doc='from `customer_scores`. Never null'),
+        Column("churn_probability", "double", doc='from `customer_scores`. Null only for a requested customer the '
+                                                  'churn model did not score (a prospect)'),
+        Column("clv", "double", doc='from `customer_scores`. Null as `churn_probability`, or without a CLV model'),
+        Column("value_at_risk", "double", doc='`churn_probability × clv`; the queue\'s order. Null when either is'),
+        Column("treatment_group", "string",
+               doc='the customer\'s group in the snapshot\'s `retention_plan`: `treated`, `control` (leave untreated: '
+                   'the plan\'s measurement needs it) or `not selected`; null when the customer is not a candidate'),
+        Column("planned_treatment", "string",
+               doc='the treatment the plan gives the customer (`retention_plan.treatment` of a treated row); null '
+                   'for everyone else'),
+        *[Column(f"reason_{k}", "string",
+                 doc=f'the {nth} strongest reason the churn model puts the customer at risk, in words with their own '
+                     'values ("no purchase for 94 days, 3.1× their usual gap"). Null when fewer features raise '
+                     'their risk, and for every row when no reasons could be computed (the run summary says why)')
+          for k, nth in ((1, "first,"), (2, "second"), (3, "third"))],
+        Column("reason_features", "array<string>",
+               doc='the model features behind `reason_1`, `reason_2`, `reason_3`, in that order'),
+        Column("reason_contributions", "array<double>",
+               doc="each reason's TreeSHAP value: its push on the churn model's log-odds (the mean over the "
+                   'calibration folds), > 0, in the same order'),
+        Column("on_request", "boolean", nullable=False,
+               doc='true for a customer queued because `queue.customers` lists them. Never null'),
+        Column("churn_model_version", "int", doc='the churn model version whose scores and reasons these are'),
+        Column("run_id", "string", nullable=False, doc='the run that published the row. Never null'),
+    ),
+    partition_by=("snapshot_date",),
+    write="replace_partition",
+    key=("customer_id", "snapshot_date"),
+    written_by=('the queue stage (`stage: queue`) of `segscale run`, `plan` and `score`, after the plan; '
+                "replace_partition per snapshot: a rerun replaces that snapshot's partition. Empty, with the "
+                'reason in the run summary, when no churn model scored the snapshot or `queue.enabled` is false.'),
+    cadence='with `retention_plan`: every run of `run`, `plan` or `score` for a snapshot.',
+    commit_metadata=('`run_id`, `stage` (`queue`), `config_hash`, `snapshot_date`, `package_version`, '
+                     '`model_version` (the churn model explained).'),
+)
+
+MODEL_MONITORING = Table(
+    name="model_monitoring",
+    doc=('Whether the models still work, every run (method: [docs/models.md](models.md#monitoring)): the drift of '
+         "the churn model's features and scores against its training rows (PSI), and, once a published snapshot's "
+         'churn horizon has passed, backtests of its churn scores (ROC-AUC, PR-AUC, Brier, calibration by decile, '
+         'top-decile lift) and CLV predictions (expected against realized purchases and spend, per tier and in '
+         'total) on what happened; alerts where a threshold is crossed, and the retrain decision per model.'),
+    columns=(
+        Column("snapshot_date", "date", nullable=False,
+               doc='the snapshot of the run that monitored. Never null'),
+        Column("model", "string", nullable=False, doc='`churn` or `clv`. Never null'),
+        Column("model_version", "int",
+               doc='the registered version checked: for drift and decisions the one that scored this snapshot, '
+                   'for a backtest the one that scored `reference_date`'),
+        Column("kind", "string", nullable=False,
+               doc='`drift` (PSI against the training rows), `backtest` (a matured snapshot against what '
+                   'happened), `calibration` (a backtest\'s deciles of predicted risk) or `decision` (retrain or '
+                   'not). Never null'),
+        Column("reference_date", "date",
+               doc='drift: the date of the training rows (the latest labelled cutoff); backtest and calibration: '
+                   'the snapshot whose published scores are checked. Null for decisions'),
+        Column("subject", "string", nullable=False,
+               doc='drift: the feature, or `churn_probability`; churn backtest: `churn_probability`; calibration: '
+                   'the decile (1 = highest predicted risk); CLV backtest: the value tier at `reference_date` or '
+                   '`all`; decision: `retrain`. Never null'),
+        Column("metric", "string", nullable=False,
+               doc='`psi`; `roc_auc`, `pr_auc` (average precision), `brier`, `top_decile_lift`, `churn_rate`, '
+                   '`calibration_gap` (|mean predicted − observed churn rate|); `mean_predicted`, `observed`; '
+                   '`expected_purchases`, `realized_purchases`, `purchases_error` (realized / expected − 1), '
+                   '`expected_spend`, `realized_spend`, `spend_error`; `retrain` (1 or 0). Never null'),
+        Column("value", "double", doc='the metric. Null when it is undefined (an AUC when every customer has one '
+                                      'label)'),
+        Column("threshold", "double",
+               doc='the configured limit the value is checked against (`monitoring.*`; for `roc_auc` the model\'s '
+                   'holdout ROC-AUC minus `monitoring.max_auc_drop`). Null when the metric has none'),
+        Column("alert", "boolean", nullable=False,
+               doc='the value crossed its threshold (for a decision: retrain). Never null'),
+        Column("customers", "long", doc='the customers behind the value'),
+        Column("note", "string", doc='what the value is compared with, or why the decision was taken'),
+        Column("run_id", "string", nullable=False, doc='the run that published the row. Never null'),
+    ),
+    partition_by=("snapshot_date",),
+    write="replace_partition",
+    key=("snapshot_date", "model", "kind", "reference_date", "subject", "metric"),
+    written_by=('the monitor stage (`stage: monitor`) of `segscale run`, after the scores; replace_partition per '
+                "snapshot: a rerun replaces that snapshot's partition. A snapshot's backtest is published once, by "
+                'the first run whose snapshot is at least `churn.horizon_days` later (a rerun of that run '
+                'recomputes it).'),
+    cadence='every run of `run` with `monitoring.enabled`.',
+    commit_metadata=('`run_id`, `stage` (`monitor`), `config_hash`, `snapshot_date`, `package_version`, '
+                     '`model_version` (the churn model monitored).'),
+)
+
 TABLES: tuple[Table, ...] = (QUARANTINE, CUSTOMER_FEATURES, CUSTOMER_ATTRIBUTES, CUSTOMER_SCORES, SEGMENT_MIGRATION,
                              RETENTION_PLAN, RETENTION_SUMMARY, RETENTION_OUTCOMES, TIER_ECONOMICS, UPLIFT_MODELS,
-                             RUNS)
+                             AT_RISK_QUEUE, MODEL_MONITORING, RUNS)
 BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
 
 

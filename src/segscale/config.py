@@ -355,6 +355,9 @@ class RetentionSettings(_Section):
     # lifecycle stage and churn-risk decile; each customer's draw is a hash of (holdout_seed, snapshot, customer).
     holdout_share: float = Field(default=0.10, ge=0, le=0.5)
     holdout_seed: int = 7
+    # The CLV a plan values customers at: 0.5 the prediction, lower quantiles of its band from the CLV model's
+    # parameter uncertainty are more conservative (0.1: clv_p10). Customers without a band keep their prediction.
+    clv_quantile: float = Field(default=0.5, ge=0.01, le=0.99)
     # A plan is measured once churn.horizon_days have passed: treated against control, with intervals at this level.
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     # true: each tier's uplift is the posterior median learned from the measured plans (the configured uplift is
@@ -371,6 +374,34 @@ class RetentionSettings(_Section):
     max_cost_share: float = Field(default=0.25, gt=0)
     max_value_share_drop: float = Field(default=0.02, ge=0, le=1)
     treatments: Treatments = Field(default_factory=Treatments)
+
+
+class MonitoringSettings(_Section):
+    """model_monitoring, every run: drift of the churn model's features and scores against its training rows
+    (PSI), and, once a published snapshot's churn horizon has passed, its churn scores and CLV predictions against
+    what happened. An alert crosses a threshold below; retrain_on names the alerts after which the next `segscale
+    run` trains new versions (docs/models.md, "Monitoring")."""
+
+    enabled: bool = True
+    max_psi: float = Field(default=0.25, gt=0)
+    max_auc_drop: float = Field(default=0.05, ge=0)
+    max_calibration_gap: float = Field(default=0.05, gt=0)
+    max_clv_error: float = Field(default=0.25, gt=0)
+    retrain_on: list[Literal["feature_drift", "score_drift", "backtest"]] = Field(
+        default_factory=lambda: ["score_drift", "backtest"])
+
+
+class QueueSettings(_Section):
+    """at_risk_queue: the customers of `tiers` whose churn probability is at least min_churn_probability, the
+    highest value at risk first and at most max_customers of them, plus every customer listed in `customers`
+    (on request), each with the top reasons behind their churn probability (TreeSHAP, docs/models.md)."""
+
+    enabled: bool = True
+    tiers: list[Literal["high_value", "potential", "regular"]] = Field(
+        default_factory=lambda: ["high_value", "potential"])
+    min_churn_probability: float = Field(default=0.5, ge=0, le=1)
+    max_customers: int = Field(default=50_000, ge=0)
+    customers: list[str] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):
@@ -392,6 +423,8 @@ class Settings(BaseSettings):
     churn: ChurnSettings = Field(default_factory=ChurnSettings)
     clv: ClvSettings = Field(default_factory=ClvSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @model_validator(mode="after")
     def _lifecycle_covers_every_buyer(self) -> Settings:

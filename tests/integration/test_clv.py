@@ -4,6 +4,7 @@ Hardie 2013) fitted on segscale's own histograms."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from segscale.errors import ModelSkipped
 from segscale.models.bgnbd import (
     CLV_COLUMNS,
     ClvParams,
+    Laplace,
     bgnbd_log_likelihood,
     expected_avg_spend,
     expected_purchases,
@@ -38,6 +40,17 @@ EXACT = Resolution(bin_days=1, spend_bin_relative=0.0)
 SETTINGS = ClvSettings()
 PUBLISHED_BGNBD = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}  # weeks
 PUBLISHED_GG = {"p": 6.25, "q": 3.74, "gamma": 15.44}
+PUBLISHED = ClvParams(PUBLISHED_BGNBD, PUBLISHED_GG, 7)
+
+
+def with_bands(params: ClvParams, variance: float = 0.01) -> ClvParams:
+    """`params` with a Laplace approximation of variance `variance` in every fitting coordinate."""
+    r, alpha, a, b = (params.bgnbd[k] for k in ("r", "alpha", "a", "b"))
+    p, q, gamma = (params.gamma_gamma[k] for k in ("p", "q", "gamma"))
+    bgnbd = (np.log(r), np.log(r / alpha), np.log(a / b), np.log(a + b))
+    spend = (np.log(p), np.log(q - 1), np.log(gamma / (q - 1)))
+    return dataclasses.replace(params, bgnbd_laplace=Laplace(bgnbd, tuple(map(tuple, variance * np.eye(4)))),
+                               gamma_gamma_laplace=Laplace(spend, tuple(map(tuple, variance * np.eye(3)))))
 
 
 def cdnow_file(name: str) -> Path:
@@ -238,13 +251,13 @@ def test_predictions_match_the_lifetimes_reference_implementation():
 
 def test_clv_sums_discounted_monthly_spend_over_the_horizon():
     x, t_x, T, m = (np.array([3.0, 0.0]), np.array([150.0, 0.0]), np.array([250.0, 200.0]), np.array([40.0, np.nan]))
-    undiscounted = lifetime_value(PUBLISHED_BGNBD, PUBLISHED_GG, x, t_x, T, m, ClvSettings(annual_discount_rate=0))
+    undiscounted = lifetime_value(PUBLISHED, x, t_x, T, m, ClvSettings(annual_discount_rate=0))
     np.testing.assert_allclose(undiscounted["clv"], undiscounted["expected_avg_spend"]
                                * undiscounted["expected_purchases"], rtol=1e-12)
-    discounted = lifetime_value(PUBLISHED_BGNBD, PUBLISHED_GG, x, t_x, T, m, ClvSettings())
+    discounted = lifetime_value(PUBLISHED, x, t_x, T, m, ClvSettings())
     ratio = discounted["clv"] / undiscounted["clv"]
     assert ((ratio > 1 / 1.1) & (ratio < 1)).all()  # a year at 10 %: between no discount and a full year's
-    weeks = lifetime_value(PUBLISHED_BGNBD, PUBLISHED_GG, x, t_x, T, m, ClvSettings(horizon_days=70))
+    weeks = lifetime_value(PUBLISHED, x, t_x, T, m, ClvSettings(horizon_days=70))
     np.testing.assert_allclose(weeks["expected_purchases"],
                                expected_purchases(PUBLISHED_BGNBD, 10.0, x, t_x / 7, T / 7), rtol=1e-12)
 
@@ -254,9 +267,9 @@ def test_with_clv_scores_buyers_on_the_executors_and_leaves_prospects_null(spark
         [("repeat", 3, 150, 250, 40.0), ("once", 0, 0, 200, None), ("prospect", None, None, None, None)],
         "customer_id string, bgnbd_frequency long, bgnbd_recency int, bgnbd_T int, bgnbd_monetary double")
     settings = ClvSettings()
-    params = ClvParams(PUBLISHED_BGNBD, PUBLISHED_GG, 7)
+    params = PUBLISHED
     scored = features.transform(with_clv, params, settings, 3).toPandas().set_index("customer_id")
-    expected = lifetime_value(PUBLISHED_BGNBD, PUBLISHED_GG, np.array([3.0, 0.0]), np.array([150.0, 0.0]),
+    expected = lifetime_value(PUBLISHED, np.array([3.0, 0.0]), np.array([150.0, 0.0]),
                               np.array([250.0, 200.0]), np.array([40.0, np.nan]), settings)
     np.testing.assert_allclose(scored.loc[["repeat", "once"], list(CLV_COLUMNS)].to_numpy(), expected.to_numpy(),
                                rtol=1e-12)
@@ -278,7 +291,7 @@ def test_predictions_are_never_nan_only_null():
     """NaN or missing inputs and numerical overflow give NaN from predict_clv, which the table stores as null."""
     inputs = pd.DataFrame({"bgnbd_frequency": [3.0, np.nan, 2.0, 5.0], "bgnbd_recency": [150.0, 10.0, np.nan, 1e6],
                            "bgnbd_T": [250.0, 20.0, 30.0, 1e6], "bgnbd_monetary": [40.0, 5.0, 5.0, 1e308]})
-    predicted = predict_clv(ClvParams(PUBLISHED_BGNBD, PUBLISHED_GG, 7), inputs, ClvSettings())
+    predicted = predict_clv(with_bands(PUBLISHED), inputs, ClvSettings())
     assert predicted.iloc[0].notna().all()
     assert predicted.iloc[1:3].isna().all(axis=None)  # a missing input: nothing is predicted
     assert not np.isinf(predicted.to_numpy()).any()

@@ -22,7 +22,8 @@ from deltalake import DeltaTable
 from frames import GOLDEN
 
 TABLES = ("quarantine", "customer_features", "customer_attributes", "customer_scores", "segment_migration",
-          "retention_plan", "retention_summary", "retention_outcomes", "tier_economics", "runs")
+          "retention_plan", "retention_summary", "retention_outcomes", "tier_economics", "at_risk_queue",
+          "model_monitoring", "runs")
 # Different on every run by design. Of `runs`, the stable part of each row is kept (below).
 VOLATILE = ("run_id", "plan_run_id")
 

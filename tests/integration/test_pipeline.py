@@ -242,7 +242,7 @@ def test_every_example_query_in_the_docs_runs_on_a_published_warehouse(spark, tw
     settings, _, _, _ = two_snapshots
     text = (ROOT / "docs" / "querying.md").read_text()
     queries = re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)
-    assert len(queries) == 17
+    assert len(queries) == 21
     for query in queries:
         result = run_query(settings.paths.warehouse, query)
         assert result.num_rows > 0, query

@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
-from frames import D1, D2, GOLDEN_INPUT, mlflow_store, run_command
+from frames import CHEAP_MODELS_ENV, D1, D2, GOLDEN_INPUT, mlflow_store, run_command
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from segscale import catalog
 from segscale.cli import main
@@ -95,7 +96,7 @@ def own(scored, tmp_path) -> Path:
 def test_first_run_trains_a_champion_then_scores_every_customer(spark, scored):
     root, summary = scored
     assert list(summary["stages"]) == ["ingest", "validate", "training set", "train", "clv fit", "features",
-                                       "segment", "migration", "outcomes", "plan", "economics"]
+                                       "segment", "migration", "monitor", "outcomes", "plan", "queue", "economics"]
     assert summary["stages"]["train"]["promotion"]["promoted"]
     assert summary["stages"]["segment"]["churn_model"] == {"name": NAME, "version": 1}
     scores = scores_of(spark, root)
@@ -186,6 +187,123 @@ def test_the_plan_spends_within_budget_and_its_summary_adds_up(spark, own, monke
         assert row["candidates"] == (plan["value_tier"] == tier).sum() <= row["scored_customers"]
         assert row["roi"] == pytest.approx(row["expected_saved_value"] / max(row["spend"], 1.0))
     assert set(summary.index) == {"high_value", "potential", "regular"}
+
+
+def test_the_queue_holds_the_most_valuable_at_risk_customers_with_their_plan_and_reasons(spark, own, monkeypatch):
+    """at_risk_queue: the top queue.max_customers at-risk customers of the high-value and potential tiers by value
+    at risk, plus a customer requested by id, each with the plan's group and treatment and up to three reasons."""
+    root = own
+    scores = of_snapshot(table_of(spark, root, "customer_scores")).toPandas()
+    scores["value_at_risk"] = scores["churn_probability"] * scores["clv"]
+    at_risk = scores[scores["value_tier"].isin(["high_value", "potential"]) & (scores["churn_probability"] >= 0.5)]
+    at_risk = at_risk.sort_values(["value_at_risk", "customer_id"], ascending=[False, True])
+    requested = scores[(scores["value_tier"] == "regular") & (scores["churn_probability"] < 0.5)]["customer_id"].min()
+    monkeypatch.setenv("SEGSCALE_QUEUE__MAX_CUSTOMERS", "25")
+    monkeypatch.setenv("SEGSCALE_QUEUE__CUSTOMERS", json.dumps([requested]))
+    out = root / "plan.json"
+    assert main(["plan", "--warehouse", str(root / "wh"), "--snapshot-date", SNAPSHOT, "--summary-json", str(out)],
+                spark=spark) == 0
+    record = json.loads(out.read_text())["stages"]["queue"]
+    assert (record["at_risk"], record["left_out"], record["customers"]) == (len(at_risk), len(at_risk) - 25, 26)
+    queue = of_snapshot(table_of(spark, root, "at_risk_queue")).toPandas().set_index("customer_id")
+    assert set(queue.index[~queue["on_request"]]) == set(at_risk["customer_id"].head(25))
+    assert queue.loc[requested, "on_request"] and queue["on_request"].sum() == 1
+    plan = of_snapshot(table_of(spark, root, "retention_plan")).toPandas().set_index("customer_id")
+    groups = plan["treatment_group"].reindex(queue.index)
+    assert queue["treatment_group"].fillna("-").tolist() == groups.fillna("-").tolist()
+    treated = groups == "treated"
+    assert (queue.loc[treated, "planned_treatment"] == plan["treatment"].reindex(queue.index)[treated]).all()
+    assert queue.loc[~treated, "planned_treatment"].isna().all()
+    with mlflow_store(root):
+        features = set(load_classifier(NAME, int(queue["churn_model_version"].iloc[0])).feature_names_in_)
+    for customer, row in queue.iterrows():
+        names, amounts = list(row["reason_features"]), list(row["reason_contributions"])
+        assert set(names) <= features and len(names) <= 3 and amounts == sorted(amounts, reverse=True)
+        assert all(a > 0 for a in amounts)
+        phrases = [row[f"reason_{k}"] for k in (1, 2, 3)]
+        assert [p is not None for p in phrases] == [k < len(names) for k in range(3)], customer
+    assert queue.loc[~queue["on_request"], "reason_1"].notna().all()  # at risk: something pushes the risk up
+    np.testing.assert_allclose(queue["value_at_risk"], queue["churn_probability"] * queue["clv"], rtol=1e-12)
+
+
+def clean_transactions(root) -> pd.DataFrame:
+    """The golden input's transactions without the rows D2's validation quarantined (a duplicate's kept copy
+    stays), read with pandas."""
+    transactions = pd.read_csv(GOLDEN_INPUT / "transactions" / "part-0.csv", dtype=str)
+    quarantine = rows_of(root, "quarantine")
+    bad = quarantine[(quarantine["source_table"] == "transactions") & (quarantine["snapshot_date"] == D2)
+                     & ~quarantine["reason"].str.startswith("duplicate")]
+    bad_ids = {json.loads(record).get("transaction_id") for record in bad["record"]}
+    clean = transactions[~transactions["transaction_id"].isin(bad_ids)].drop_duplicates("transaction_id").copy()
+    clean["ts"] = pd.to_datetime(clean["ts"], utc=True, format="ISO8601")
+    clean["amount"] = clean["amount"].astype(float)
+    return clean
+
+
+def test_the_matured_backtest_equals_an_independent_computation(scored):
+    """D2 is a churn horizon after D1: its run backtested D1's published churn scores and CLV predictions against
+    what the input says happened, which pandas and scikit-learn compute here from the files."""
+    root, _ = scored
+    monitoring = rows_of(root, "model_monitoring")
+    backtests = monitoring[(monitoring["snapshot_date"] == D2) & (monitoring["kind"] == "backtest")]
+    assert set(backtests["reference_date"]) == {D1}
+    churn = backtests[backtests["model"] == "churn"].set_index("metric")["value"]
+    scores = rows_of(root, "customer_scores")
+    scores = scores[(scores["snapshot_date"] == D1) & scores["churn_probability"].notna()]
+    transactions = clean_transactions(root)
+    start = pd.Timestamp(D1, tz="UTC") + pd.Timedelta(days=1)
+    window = transactions[(transactions["ts"] >= start) & (transactions["ts"] < start + pd.Timedelta(days=90))
+                          & (transactions["transaction_type"] == "purchase")]
+    churned = (~scores["customer_id"].isin(window["customer_id"])).astype(int).to_numpy()
+    p = scores["churn_probability"].to_numpy()
+    assert churn["roc_auc"] == pytest.approx(roc_auc_score(churned, p), abs=1e-12)
+    assert churn["pr_auc"] == pytest.approx(average_precision_score(churned, p), abs=1e-12)
+    assert churn["brier"] == pytest.approx(brier_score_loss(churned, p), abs=1e-12)
+    assert churn["churn_rate"] == pytest.approx(churned.mean(), abs=1e-12)
+    assert (backtests[backtests["model"] == "churn"]["customers"] == len(scores)).all()
+    # CLV: what D1's buyers did from D1 to D2, per tier.
+    clv = backtests[backtests["model"] == "clv"].set_index(["subject", "metric"])["value"]
+    later = transactions[(transactions["ts"] >= start) & (transactions["ts"] < pd.Timestamp(D2, tz="UTC")
+                                                          + pd.Timedelta(days=1))
+                         & (transactions["transaction_type"] == "purchase")]
+    features = rows_of(root, "customer_features")
+    buyers = features[(features["snapshot_date"] == D1) & features["bgnbd_frequency"].notna()]["customer_id"]
+    tiers = rows_of(root, "customer_scores")
+    tiers = tiers[tiers["snapshot_date"] == D1].set_index("customer_id")["value_tier"]
+    done = later[later["customer_id"].isin(buyers)].assign(day=lambda f: f["ts"].dt.date)
+    done = done.assign(value_tier=done["customer_id"].map(tiers))
+    for tier, group in [*done.groupby("value_tier"), ("all", done)]:
+        assert clv[(tier, "realized_purchases")] == group[["customer_id", "day"]].drop_duplicates().shape[0]
+        assert clv[(tier, "realized_spend")] == pytest.approx(group["amount"].sum(), rel=1e-12)
+        assert clv[(tier, "purchases_error")] == pytest.approx(
+            clv[(tier, "realized_purchases")] / clv[(tier, "expected_purchases")] - 1, rel=1e-12)
+    decisions = monitoring[(monitoring["snapshot_date"] == D2) & (monitoring["kind"] == "decision")]
+    assert sorted(decisions["model"]) == ["churn", "clv"] and (decisions["model_version"] == 1).all()
+
+
+def test_injected_drift_is_detected_and_the_policy_retrains_at_the_next_run(spark, own, monkeypatch):
+    """D2 again with every amount five times larger: the spend features drift past monitoring.max_psi and the
+    counts do not; with retrain_on feature_drift the decision is to retrain, and the next run trains."""
+    root = own
+    for name, value in CHEAP_MODELS_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SEGSCALE_INPUT__COLUMNS", json.dumps({"transactions": {"amount": "amount * 5"}}))
+    monkeypatch.setenv("SEGSCALE_MONITORING__RETRAIN_ON", json.dumps(["feature_drift"]))
+    summary = run(spark, root)
+    assert summary["models"]["churn"]["status"] == "champion"  # the decision acts at the next run
+    monitoring = rows_of(root, "model_monitoring")
+    drift = monitoring[(monitoring["snapshot_date"] == D2) & (monitoring["kind"] == "drift")].set_index("subject")
+    for spend in ("monetary", "spend_365d", "avg_order_value"):
+        assert drift.loc[spend, "alert"] and drift.loc[spend, "value"] > 1, spend
+    for count in ("purchases_365d", "frequency"):
+        assert not drift.loc[count, "alert"], count
+    assert summary["stages"]["monitor"]["retrain"]["churn"]
+    assert "monetary psi" in summary["stages"]["monitor"]["reasons"]["churn"]
+    out = root / "later.json"
+    assert run_command(spark, GOLDEN_INPUT, root / "wh", "2024-10-15", "--summary-json", str(out)) == 0
+    later = json.loads(out.read_text())
+    assert later["models"]["churn"]["status"] in ("trained", "champion") and "train" in later["stages"]
+    assert any("monitoring policy" in w for w in later["warnings"])
 
 
 def test_executors_score_exactly_what_the_model_predicts(spark, scored):

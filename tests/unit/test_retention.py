@@ -44,8 +44,8 @@ def several_partitions(spark):
         spark.conf.set(key, before)
 
 
-def plan_of(spark, rows, settings=SETTINGS) -> pd.DataFrame:
-    scores = spark.createDataFrame(rows, SCHEMA)
+def plan_of(spark, rows, settings=SETTINGS, scores=None) -> pd.DataFrame:
+    scores = spark.createDataFrame(rows, SCHEMA) if scores is None else scores
     with several_partitions(spark), ranked(candidates(scores, settings), settings) as ranked_df:
         return ranked_df.toPandas().sort_values("priority_rank").reset_index(drop=True)
 
@@ -60,6 +60,25 @@ def test_value_at_risk_and_saved_value_follow_the_tier_treatment(spark):
     assert plan.index.tolist() == ["r", "h", "p"]
     assert plan["priority_rank"].tolist() == [1, 2, 3]
     assert plan["cumulative_cost"].tolist() == [0.0, 10.0, 11.0]
+
+
+def test_a_conservative_plan_values_customers_at_a_quantile_of_their_clv_band(spark):
+    """With retention.clv_quantile 0.1 a candidate is worth its clv_p10: a customer whose CLV is uncertain falls
+    behind one with a smaller but surer CLV; without a band the prediction stands."""
+    rows = [("sure", D, "high_value", "loyal", 0.5, 180.0, 200.0), ("unsure", D, "high_value", "loyal", 0.5,
+                                                                   200.0, 400.0),
+            ("no_band", D, "high_value", "loyal", 0.5, 150.0, None)]
+    scores = spark.createDataFrame(rows, SCHEMA + ", clv_p90 double")
+    point = plan_of(spark, rows, scores=scores).set_index("customer_id")
+    assert point.index.tolist() == ["unsure", "sure", "no_band"]
+    assert point["clv"].tolist() == [200.0, 180.0, 150.0]
+    conservative = plan_of(spark, rows, SETTINGS.model_copy(update={"clv_quantile": 0.1}),
+                           scores=scores).set_index("customer_id")
+    # The log-normal band's P10 mirrors its P90 around the prediction: clv² / clv_p90.
+    assert conservative["clv"].to_dict() == pytest.approx({"sure": 180.0 ** 2 / 200.0, "unsure": 100.0,
+                                                           "no_band": 150.0})
+    assert conservative.index.tolist() == ["sure", "no_band", "unsure"]
+    assert conservative.loc["unsure", "value_at_risk"] == pytest.approx(0.5 * 100.0)
 
 
 def test_customers_without_scores_or_without_a_saving_are_not_candidates(spark):

@@ -184,22 +184,22 @@ def test_customer_scores_columns_with_tiers_by_clv(spark):
     """With basis clv the tier follows predicted value: b spent more than a so far, but a is worth more ahead."""
     churn_clv = ("churn_probability double, churn_risk_band string, model_name string, model_version int, "
                  "p_alive double, expected_purchases double, expected_avg_spend double, clv double, "
+                 "expected_purchases_p10 double, expected_purchases_p90 double, clv_p10 double, clv_p90 double, "
                  "clv_model_version int")
     features = spark.createDataFrame(
-        [("a", D, 1, 2, 10.0, 0.42, "medium", "segscale_churn", 3, 0.9, 2.5, 20.0, 48.0, 2),
-         ("b", D, 1, 2, 90.0, 0.80, "critical", "segscale_churn", 3, 0.2, 0.1, 40.0, 3.5, 2),
-         ("p", D, None, 0, 0.0, None, None, None, None, None, None, None, None, 2)],
+        [("a", D, 1, 2, 10.0, 0.42, "medium", "segscale_churn", 3, 0.9, 2.5, 20.0, 48.0, 2.0, 3.0, 38.0, 60.0, 2),
+         ("b", D, 1, 2, 90.0, 0.80, "critical", "segscale_churn", 3, 0.2, 0.1, 40.0, 3.5, 0.08, 0.12, 2.8, 4.4, 2),
+         ("p", D, None, 0, 0.0, *[None] * 12, 2)],
         FEATURES + ", " + churn_clv)
     cuts = CutPoints((1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0), (1.0, 2.0, 3.0, 4.0))
     scores = customer_scores(features, cuts, TierThresholds("clv", 40.0, 3.0), Settings(), "run-9",
                              [c for model in MODELS for c in model.columns])
     expected = spark.createDataFrame(
         [("a", D, 1, 2, 10.0, 5, 2, 5, "Potential Loyalists", "high_value", "repeat", 0.42, "medium",
-          "segscale_churn", 3, 0.9, 2.5, 20.0, 48.0, 2, "run-9"),
+          "segscale_churn", 3, 0.9, 2.5, 20.0, 48.0, 2.0, 3.0, 38.0, 60.0, 2, "run-9"),
          ("b", D, 1, 2, 90.0, 5, 2, 5, "Potential Loyalists", "potential", "repeat", 0.80, "critical",
-          "segscale_churn", 3, 0.2, 0.1, 40.0, 3.5, 2, "run-9"),
-         ("p", D, None, 0, 0.0, None, None, None, None, "regular", "prospect", None, None, None, None, None, None,
-          None, None, 2, "run-9")],
+          "segscale_churn", 3, 0.2, 0.1, 40.0, 3.5, 0.08, 0.12, 2.8, 4.4, 2, "run-9"),
+         ("p", D, None, 0, 0.0, None, None, None, None, "regular", "prospect", *[None] * 12, 2, "run-9")],
         "customer_id string, snapshot_date date, recency_days int, frequency long, monetary double, r_score int, "
         "f_score int, m_score int, rfm_segment string, value_tier string, lifecycle_stage string, "
         + churn_clv + ", run_id string")

@@ -318,7 +318,8 @@ def _clv(ctx: Context) -> Values:
 
     stats = ctx.query("""
         SELECT value_tier, count(*) AS customers, sum(clv) AS total, avg(clv) AS mean,
-               approx_quantile(clv, [0.05, 0.25, 0.5, 0.75, 0.95]) AS q
+               approx_quantile(clv, [0.05, 0.25, 0.5, 0.75, 0.95]) AS q,
+               median(clv_p10) AS median_p10, median(clv_p90) AS median_p90
         FROM customer_scores WHERE clv IS NOT NULL GROUP BY ALL""").set_index("value_tier")
     stats = stats.reindex([t for t in VALUE_TIERS if t in stats.index])
     boxes = [{"label": t, "whislo": q[0], "q1": q[1], "med": q[2], "q3": q[3], "whishi": q[4], "mean": r["mean"],
@@ -335,7 +336,8 @@ def _clv(ctx: Context) -> Values:
     stats["share"] = stats["total"] / total if total else None
     stats["median"] = [list(q)[2] for q in stats["q"]]
     return {"distribution": distribution, "by_tier": _chart("clv-by-tier", fig, "Predicted CLV by value tier"),
-            "tiers": _records(stats.drop(columns="q"), "tier")}
+            "tiers": _records(stats.drop(columns="q"), "tier"),
+            "banded": bool(stats["median_p90"].notna().any())}
 
 
 def _migration(ctx: Context) -> Values:
@@ -492,6 +494,75 @@ def _economics(ctx: Context) -> Values:
             "chart": _chart("tier-economics", fig, "Revenue against cost to serve per value tier")}
 
 
+DRIFT_ROWS = 15  # features in the PSI chart, the most drifting first
+
+
+def _monitoring(ctx: Context) -> Values:
+    """Alerts and retrain decisions; PSI of the churn model's features and scores against its training rows;
+    backtests of the snapshots that matured by this one: churn metrics, calibration by decile, CLV expected
+    against realized."""
+    rows = ctx.query("SELECT * FROM model_monitoring")
+    if rows.empty:
+        raise Missing("no model monitoring for this snapshot (monitoring.enabled is false, or the snapshot was "
+                      "published before monitoring)")
+    alerts = rows[rows["alert"] & (rows["kind"] != "decision")]
+    decisions = rows[rows["kind"] == "decision"][["model", "model_version", "alert", "note"]]
+    values: Values = {"alerts": alerts.to_dict("records"), "decisions": decisions.to_dict("records"),
+                      "drift": None, "calibration": None}
+    drift = rows[rows["kind"] == "drift"].sort_values("value", ascending=False).head(DRIFT_ROWS)
+    plt = charts.pyplot()
+    if not drift.empty:
+        fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(drift) + 1.2))
+        ax.barh(drift["subject"], drift["value"], color=[charts.RISK if a else charts.COUNT for a in drift["alert"]])
+        ax.axvline(drift["threshold"].iloc[0], color=charts.REFERENCE, linestyle="--", label="alert above")
+        ax.invert_yaxis()
+        ax.set(xlabel="population stability index against the training rows", title="Drift of the churn model")
+        ax.legend(fontsize=8)
+        values["drift"] = _chart("monitoring-drift", fig, "Population stability index of each churn model input")
+    churn = rows[(rows["kind"] == "backtest") & (rows["model"] == "churn")]
+    values["churn"] = [{"reference_date": day, **dict(zip(group["metric"], group["value"], strict=True))}
+                       for day, group in churn.groupby("reference_date")]
+    deciles = rows[rows["kind"] == "calibration"]
+    if not deciles.empty:
+        latest = deciles[deciles["reference_date"] == deciles["reference_date"].max()]
+        table = latest.pivot(index="subject", columns="metric", values="value")
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot([0, 1], [0, 1], linestyle="--", color=charts.REFERENCE, label="perfect calibration")
+        ax.plot(table["mean_predicted"], table["observed"], marker="o", color=charts.RISK, label="deciles")
+        ax.set(xlabel="mean predicted churn probability", ylabel="observed churn rate",
+               title=f"Calibration of the scores of {latest['reference_date'].iloc[0]}")
+        ax.legend(fontsize=8)
+        values["calibration"] = _chart("monitoring-calibration", fig, "Calibration by decile on matured labels")
+    clv = rows[(rows["kind"] == "backtest") & (rows["model"] == "clv")]
+    values["clv"] = [{"reference_date": day, "tier": tier, **dict(zip(group["metric"], group["value"], strict=True))}
+                     for (day, tier), group in clv.groupby(["reference_date", "subject"])]
+    return values
+
+
+QUEUE_ROWS = 20  # of at_risk_queue, the highest value at risk first
+
+
+def _queue(ctx: Context) -> Values:
+    """The top of the account managers' queue with each customer's three reasons, and the reasons most often
+    first."""
+    top = ctx.query(f"""
+        SELECT customer_id, value_tier, churn_probability, clv, value_at_risk, treatment_group, planned_treatment,
+               reason_1, reason_2, reason_3
+        FROM at_risk_queue ORDER BY value_at_risk DESC NULLS LAST, customer_id LIMIT {QUEUE_ROWS}""")
+    if top.empty:
+        raise Missing("no customer in the at-risk queue for this snapshot (no churn model scored it, "
+                      "queue.enabled is false, or nobody in queue.tiers is at risk)")
+    totals = ctx.query("""
+        SELECT count(*) AS customers, sum(value_at_risk) AS value_at_risk, count_if(on_request) AS on_request
+        FROM at_risk_queue""").iloc[0]
+    common = ctx.query("""
+        SELECT reason_features[1] AS feature, count(*) AS customers FROM at_risk_queue
+        WHERE len(reason_features) > 0 GROUP BY ALL ORDER BY customers DESC, feature LIMIT 8""")
+    return {"rows": _records(top.set_index("customer_id"), "customer_id"), "customers": totals["customers"],
+            "value_at_risk": totals["value_at_risk"], "on_request": totals["on_request"],
+            "common": common.to_dict("records")}
+
+
 def _regions(ctx: Context) -> Values:
     """Tiers, the high-value customers at risk, value and the plan per region (customer_attributes)."""
     tiers = ", ".join(f"count(*) FILTER (WHERE s.value_tier = '{t}') AS {t}" for t in VALUE_TIERS)
@@ -598,6 +669,8 @@ SECTIONS: Sequence[tuple[str, str, Callable[[Context], Values]]] = (
     ("clv", "Customer lifetime value", _clv),
     ("migration", "Migration since the previous snapshot", _migration),
     ("retention", "Retention plan", _retention),
+    ("queue", "At-risk queue: who to call first, and why", _queue),
+    ("monitoring", "Model monitoring: do the models still work?", _monitoring),
     ("outcomes", "Retention outcomes: treated against control", _outcomes),
     ("economics", "Tier economics", _economics),
     ("regions", "Regions", _regions),

@@ -177,6 +177,21 @@ def summary_view(summary: dict[str, Any]) -> Group:
     plan = stages.get("plan", {}).get("retention")
     if plan:
         parts.append(_plan(plan))
+    monitored = stages.get("monitor")
+    if monitored and "retrain" in monitored:
+        drift = ", ".join(f"{name} {value:.2f}" for name, value in monitored["drift"].items()) or "none measured"
+        line = (f"monitoring: PSI of the most drifting {drift}; backtested "
+                f"{', '.join(monitored['backtested']) or 'no snapshot (none matured yet)'}; retrain "
+                + ", ".join(f"{kind} {'yes' if retrain else 'no'}" for kind, retrain in monitored["retrain"].items()))
+        parts.append(Text(line))
+    queued = stages.get("queue")
+    if queued and "customers" in queued:
+        model = queued["churn_model"]
+        line = (f"at-risk queue: {queued['customers']:,} customers ({queued['at_risk']:,} at risk"
+                + (f", {queued['left_out']:,} left out by queue.max_customers" if queued["left_out"] else "")
+                + (f", {queued['on_request']:,} on request" if queued["on_request"] else "") + ")")
+        line += f"; {queued['note']}" if queued["note"] else f", reasons from {model['name']} v{model['version']}"
+        parts.append(Text(line))
     trained = stages.get("train")
     if trained and "promotion" in trained:
         parts.append(Text(f"trained {trained['model']} v{trained['model_version']}: holdout ROC-AUC "

@@ -11,13 +11,16 @@ import numpy as np
 import pandas as pd
 from scipy import differentiate, optimize
 from scipy.special import betaln, digamma, expit, hyp1f1, hyp2f1
+from scipy.stats import norm
 
 from segscale.config import ClvSettings
 from segscale.errors import ModelSkipped
 
 HISTOGRAM_WEIGHT = "customers"
-# What CLV scoring adds to customer_scores.
-CLV_COLUMNS = ("p_alive", "expected_purchases", "expected_avg_spend", "clv")
+# What CLV scoring adds to customer_scores: the predictions, then their P10 / P90 band from parameter uncertainty.
+CLV_BAND_COLUMNS = ("expected_purchases_p10", "expected_purchases_p90", "clv_p10", "clv_p90")
+CLV_COLUMNS = ("p_alive", "expected_purchases", "expected_avg_spend", "clv", *CLV_BAND_COLUMNS)
+BAND_Z = float(norm.ppf(0.9))  # the band's half-width in standard deviations of the log prediction
 # What the models read from customer_features: x, t_x and T in days, mean spend per repeat purchase day.
 INPUT_COLUMNS = ("bgnbd_frequency", "bgnbd_recency", "bgnbd_T", "bgnbd_monetary")
 DISCOUNT_STEP_DAYS = 30  # future purchases are discounted month by month
@@ -72,6 +75,10 @@ class Fit:
 
     params: dict[str, float]
     standard_errors: dict[str, float | None]  # None where a parameter depends on a bound or the curvature is flat
+    theta: tuple[float, ...]  # the solution in fitting coordinates
+    # The Laplace approximation's covariance of theta (rows and columns of coordinates on a bound are zero: they do
+    # not move); None when the curvature at the solution is not that of a maximum.
+    covariance: tuple[tuple[float, ...], ...] | None
     log_likelihood: float  # summed over customers (weighted)
     customers: int
     histogram_rows: int
@@ -187,6 +194,7 @@ def _maximise(log_likelihood: Callable[..., float | tuple[float, np.ndarray]],
     boundary = tuple(c.at_low if low else c.at_high for c, low, high in zip(coordinates, on_low, on_high, strict=True)
                      if low or high)
     params = to_params(theta)
+    covariance = _covariance(log_likelihood, theta, ~(on_low | on_high), args)
     log_likelihood_value = float(log_likelihood(theta, *args))
     # L-BFGS-B can stop "ABNORMAL" at the optimum, when its line search runs out of floating-point precision
     # there: a solution whose projected gradient (per customer) is negligible is converged whatever its message.
@@ -194,23 +202,21 @@ def _maximise(log_likelihood: Callable[..., float | tuple[float, np.ndarray]],
     projected = np.where(on_low, np.minimum(gradient, 0), np.where(on_high, np.maximum(gradient, 0), gradient))
     stationary = bool(result.success) or float(np.max(np.abs(projected))) <= GRADIENT_TOLERANCE
     converged = stationary and np.isfinite(log_likelihood_value) and all(np.isfinite(list(params.values())))
-    return Fit(params=params,
-               standard_errors=_standard_errors(log_likelihood, jacobian(theta), theta, ~(on_low | on_high), args,
-                                                 list(params)),
+    return Fit(params=params, standard_errors=_standard_errors(covariance, jacobian(theta), list(params)),
+               theta=tuple(float(v) for v in theta),
+               covariance=None if covariance is None else tuple(tuple(float(v) for v in row) for row in covariance),
                log_likelihood=log_likelihood_value, customers=customers, histogram_rows=rows,
                iterations=int(result.nit), converged=converged, message=str(result.message), boundary=boundary)
 
 
-def _standard_errors(log_likelihood: Callable[..., float | tuple[float, np.ndarray]], jacobian: np.ndarray,
-                     theta: np.ndarray, free: np.ndarray, args: tuple, names: Sequence[str]
-                     ) -> dict[str, float | None]:
-    """Asymptotic standard errors of the parameters: the inverse of the observed information (the Jacobian of the
-    analytic gradient, by scipy.differentiate) over the coordinates not on a bound, carried to the parameters by
-    the delta method through `jacobian` (d params / d theta). None for a parameter that moves with a coordinate on a
-    bound, and for all of them when the curvature at the solution is not that of a maximum."""
-    unknown: dict[str, float | None] = dict.fromkeys(names)
+def _covariance(log_likelihood: Callable[..., float | tuple[float, np.ndarray]], theta: np.ndarray,
+                free: np.ndarray, args: tuple) -> np.ndarray | None:
+    """The asymptotic covariance of the fitting coordinates (Laplace approximation): the inverse of the observed
+    information (the Jacobian of the analytic gradient, by scipy.differentiate) over the coordinates not on a bound;
+    zero rows and columns for those on a bound. None when no coordinate is free or the curvature at the solution
+    is not that of a maximum."""
     if not free.any():
-        return unknown
+        return None
 
     def free_gradient(free_theta: np.ndarray) -> np.ndarray:
         full = theta.copy()
@@ -221,10 +227,22 @@ def _standard_errors(log_likelihood: Callable[..., float | tuple[float, np.ndarr
         information = -differentiate.jacobian(_vectorised(free_gradient), theta[free], initial_step=1e-3).df
         information = (information + information.T) / 2
         if not np.all(np.isfinite(information)) or np.any(np.linalg.eigvalsh(information) <= 0):
-            return unknown
-        covariance = np.linalg.inv(information)
-        variances = np.einsum("ij,jk,ik->i", jacobian[:, free], covariance, jacobian[:, free])
-    moves_with_bound = np.any(jacobian[:, ~free] != 0, axis=1)
+            return None
+        covariance = np.zeros((len(theta), len(theta)))
+        covariance[np.ix_(free, free)] = np.linalg.inv(information)
+    return covariance
+
+
+def _standard_errors(covariance: np.ndarray | None, jacobian: np.ndarray, names: Sequence[str]
+                     ) -> dict[str, float | None]:
+    """Asymptotic standard errors of the parameters, carried from the coordinates' covariance by the delta method
+    through `jacobian` (d params / d theta). None for a parameter that moves with a coordinate on a bound, and for
+    all of them without a covariance."""
+    if covariance is None:
+        return dict.fromkeys(names)
+    bound = np.diag(covariance) == 0
+    variances = np.einsum("ij,jk,ik->i", jacobian, covariance, jacobian)
+    moves_with_bound = np.any(jacobian[:, bound] != 0, axis=1)
     return {name: float(np.sqrt(v)) if v > 0 and not bounded else None
             for name, v, bounded in zip(names, variances, moves_with_bound, strict=True)}
 
@@ -331,42 +349,107 @@ def expected_avg_spend(gamma_gamma: dict[str, float], x: np.ndarray, m: np.ndarr
     return spend
 
 
-def lifetime_value(bgnbd: dict[str, float], gamma_gamma: dict[str, float], x: np.ndarray, t_x: np.ndarray,
-                   T: np.ndarray, m: np.ndarray, settings: ClvSettings) -> pd.DataFrame:
-    """p_alive, expected_purchases and expected_avg_spend over clv.horizon_days, and clv: the expected spend of
-    each month of the horizon, discounted at clv.annual_discount_rate. Time inputs in days."""
+@dataclass(frozen=True)
+class Laplace:
+    """A fit's parameter uncertainty: its solution in fitting coordinates and their covariance (Fit.theta,
+    Fit.covariance)."""
+
+    theta: tuple[float, ...]
+    covariance: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def of(cls, fit: Fit) -> Laplace | None:
+        return None if fit.covariance is None else cls(fit.theta, fit.covariance)
+
+    def sigma_points(self, coordinates: Sequence[Coordinate]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """theta ± each column of the covariance's Cholesky factor (one standard deviation along each of its
+        principal directions; coordinates on a bound stay put), clipped to the coordinates' bounds."""
+        theta, covariance = np.asarray(self.theta), np.asarray(self.covariance)
+        free = np.diag(covariance) > 0
+        factor = np.linalg.cholesky(covariance[np.ix_(free, free)])
+        low, high = np.array([(c.low, c.high) for c in coordinates]).T
+        points = []
+        for column in factor.T:
+            step = np.zeros_like(theta)
+            step[free] = column
+            points.append((np.clip(theta + step, low, high), np.clip(theta - step, low, high)))
+        return points
+
+
+def log_spread(laplace: Laplace | None, coordinates: Sequence[Coordinate],
+               predict: Callable[[np.ndarray], np.ndarray], rows: int) -> np.ndarray:
+    """The standard deviation of log predict(theta) under the fit's parameter uncertainty, by the delta method
+    with central differences over one standard deviation along each principal direction (sigma points); NaN
+    without a covariance."""
+    if laplace is None:
+        return np.full(rows, np.nan)
+    variance = np.zeros(rows)
+    for plus, minus in laplace.sigma_points(coordinates):
+        variance += ((np.log(predict(plus)) - np.log(predict(minus))) / 2) ** 2
+    return np.sqrt(variance)
+
+
+def lifetime_value(params: ClvParams, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, m: np.ndarray,
+                   settings: ClvSettings) -> pd.DataFrame:
+    """p_alive, expected_purchases and expected_avg_spend over clv.horizon_days, clv: the expected spend of each
+    month of the horizon, discounted at clv.annual_discount_rate, and the P10 / P90 band of expected purchases and
+    CLV from the fits' parameter uncertainty (docs/models.md, "Intervals"). Time inputs in days."""
     unit = float(settings.time_unit_days)
-    x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
+    x, t_x, T, m = (np.asarray(v, dtype=float) for v in (x, t_x, T, m))
     t_x, T = t_x / unit, T / unit
-    spend = expected_avg_spend(gamma_gamma, x, np.asarray(m, dtype=float))
+    spend = expected_avg_spend(params.gamma_gamma, x, m)
     ends = np.append(np.arange(DISCOUNT_STEP_DAYS, settings.horizon_days, DISCOUNT_STEP_DAYS), settings.horizon_days)
-    cumulative = np.stack([expected_purchases(bgnbd, end / unit, x, t_x, T) for end in ends])
+    cumulative = np.stack([expected_purchases(params.bgnbd, end / unit, x, t_x, T) for end in ends])
     per_step = np.diff(cumulative, axis=0, prepend=0.0)
     discount = (1 + settings.annual_discount_rate) ** (-ends / 365.0)
+    clv = spend * (discount[:, None] * per_step).sum(axis=0)
+    # The band's relative width: that of the horizon's expected purchases (BG/NBD) and of the expected spend per
+    # purchase (Gamma-Gamma), two independent fits. Discounting leaves the first's relative sensitivity to the
+    # parameters all but unchanged (the monthly factors differ by under a tenth), so it is not recomputed per month.
+    horizon = settings.horizon_days / unit
+    purchases_spread = log_spread(params.bgnbd_laplace, BGNBD_COORDINATES,
+                                  lambda theta: expected_purchases(bgnbd_params(theta), horizon, x, t_x, T), len(x))
+    spend_spread = log_spread(params.gamma_gamma_laplace, GAMMA_GAMMA_COORDINATES,
+                              lambda theta: expected_avg_spend(gamma_gamma_params(theta), x, m), len(x))
+    clv_spread = np.hypot(purchases_spread, spend_spread)
     return pd.DataFrame({
-        "p_alive": p_alive(bgnbd, x, t_x, T),
+        "p_alive": p_alive(params.bgnbd, x, t_x, T),
         "expected_purchases": cumulative[-1],
         "expected_avg_spend": spend,
-        "clv": spend * (discount[:, None] * per_step).sum(axis=0),
+        "clv": clv,
+        "expected_purchases_p10": cumulative[-1] * np.exp(-BAND_Z * purchases_spread),
+        "expected_purchases_p90": cumulative[-1] * np.exp(BAND_Z * purchases_spread),
+        "clv_p10": clv * np.exp(-BAND_Z * clv_spread),
+        "clv_p90": clv * np.exp(BAND_Z * clv_spread),
     })
 
 
 @dataclass(frozen=True)
 class ClvParams:
-    """A fitted CLV model: both models' parameters and the time unit (days) they were fitted in."""
+    """A fitted CLV model: both models' parameters, the time unit (days) they were fitted in, and their parameter
+    uncertainty (None for a fit without one, and for versions registered before segscale recorded it)."""
 
     bgnbd: dict[str, float]
     gamma_gamma: dict[str, float]
     time_unit_days: int
+    bgnbd_laplace: Laplace | None = None
+    gamma_gamma_laplace: Laplace | None = None
 
     def as_config(self) -> dict[str, object]:
+        laplace = {name: {"theta": list(fit.theta), "covariance": [list(row) for row in fit.covariance]}
+                   for name, fit in (("bgnbd", self.bgnbd_laplace), ("gamma_gamma", self.gamma_gamma_laplace))
+                   if fit is not None}
         return {"bgnbd": dict(self.bgnbd), "gamma_gamma": dict(self.gamma_gamma),
-                "time_unit_days": self.time_unit_days}
+                "time_unit_days": self.time_unit_days, "laplace": laplace}
 
     @classmethod
     def from_config(cls, config: dict) -> ClvParams:
+        laplace = {name: Laplace(tuple(map(float, fit["theta"])),
+                                 tuple(tuple(map(float, row)) for row in fit["covariance"]))
+                   for name, fit in config.get("laplace", {}).items()}
         return cls({k: float(v) for k, v in config["bgnbd"].items()},
-                   {k: float(v) for k, v in config["gamma_gamma"].items()}, int(config["time_unit_days"]))
+                   {k: float(v) for k, v in config["gamma_gamma"].items()}, int(config["time_unit_days"]),
+                   laplace.get("bgnbd"), laplace.get("gamma_gamma"))
 
 
 def predict_clv(params: ClvParams, inputs: pd.DataFrame, settings: ClvSettings) -> pd.DataFrame:
@@ -376,7 +459,7 @@ def predict_clv(params: ClvParams, inputs: pd.DataFrame, settings: ClvSettings) 
                     for c in INPUT_COLUMNS)
     known = np.isfinite(x) & np.isfinite(t_x) & np.isfinite(T)
     with np.errstate(all="ignore"):
-        predicted = lifetime_value(params.bgnbd, params.gamma_gamma, np.where(known, x, 0.0),
+        predicted = lifetime_value(params, np.where(known, x, 0.0),
                                    np.where(known, t_x, 0.0), np.where(known, T, 0.0), m,
                                    settings.model_copy(update={"time_unit_days": params.time_unit_days}))
     return predicted.where(known[:, None] & np.isfinite(predicted.to_numpy()))

@@ -48,6 +48,7 @@ from segscale.transforms.labels import (
     training_set,
     with_true_dropout,
 )
+from segscale.transforms.monitoring import SCORE, Reference
 from segscale.transforms.rfm import is_buyer
 
 # What scoring adds to customer_scores.
@@ -202,6 +203,7 @@ def _fit_and_register(settings: Settings, trainer: Trainer, train: pd.DataFrame,
         mlflow.log_metrics({k: v for k, v in flat_metrics(evaluation).items() if v == v})  # NaN is not loggable
         mlflow.log_dict(evaluation, "evaluation.json")
         mlflow.log_dict({"features": features, "dropped": dropped}, "features.json")
+        mlflow.log_dict(drift_reference(model, train, holdout, features, data).as_dict(), DRIFT_REFERENCE)
         with tempfile.TemporaryDirectory() as charts_dir:
             for chart in charts(model, holdout, evaluation, Path(charts_dir), churn.sample_seed):
                 mlflow.log_artifact(str(chart), "charts")
@@ -222,6 +224,17 @@ def _fit_and_register(settings: Settings, trainer: Trainer, train: pd.DataFrame,
         baselines_roc_auc={name: m["roc_auc"] for name, m in evaluation["baselines"].items()},
         beats_baselines=evaluation["beats_baselines"], promotion=dataclasses.asdict(promotion),
         features=features, features_dropped=dropped)
+
+
+DRIFT_REFERENCE = "drift_reference.json"  # the version's training distribution, an artifact of its MLflow run
+
+
+def drift_reference(model: Any, train: pd.DataFrame, holdout: pd.DataFrame, features: list[str],
+                    data: TrainingSet) -> Reference:
+    """What monitoring compares later snapshots with: the quantile bins of every feature over the training rows,
+    and of the churn probability over the holdout (the model's out-of-sample scores, as in production)."""
+    columns = {name: values.to_numpy() for name, values in model_inputs(train, features).items()}
+    return Reference.of({**columns, SCORE: predict_churn(model, holdout)}, data.holdout_cutoff)
 
 
 def _params(churn: ChurnSettings, data: TrainingSet, train_rows: int, holdout_rows: int, features: list[str],

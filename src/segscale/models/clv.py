@@ -31,6 +31,7 @@ from segscale.models.bgnbd import (
     INPUT_COLUMNS,
     ClvParams,
     Fit,
+    Laplace,
     fit_bgnbd,
     fit_gamma_gamma,
     predict_clv,
@@ -253,7 +254,7 @@ class ClvModel:
                 if fit.boundary:
                     trainer.warn(f"the {model} fit is a boundary solution: {'; '.join(fit.boundary)} "
                                  f"(parameters {_rounded(fit.params)}); it is published, see docs/models.md")
-            params = ClvParams(bgnbd.params, spend.params, clv.time_unit_days)
+            params = ClvParams(bgnbd.params, spend.params, clv.time_unit_days, Laplace.of(bgnbd), Laplace.of(spend))
             client = registry.connect(settings.paths.warehouse, settings.churn.experiment)
             with mlflow.start_run(run_name=f"clv {trainer.run_id}") as ml_run:
                 _log_fit(clv, resolution, estimates, bgnbd, spend, fit_seconds)

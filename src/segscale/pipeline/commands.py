@@ -35,7 +35,7 @@ GRAPHS: dict[str, Graph] = {graph.command: graph for graph in (
         Stage(s.choose_models, "models"), Stage(s.ingest, "inputs"), Stage(s.validate, "validated"),
         Stage(s.compute_features, "features"), Stage(s.train_models, "models"),
         Stage(s.publish_features, "features"), Stage(s.segment, "scores"), Stage(s.migration),
-        Stage(s.measure_outcomes, "uplifts"), Stage(s.plan), Stage(s.economics),
+        Stage(s.monitor), Stage(s.measure_outcomes, "uplifts"), Stage(s.plan), Stage(s.queue), Stage(s.economics),
     ), given=("train",)),
     Graph("validate", (Stage(s.ingest, "inputs"), Stage(s.validate, "validated"))),
     Graph("features", (
@@ -47,9 +47,10 @@ GRAPHS: dict[str, Graph] = {graph.command: graph for graph in (
         Stage(s.migration),
     )),
     Graph("plan", (Stage(s.published_scores, "scores"), Stage(s.learned_uplifts, "uplifts"), Stage(s.plan),
-                   Stage(s.economics))),
+                   Stage(s.published_features, "features"), Stage(s.queue), Stage(s.economics))),
     Graph("score", (Stage(s.rescore, "scores"), Stage(s.learned_uplifts, "uplifts"), Stage(s.plan),
-                    Stage(s.economics)), given=("churn_version",)),
+                    Stage(s.published_features, "features"), Stage(s.queue), Stage(s.economics)),
+          given=("churn_version",)),
     Graph("train", (
         Stage(s.every_model_to_train, "models"), Stage(s.ingest, "inputs"), Stage(s.check_inputs, "validated"),
         Stage(s.compute_features, "features"), Stage(s.train_every_model, "models"),

@@ -13,13 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import mlflow
 from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
 from segscale.catalog import (
+    AT_RISK_QUEUE,
     CUSTOMER_ATTRIBUTES,
     CUSTOMER_FEATURES,
     CUSTOMER_SCORES,
+    MODEL_MONITORING,
     QUARANTINE,
     RETENTION_OUTCOMES,
     RETENTION_PLAN,
@@ -33,7 +36,10 @@ from segscale.io.inputs import detect_format, input_versions, read_inputs
 from segscale.models import registry
 from segscale.models.all import MODELS
 from segscale.models.base import Model, TrainingData
-from segscale.models.churn import CHURN_COLUMNS, RISK_BANDS
+from segscale.models.churn import CHURN_COLUMNS, DRIFT_REFERENCE, RISK_BANDS, load_classifier
+from segscale.models.churn_classifier import features_of
+from segscale.models.clv import clv_params
+from segscale.models.reasons import REASON_COLUMNS, REASON_FIELDS, with_reasons
 from segscale.models.registry import ScoringModel, require_inputs
 from segscale.pipeline.context import ModelOutcome, Published, Run
 from segscale.transforms.conform import InputTables
@@ -45,6 +51,21 @@ from segscale.transforms.features import (
     filter_signed_up_by,
 )
 from segscale.transforms.migration import segment_migration
+from segscale.transforms.monitoring import (
+    BACKTEST,
+    DECISION,
+    Finding,
+    Reference,
+    backtest,
+    backtest_findings,
+    bin_counts,
+    clv_backtest,
+    clv_findings,
+    drift_findings,
+    finite,
+    labelled_scores,
+    retrain_decision,
+)
 from segscale.transforms.outcomes import (
     Uplift,
     group_sums,
@@ -56,6 +77,7 @@ from segscale.transforms.outcomes import (
 )
 from segscale.transforms.plan import (
     PLAN_METRICS,
+    TREATED,
     candidates,
     plan_counters,
     ranked,
@@ -220,7 +242,11 @@ def _choose(run: Run, *, may_train: bool, train: bool) -> ModelSet:
             continue
         client = client or registry.connect(settings.paths.warehouse, settings.churn.experiment)
         name = model.registered_name(settings)
-        if may_train and (train or registry.champion_version(client, name) is None):
+        champion = registry.champion_version(client, name)
+        policy = retrain_requested(run, model.kind, champion) if may_train and not train and champion else None
+        if may_train and (train or champion is None or policy):
+            if policy:
+                run.warn(f"training a new {model.kind} model as the monitoring policy says ({policy})")
             choices.append(ModelChoice(model, train=True))
             continue
         scoring = registry.scoring_model(client, name)
@@ -682,6 +708,216 @@ def economics(run: Run, scores: Scores) -> None:
         stage.record = EconomicsRecord({row["value_tier"]: {k: row[k] for k in (
             "customers", "revenue_365d", "cost_to_serve", "margin", "cost_share", "clv_per_spend", "value_share",
             "warning")} for row in rows})
+
+
+@dataclass(frozen=True)
+class MonitorRecord:
+    """The `monitor` stage: the top drifting columns, the snapshots backtested, the alerts, and per model the retrain
+    decision and why."""
+
+    drift: dict[str, float]
+    backtested: list[str]
+    alerts: list[str]
+    retrain: dict[str, bool]
+    reasons: dict[str, str]
+    notes: list[str]
+
+
+TOP_DRIFT = 5  # drifting columns the summary names
+
+
+def monitor(run: Run, validated: Validated, scores: Scores) -> None:
+    """Publish model_monitoring: the churn model's drift against its training rows, backtests of every snapshot
+    whose churn horizon has passed since, alerts and the retrain decisions; alerts go to the run's warnings."""
+    settings = run.settings
+    if not settings.monitoring.enabled:
+        return
+    monitoring = settings.monitoring
+    with run.stage("monitor") as stage:
+        client = registry.connect(settings.paths.warehouse, settings.churn.experiment)
+        model = _churn_model_of(scores)
+        findings: dict[str, list[tuple[int | None, Finding]]] = {CHURN: [], CLV: []}
+        notes = []
+        churn_artifacts = _churn_artifacts(client, model) if model else None
+        if model is None:
+            notes.append("no churn model scored this snapshot: no drift")
+        elif churn_artifacts[0] is None:
+            notes.append(f"segscale_churn v{model.version} has no drift reference (trained before monitoring)")
+        else:
+            reference = churn_artifacts[0]
+            columns_df = scores.df.select("customer_id", "churn_probability").join(
+                run.snapshot_of(CUSTOMER_FEATURES), "customer_id")
+            counts = bin_counts(columns_df.where(F.col("recency_days").isNotNull()), reference)
+            findings[CHURN] += [(model.version, f) for f in drift_findings(counts, reference, monitoring)]
+        backtested = []
+        for scored_on in _to_backtest(run):
+            scored_df = run.snapshot_of(CUSTOMER_SCORES, scored_on)
+            versions = scored_df.where(F.col("model_version").isNotNull() | F.col("clv_model_version").isNotNull()
+                                       ).select("model_name", "model_version", "clv_model_version").limit(
+                1).collect()  # small: one row
+            if not versions:
+                continue
+            backtested.append(scored_on.isoformat())
+            churn_version, clv_version = versions[0]["model_version"], versions[0]["clv_model_version"]
+            if churn_version is not None:
+                result = backtest(labelled_scores(scored_df, validated.transactions, scored_on,
+                                                  settings.churn.horizon_days))
+                if result is not None:
+                    trained_auc = _churn_artifacts(client, ScoringModel(versions[0]["model_name"], churn_version,
+                                                                        ()))[1]
+                    findings[CHURN] += [(churn_version, f) for f in
+                                        backtest_findings(result, scored_on, trained_auc, monitoring)]
+            if clv_version is not None:
+                params = clv_params(ScoringModel(settings.clv.model_name, clv_version, ()))
+                rows = clv_backtest(run.snapshot_of(CUSTOMER_FEATURES, scored_on), scored_df,
+                                    validated.transactions, params, scored_on, run.snapshot_date)
+                findings[CLV] += [(clv_version, f) for f in clv_findings(rows, scored_on, monitoring)]
+        # A decision is about the version that scores now: a backtest of a version it replaced does not count.
+        current = {CHURN: model.version if model else None, CLV: _clv_version_of(scores)}
+        decisions = {kind: retrain_decision([f for version, f in found if version == current[kind]], monitoring)
+                     for kind, found in findings.items()}
+        rows = [_monitoring_row(run, kind, version, f) for kind, found in findings.items()
+                for version, f in [*found, (current[kind], decisions[kind])]]
+        run.publish(stage, MODEL_MONITORING, run.spark.createDataFrame(rows, MODEL_MONITORING.spark_schema),
+                    model_version=model.uri if model else None)
+        alerts = [f"{kind} {f.kind} {f.subject} {f.metric} {f.value:.4g} (limit {f.threshold:.4g})"
+                  for kind, found in findings.items() for _, f in found if f.alert]
+        for alert in alerts:
+            run.warn(f"monitoring alert: {alert}")
+        drift = [f for _, f in findings[CHURN] if f.kind == "drift"]
+        stage.record = MonitorRecord(
+            drift={f.subject: round(f.value, 4) for f in drift[:TOP_DRIFT]}, backtested=backtested, alerts=alerts,
+            retrain={kind: d.alert for kind, d in decisions.items()},
+            reasons={kind: d.note for kind, d in decisions.items()}, notes=notes)
+
+
+def _monitoring_row(run: Run, kind: str, version: int | None, finding: Finding) -> dict[str, Any]:
+    return {"snapshot_date": run.snapshot_date, "model": kind, "model_version": version,
+            **{k: getattr(finding, k) for k in ("kind", "reference_date", "subject", "metric", "threshold",
+                                                "alert", "customers", "note")},
+            "value": finite(finding.value), "run_id": run.run_id}
+
+
+def _churn_artifacts(client: Any, model: ScoringModel) -> tuple[Reference | None, float | None]:
+    """The drift reference and the holdout ROC-AUC a churn version was trained with (None for a version logged
+    before monitoring)."""
+    run_id = client.get_model_version(model.name, str(model.version)).run_id
+    found = {artifact.path for artifact in client.list_artifacts(run_id)}
+    reference = (Reference.from_dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{DRIFT_REFERENCE}"))
+                 if DRIFT_REFERENCE in found else None)
+    evaluation = mlflow.artifacts.load_dict(f"runs:/{run_id}/evaluation.json") if "evaluation.json" in found else {}
+    return reference, evaluation.get("model", {}).get("roc_auc")
+
+
+def _to_backtest(run: Run) -> list[dt.date]:
+    """The published snapshots whose churn horizon has ended by this one and that no other run's monitoring has
+    backtested yet, oldest first."""
+    if not run.warehouse.exists(CUSTOMER_SCORES):
+        return []
+    day = run.snapshot_date.isoformat()
+    earlier = [d for d in run.warehouse.partition_values(CUSTOMER_SCORES, "snapshot_date") if d < day]
+    done: set[dt.date] = set()
+    if run.warehouse.exists(MODEL_MONITORING):
+        done = {row["reference_date"] for row in run.warehouse.read(MODEL_MONITORING).where(
+            (F.col("kind") == F.lit(BACKTEST)) & (F.col("snapshot_date") != F.lit(run.snapshot_date))
+        ).select("reference_date").distinct().collect()}  # small: one row per snapshot backtested
+    return [d for d in matured(earlier, run.snapshot_date, run.settings.churn.horizon_days) if d not in done]
+
+
+def _clv_version_of(scores: Scores) -> int | None:
+    rows = scores.df.where(F.col("clv_model_version").isNotNull()).select("clv_model_version").limit(
+        1).collect()  # small: one row
+    return int(rows[0]["clv_model_version"]) if rows else None
+
+
+def retrain_requested(run: Run, kind: str, champion: int) -> str | None:
+    """Why the policy wants `kind` retrained: the latest monitoring decision before this snapshot, when it was
+    taken for the version that is still champion and says retrain."""
+    if not run.settings.monitoring.enabled or not run.warehouse.exists(MODEL_MONITORING):
+        return None
+    rows = run.warehouse.read(MODEL_MONITORING).where(
+        (F.col("kind") == F.lit(DECISION)) & (F.col("model") == F.lit(kind))
+        & (F.col("snapshot_date") < F.lit(run.snapshot_date))).orderBy(F.col("snapshot_date").desc()).limit(
+        1).collect()  # small: one row
+    if rows and rows[0]["alert"] and rows[0]["model_version"] == champion:
+        return f"monitoring of {rows[0]['snapshot_date']}: {rows[0]['note']}"
+    return None
+
+
+@dataclass(frozen=True)
+class QueueRecord:
+    """The `queue` stage: the customers queued (at risk and on request), the at-risk ones left out by
+    queue.max_customers, the churn model explained, and why there are no reasons, if there are none."""
+
+    customers: int
+    at_risk: int
+    left_out: int
+    on_request: int
+    churn_model: dict[str, Any] | None
+    note: str | None
+
+
+def queue(run: Run, features: Features, scores: Scores) -> None:
+    """Publish at_risk_queue: the at-risk customers of queue.tiers, the highest value at risk first (at most
+    queue.max_customers), and those of queue.customers, with their planned treatment and the three strongest
+    reasons behind their churn probability (TreeSHAP on the executors)."""
+    settings = run.settings.queue
+    with run.stage("queue") as stage:
+        model = _churn_model_of(scores)
+        note = None if settings.enabled else "queue.enabled is false"
+        if note is None and model is None:
+            note = "no churn model scored this snapshot"
+        value_at_risk = F.col("churn_probability") * F.col("clv")
+        at_risk = (F.col("value_tier").isin(settings.tiers)
+                   & (F.col("churn_probability") >= F.lit(settings.min_churn_probability)))
+        requested = F.col("customer_id").isin(settings.customers) if settings.customers else F.lit(False)
+        scores_df = scores.df.select("customer_id", "snapshot_date", "value_tier", "lifecycle_stage",
+                                     "churn_probability", "clv", value_at_risk.alias("value_at_risk"),
+                                     requested.alias("on_request"), at_risk.alias("_at_risk"))
+        if not settings.enabled:
+            scores_df = scores_df.where(F.lit(False))
+        at_risk_total = scores_df.where("_at_risk").count()
+        at_risk_df = (scores_df.where("_at_risk").orderBy(F.col("value_at_risk").desc_nulls_last(), "customer_id")
+                      .limit(settings.max_customers))
+        # Kept: the reasons and the published rows both read the queue.
+        queued_df = run.keep(at_risk_df.unionByName(scores_df.where("on_request")).dropDuplicates(["customer_id"])
+                             .drop("_at_risk"))
+        customers = queued_df.count()
+        reasons_df = None
+        if note is None:
+            registry.connect(run.settings.paths.warehouse, run.settings.churn.experiment)
+            classifier = load_classifier(model.name, model.version)
+            try:
+                reasons_df = with_reasons(queued_df.join(features.df, "customer_id"), classifier,
+                                          features_of(classifier))
+            except ValueError as exc:
+                note = f"no reason codes: {exc}"
+                run.warn(f"at_risk_queue has no reason codes: {exc}")
+        if reasons_df is None:
+            reasons_df = run.spark.createDataFrame([], ", ".join(
+                ["customer_id string", *[f"{name} {kind}" for name, kind in REASON_FIELDS.items()]]))
+        plan_df = run.snapshot_of(RETENTION_PLAN).select(
+            "customer_id", "treatment_group",
+            F.when(F.col("treatment_group") == F.lit(TREATED), F.col("treatment")).alias("planned_treatment"))
+        queue_df = queued_df.join(reasons_df, "customer_id", "left").join(plan_df, "customer_id", "left").select(
+            *[c for c in AT_RISK_QUEUE.column_names if c in queued_df.columns and c != "on_request"],
+            "treatment_group", "planned_treatment",
+            *[F.try_element_at("reason_phrases", F.lit(k)).alias(name) for k, name in enumerate(REASON_COLUMNS, 1)],
+            "reason_features", "reason_contributions", "on_request",
+            F.lit(model.version if model else None).cast("int").alias("churn_model_version"),
+            F.lit(run.run_id).alias("run_id"))
+        run.publish(stage, AT_RISK_QUEUE, queue_df, model_version=model.uri if model else None)
+        run.release(queued_df)
+        stage.record = QueueRecord(
+            customers=customers, at_risk=at_risk_total, left_out=max(at_risk_total - settings.max_customers, 0),
+            on_request=len(settings.customers), churn_model=_named(model), note=note)
+
+
+def _churn_model_of(scores: Scores) -> ScoringModel | None:
+    """The churn model version that scored the snapshot (customer_scores' model_name and model_version)."""
+    rows = scores.df.where(F.col("model_version").isNotNull()).select("model_name", "model_version").limit(
+        1).collect()  # small: one row
+    return ScoringModel(rows[0]["model_name"], int(rows[0]["model_version"]), ()) if rows else None
 
 
 def _why_no_plan(run: Run) -> str:

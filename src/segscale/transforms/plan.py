@@ -1,7 +1,8 @@
 """The retention plan: which scored customers get their tier's treatment within the budget, and which are kept
 untreated as a randomized control group (docs/retention.md).
 
-value at risk = churn_probability × clv; expected saved value = uplift × value at risk − cost. Customers whose
+value at risk = churn_probability × clv (the point CLV, or a quantile of its band: retention.clv_quantile);
+expected saved value = uplift × value at risk − cost. Customers whose
 expected saved value is positive are candidates, ranked by expected saved value per unit cost (free treatments
 first, ties broken by saved value, then customer_id). Each candidate draws a control or treated lot from a hash of
 (holdout seed, snapshot, customer), so a customer's lot never depends on anyone else. The plan takes candidates in
@@ -21,8 +22,10 @@ from typing import Any
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from scipy.stats import norm
 
 from segscale.config import RetentionSettings
+from segscale.models.bgnbd import BAND_Z
 from segscale.transforms.features import MONEY_UNITS, exact_units, money_sum
 from segscale.transforms.segments import VALUE_TIERS
 
@@ -62,6 +65,17 @@ def _by_tier(values: dict[str, Any]) -> Column:
     return column
 
 
+def planned_clv(quantile: float) -> Column:
+    """The CLV a plan values a customer at: `clv` at quantile 0.5, else the quantile of its band (log-normal:
+    clv × (clv_p90 / clv) ^ (z_quantile / z_0.9), so 0.1 gives clv_p10); `clv` where the band is unknown."""
+    clv = F.col("clv")
+    if quantile == 0.5:
+        return clv
+    exponent = float(norm.ppf(quantile)) / BAND_Z
+    return F.when((clv > 0) & (F.col("clv_p90") > 0), clv * F.pow(F.col("clv_p90") / clv, F.lit(exponent))
+                  ).otherwise(clv)
+
+
 def candidates(scores_df: DataFrame, settings: RetentionSettings, uplifts: dict[str, float] | None = None,
                incremental_retention: Column | None = None) -> DataFrame:
     """Scored customers (churn probability and CLV known) with their treatment, value at risk and expected saved
@@ -69,7 +83,8 @@ def candidates(scores_df: DataFrame, settings: RetentionSettings, uplifts: dict[
     tier, the uplift to plan with (default: the configured ones); `incremental_retention`: instead, a customer's
     own predicted gain in retention from the treatment (an uplift model's, of the scores' columns), which replaces
     uplift × churn_probability."""
-    scored_df = scores_df.where(F.col("churn_probability").isNotNull() & F.col("clv").isNotNull())
+    scored_df = scores_df.where(F.col("churn_probability").isNotNull() & F.col("clv").isNotNull()).select(
+        *[planned_clv(settings.clv_quantile).alias(c) if c == "clv" else c for c in PLAN_INPUTS])
     valued_df = scored_df.select(
         *PLAN_INPUTS,
         _per_tier(settings, "name").alias("treatment"),
@@ -102,7 +117,13 @@ def held_out(settings: RetentionSettings) -> Column:
     return draw < F.lit(round(settings.holdout_share * DRAWS))
 
 
-class _Prefix:
+def range_parts(df: DataFrame, order: list[Column]) -> DataFrame:
+    """`df` range-partitioned in `order`, each row with its partition (`_part`), clustered by it (what Prefix
+    reads: its windows then need no other shuffle)."""
+    return df.repartitionByRange(*order).withColumn("_part", F.spark_partition_id()).repartition("_part")
+
+
+class Prefix:
     """Running sums over the candidates in rank order, across range partitions: each partition's totals, collected
     (one row per partition), give the sums of the partitions before it; a window inside the partition adds the
     rest."""
@@ -127,7 +148,7 @@ class _Prefix:
         return {k: F.col(f"_before_{k}") + F.sum(f"_v_{k}").over(self.running) for k in values}
 
 
-def _tier_fits(prefix: _Prefix, settings: RetentionSettings, treated: Column, units: Column) -> Column:
+def _tier_fits(prefix: Prefix, settings: RetentionSettings, treated: Column, units: Column) -> Column:
     """Whether a candidate's tier still has budget and capacity for them: the tier's treated customers up to and
     including this one stay within its `capacity`, their cost within its `budget` (a prefix of the tier's ranking)."""
     limited = {tier: getattr(settings.treatments, tier) for tier in VALUE_TIERS}
@@ -159,13 +180,12 @@ def ranked(candidates_df: DataFrame, settings: RetentionSettings) -> Iterator[Da
     order = _rank_order()
     units = F.col("_cost_units")
     # Range partitions in rank order, then clustered by partition id: the windows below need no other shuffle.
-    ranged_df = (candidates_df.repartitionByRange(*order).withColumn("_part", F.spark_partition_id())
+    ranged_df = (range_parts(candidates_df, order)
                  .withColumn("_cost_units", exact_units(F.col("cost")))
                  .withColumn("_treat", ~held_out(settings))
-                 .repartition("_part")
                  .persist(StorageLevel.MEMORY_AND_DISK))
     try:
-        prefix = _Prefix(ranged_df, order)
+        prefix = Prefix(ranged_df, order)
         treated = F.col("_treat")
         fits = _tier_fits(prefix, settings, treated, units)
         running = prefix.add(rows=F.lit(1).cast("long"),
@@ -245,6 +265,6 @@ def summary_rows(observed: dict[str, Any], scored: dict[str, int], settings: Ret
             "note": note, "tier_budget": treatment.budget, "capacity": treatment.capacity,
             "holdout_share": settings.holdout_share,
             "uplift": uplifts[tier].value, "uplift_source": uplifts[tier].source,
-            "uplift_plans": list(uplifts[tier].plans),
+            "uplift_plans": list(uplifts[tier].plans), "clv_quantile": settings.clv_quantile,
         })
     return rows
