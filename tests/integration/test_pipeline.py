@@ -231,7 +231,7 @@ def test_run_is_recorded_with_its_stages(spark, tmp_path):
     settings = settings_for(GOLDEN_INPUT, tmp_path / "wh", churn={"enabled": False})
     summary = run_pipeline(spark, settings, D1, Run("run", settings, D1))
     assert list(summary["stages"]) == ["ingest", "validate", "clv fit", "features", "segment", "migration",
-                                       "outcomes", "plan", "economics"]
+                                       "monitor", "outcomes", "plan", "queue", "economics"]
     assert summary["models"] == {"churn": {"status": "disabled", "version": None, "skipped": None},
                                  "clv": {"status": "trained", "version": 1, "skipped": None}}
     assert summary["stages"]["plan"]["retention"]["note"] == "churn.enabled is false"

@@ -24,7 +24,7 @@ from segscale.cli import main
 ALL_CHARTS = {"tier-pyramid", "rfm-heatmap", "rfm-segments", "lifecycle-funnel", "churn-distribution",
               "churn-risk-by-tier", "churn-calibration", "churn-lift", "clv-distribution", "clv-by-tier",
               "migration-matrix", "retention-plan", "retention-outcomes", "uplift-history", "tier-economics",
-              "region-tiers", "quarantine-reasons"}
+              "region-tiers", "quarantine-reasons", "monitoring-drift", "monitoring-calibration"}
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                   "--disable-background-networking", "--disable-component-update"]
 
@@ -107,6 +107,9 @@ def test_the_report_renders_every_chart_offline(two_snapshots, browser, tmp_path
     # The first snapshot's plan, measured by the second's run: its treated and control groups per tier.
     assert "plan(s) measured" in rendered.text and D1.isoformat() in rendered.text
     assert f"Changes since {D1}" in rendered.text
+    # Trust: the CLV bands, the account managers' queue with reasons, D1's scores backtested by D2's run.
+    assert "median P10" in rendered.text and "customers in the queue" in rendered.text
+    assert re.search(r"churn v1:\s+(retrain|keep)", rendered.text)
 
 
 def test_the_default_snapshot_is_the_latest(two_snapshots, tmp_path):
@@ -128,7 +131,8 @@ def test_sections_without_their_input_say_so(two_snapshots, browser, tmp_path):
     rendered = render(browser, out)
     assert sorted(rendered.missing) == ["churn-holdout", "economics", "migration", "outcomes", "retention"]
     assert problems(rendered, ALL_CHARTS - {"migration-matrix", "retention-plan", "churn-calibration", "churn-lift",
-                                            "retention-outcomes", "uplift-history", "tier-economics"}) == []
+                                            "retention-outcomes", "uplift-history", "tier-economics",
+                                            "monitoring-calibration"}) == []
     assert f"no plan had been measured by {D1}" in rendered.text
     assert f"no previous snapshot before {D1}" in rendered.text
     assert "table retention_summary is not published" in rendered.text

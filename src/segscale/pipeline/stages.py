@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,7 @@ from segscale.transforms.migration import segment_migration
 from segscale.transforms.monitoring import (
     BACKTEST,
     DECISION,
+    DRIFT,
     Finding,
     Reference,
     backtest,
@@ -732,50 +733,23 @@ def monitor(run: Run, validated: Validated, scores: Scores) -> None:
     settings = run.settings
     if not settings.monitoring.enabled:
         return
-    monitoring = settings.monitoring
     with run.stage("monitor") as stage:
-        client = registry.connect(settings.paths.warehouse, settings.churn.experiment)
+        # MLflow only when a model's artifacts are read: a run without models creates no store.
+        client = functools.cache(lambda: registry.connect(settings.paths.warehouse, settings.churn.experiment))
         model = _churn_model_of(scores)
-        findings: dict[str, list[tuple[int | None, Finding]]] = {CHURN: [], CLV: []}
-        notes = []
-        churn_artifacts = _churn_artifacts(client, model) if model else None
-        if model is None:
-            notes.append("no churn model scored this snapshot: no drift")
-        elif churn_artifacts[0] is None:
-            notes.append(f"segscale_churn v{model.version} has no drift reference (trained before monitoring)")
-        else:
-            reference = churn_artifacts[0]
-            columns_df = scores.df.select("customer_id", "churn_probability").join(
-                run.snapshot_of(CUSTOMER_FEATURES), "customer_id")
-            counts = bin_counts(columns_df.where(F.col("recency_days").isNotNull()), reference)
-            findings[CHURN] += [(model.version, f) for f in drift_findings(counts, reference, monitoring)]
+        notes: list[str] = []
+        findings = {CHURN: _drift(run, client, model, scores, notes), CLV: []}
         backtested = []
         for scored_on in _to_backtest(run):
-            scored_df = run.snapshot_of(CUSTOMER_SCORES, scored_on)
-            versions = scored_df.where(F.col("model_version").isNotNull() | F.col("clv_model_version").isNotNull()
-                                       ).select("model_name", "model_version", "clv_model_version").limit(
-                1).collect()  # small: one row
-            if not versions:
-                continue
-            backtested.append(scored_on.isoformat())
-            churn_version, clv_version = versions[0]["model_version"], versions[0]["clv_model_version"]
-            if churn_version is not None:
-                result = backtest(labelled_scores(scored_df, validated.transactions, scored_on,
-                                                  settings.churn.horizon_days))
-                if result is not None:
-                    trained_auc = _churn_artifacts(client, ScoringModel(versions[0]["model_name"], churn_version,
-                                                                        ()))[1]
-                    findings[CHURN] += [(churn_version, f) for f in
-                                        backtest_findings(result, scored_on, trained_auc, monitoring)]
-            if clv_version is not None:
-                params = clv_params(ScoringModel(settings.clv.model_name, clv_version, ()))
-                rows = clv_backtest(run.snapshot_of(CUSTOMER_FEATURES, scored_on), scored_df,
-                                    validated.transactions, params, scored_on, run.snapshot_date)
-                findings[CLV] += [(clv_version, f) for f in clv_findings(rows, scored_on, monitoring)]
+            found = _backtests(run, client, validated, scored_on)
+            if found is not None:
+                backtested.append(scored_on.isoformat())
+                for kind in findings:
+                    findings[kind] += found[kind]
         # A decision is about the version that scores now: a backtest of a version it replaced does not count.
         current = {CHURN: model.version if model else None, CLV: _clv_version_of(scores)}
-        decisions = {kind: retrain_decision([f for version, f in found if version == current[kind]], monitoring)
-                     for kind, found in findings.items()}
+        decisions = {kind: retrain_decision([f for version, f in found if version == current[kind]],
+                                            settings.monitoring) for kind, found in findings.items()}
         rows = [_monitoring_row(run, kind, version, f) for kind, found in findings.items()
                 for version, f in [*found, (current[kind], decisions[kind])]]
         run.publish(stage, MODEL_MONITORING, run.spark.createDataFrame(rows, MODEL_MONITORING.spark_schema),
@@ -784,11 +758,55 @@ def monitor(run: Run, validated: Validated, scores: Scores) -> None:
                   for kind, found in findings.items() for _, f in found if f.alert]
         for alert in alerts:
             run.warn(f"monitoring alert: {alert}")
-        drift = [f for _, f in findings[CHURN] if f.kind == "drift"]
+        drift = [f for _, f in findings[CHURN] if f.kind == DRIFT]
         stage.record = MonitorRecord(
             drift={f.subject: round(f.value, 4) for f in drift[:TOP_DRIFT]}, backtested=backtested, alerts=alerts,
             retrain={kind: d.alert for kind, d in decisions.items()},
             reasons={kind: d.note for kind, d in decisions.items()}, notes=notes)
+
+
+def _drift(run: Run, client: Callable[[], Any], model: ScoringModel | None, scores: Scores, notes: list[str]
+           ) -> list[tuple[int | None, Finding]]:
+    """PSI of the scoring churn version's features and scores over the snapshot's buyers, against its training
+    rows; none (and a note why) without a version or its reference."""
+    if model is None:
+        notes.append("no churn model scored this snapshot: no drift")
+        return []
+    reference = _churn_artifacts(client(), model)[0]
+    if reference is None:
+        notes.append(f"{model.name} v{model.version} has no drift reference (trained before monitoring)")
+        return []
+    buyers_df = scores.df.select("customer_id", "churn_probability").join(
+        run.snapshot_of(CUSTOMER_FEATURES), "customer_id").where(F.col("recency_days").isNotNull())
+    return [(model.version, f) for f in drift_findings(bin_counts(buyers_df, reference), reference,
+                                                        run.settings.monitoring)]
+
+
+def _backtests(run: Run, client: Callable[[], Any], validated: Validated, scored_on: dt.date
+               ) -> dict[str, list[tuple[int | None, Finding]]] | None:
+    """The churn and CLV backtests of the scores published on `scored_on`, each with the version that scored;
+    None when no model scored that snapshot."""
+    settings = run.settings
+    scored_df = run.snapshot_of(CUSTOMER_SCORES, scored_on)
+    versions = scored_df.where(F.col("model_version").isNotNull() | F.col("clv_model_version").isNotNull()).select(
+        "model_name", "model_version", "clv_model_version").limit(1).collect()  # small: one row
+    if not versions:
+        return None
+    churn_version, clv_version = versions[0]["model_version"], versions[0]["clv_model_version"]
+    found: dict[str, list[tuple[int | None, Finding]]] = {CHURN: [], CLV: []}
+    if churn_version is not None:
+        result = backtest(labelled_scores(scored_df, validated.transactions, scored_on, settings.churn.horizon_days))
+        if result is not None:
+            trained_auc = _churn_artifacts(client(), ScoringModel(versions[0]["model_name"], churn_version, ()))[1]
+            found[CHURN] = [(churn_version, f) for f in
+                            backtest_findings(result, scored_on, trained_auc, settings.monitoring)]
+    if clv_version is not None:
+        client()  # the tracking store the version's config is read from
+        params = clv_params(ScoringModel(settings.clv.model_name, clv_version, ()))
+        rows = clv_backtest(run.snapshot_of(CUSTOMER_FEATURES, scored_on), scored_df, validated.transactions,
+                            params, scored_on, run.snapshot_date)
+        found[CLV] = [(clv_version, f) for f in clv_findings(rows, scored_on, settings.monitoring)]
+    return found
 
 
 def _monitoring_row(run: Run, kind: str, version: int | None, finding: Finding) -> dict[str, Any]:
