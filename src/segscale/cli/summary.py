@@ -179,8 +179,9 @@ def summary_view(summary: dict[str, Any]) -> Group:
         parts.append(_plan(plan))
     monitored = stages.get("monitor")
     if monitored and "retrain" in monitored:
-        drift = ", ".join(f"{name} {value:.2f}" for name, value in monitored["drift"].items()) or "none measured"
-        line = (f"monitoring: PSI of the most drifting {drift}; backtested "
+        drift = (f"PSI of the most drifting {', '.join(f'{n} {v:.2f}' for n, v in monitored['drift'].items())}"
+                 if monitored["drift"] else f"no drift measured ({'; '.join(monitored['notes']) or 'no reference'})")
+        line = (f"monitoring: {drift}; backtested "
                 f"{', '.join(monitored['backtested']) or 'no snapshot (none matured yet)'}; retrain "
                 + ", ".join(f"{kind} {'yes' if retrain else 'no'}" for kind, retrain in monitored["retrain"].items()))
         parts.append(Text(line))

@@ -770,7 +770,7 @@ def _drift(run: Run, client: Callable[[], Any], model: ScoringModel | None, scor
     """PSI of the scoring churn version's features and scores over the snapshot's buyers, against its training
     rows; none (and a note why) without a version or its reference."""
     if model is None:
-        notes.append("no churn model scored this snapshot: no drift")
+        notes.append("no churn model scored this snapshot")
         return []
     reference = _churn_artifacts(client(), model)[0]
     if reference is None:
