@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from segscale.config import MonitoringSettings
 from segscale.models.bgnbd import ClvParams, expected_avg_spend, expected_purchases
 from segscale.transforms.features import PURCHASE, snapshot_end
+from segscale.transforms.outcomes import window_purchases
 from segscale.transforms.plan import Prefix, range_parts
 
 BINS = 10  # quantile bins of a feature's training distribution (fewer when it has fewer distinct values)
@@ -124,14 +125,12 @@ class Backtest:
 def labelled_scores(scores_df: DataFrame, transactions_df: DataFrame, scored_on: dt.date, horizon_days: int
                     ) -> DataFrame:
     """customer_id, `p` (the published churn probability) and `y` (1: no purchase in the horizon after
-    `scored_on`, the churn label of docs/models.md) of every customer scored on `scored_on`."""
-    start, end = snapshot_end(scored_on), snapshot_end(scored_on + dt.timedelta(days=horizon_days))
-    bought = (transactions_df.where((F.col("ts") >= start) & (F.col("ts") < end)
-                                    & (F.col("transaction_type") == F.lit(PURCHASE)))
-              .select("customer_id").distinct().withColumn("_bought", F.lit(1)))
+    `scored_on`, the churn label of docs/models.md) of every customer scored on `scored_on`. The window is the one
+    a plan of `scored_on` is measured over (outcomes.window_purchases)."""
+    window_df = window_purchases(transactions_df, scored_on, horizon_days).select("customer_id", "_purchases")
     return (scores_df.where(F.col(SCORE).isNotNull()).select("customer_id", F.col(SCORE).alias("p"))
-            .join(bought, "customer_id", "left")
-            .select("customer_id", "p", F.when(F.col("_bought").isNull(), 1).otherwise(0).alias("y")))
+            .join(window_df, "customer_id", "left")
+            .select("customer_id", "p", F.when(F.coalesce("_purchases", F.lit(0)) > 0, 0).otherwise(1).alias("y")))
 
 
 def backtest(labelled_df: DataFrame) -> Backtest | None:
